@@ -1,0 +1,31 @@
+"""Connecting to Ray: a given cluster when there is one, otherwise a private local instance.
+
+`ray.init()` with no address silently attaches to any cluster already running on the machine
+(it reads /tmp/ray/ray_current_cluster). A local run, and every test, must not do that: it would
+submit work to, and later shut down, somebody else's cluster. So without an explicit address
+(argument or RAY_ADDRESS, which `ray job submit` sets for the driver) we ask for address="local".
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[str, str] | None = None) -> bool:
+    """Initialise Ray if needed. Returns True when this call started (and so owns) a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Workers of a local instance must import this project even when it is not pip-installed.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env_vars = {"NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        return False
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             runtime_env={"env_vars": {**env_vars, "PYTHONPATH": pythonpath}})
+    return True

@@ -1,0 +1,122 @@
+"""Every data contract between stages, declared once.
+
+Stage 1 (build_dataset) writes DATASET_SHARD and REJECTED files plus a dataset manifest.json;
+stage 2 (encode_tokens) reads dataset shards and writes token_shard_schema() files plus its own
+manifest.json; stage 3 (train_prior) reads token shards. Change a contract here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+# --- Stage 1: what a reader yields for each input row -------------------------------------------
+# `malformed` is null for a usable row, otherwise the reason detail (the row is rejected as
+# `malformed` with that detail; it is still counted as input).
+SOURCE_ROW = pa.schema([
+    ("url", pa.string()),
+    ("caption", pa.string()),
+    ("width", pa.int64()),    # original width from source metadata, null if unknown
+    ("height", pa.int64()),   # original height from source metadata, null if unknown
+    ("malformed", pa.string()),
+])
+
+# --- Stage 1: a row that passed the caption filters and waits for download ----------------------
+CANDIDATE = pa.schema([
+    ("key", pa.string()),
+    ("source", pa.string()),
+    ("url", pa.string()),
+    ("caption", pa.string()),
+    ("width", pa.int64()),
+    ("height", pa.int64()),
+])
+
+# --- Stage 1 output: one dataset shard ----------------------------------------------------------
+DATASET_SHARD = pa.schema([
+    ("key", pa.string()),              # stable: hash of (source, url), see row_key()
+    ("url", pa.string()),
+    ("caption", pa.string()),          # normalised caption
+    ("image", pa.binary()),            # JPEG bytes, short side resized to download.image_size
+    ("width", pa.int32()),             # of `image`
+    ("height", pa.int32()),
+    ("original_width", pa.int32()),    # as downloaded, before resizing
+    ("original_height", pa.int32()),
+    ("sha256", pa.string()),           # of the downloaded bytes (exact-duplicate detection)
+    ("source", pa.string()),           # source spec name, e.g. "laion" or "cc3m:0"
+])
+
+# --- Stage 1 output: rejected rows, one file per task, for auditing every filter ----------------
+REJECTED = pa.schema([
+    ("key", pa.string()),
+    ("url", pa.string()),
+    ("caption", pa.string()),
+    ("source", pa.string()),
+    ("reason", pa.string()),   # one of REASONS
+    ("detail", pa.string()),   # free text: HTTP status, language and score, matched pattern...
+])
+
+# Reason codes, in the order rows meet them. Caption-side reasons cost no bandwidth.
+CAPTION_REASONS = ("malformed", "invalid_url", "too_short", "boilerplate", "non_english", "aspect_ratio",
+                   "duplicate_url")
+IMAGE_REASONS = ("download_error", "blocked_address", "robots_disallowed", "too_large", "decode_error",
+                 "too_many_pixels", "too_small", "aspect_ratio", "duplicate_image", "shard_failed")
+REASONS = tuple(dict.fromkeys(CAPTION_REASONS + IMAGE_REASONS))
+
+
+def row_key(source: str, url: str | None, row_index: int) -> str:
+    """Stable key of an input row: 16 hex chars of sha1(source, url).
+
+    Rows without a usable URL (malformed) are keyed by their position instead, so that the key is
+    still unique and stable across reruns.
+    """
+    material = f"{source}\x00{url}" if url else f"{source}\x00#row{row_index}"
+    return hashlib.sha1(material.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+# --- Stage 2 output: token shards --------------------------------------------------------------
+TOKEN_META_DVAE_SHA256 = "dvae_sha256"
+TOKEN_META_GRID = "grid"              # "HxW", e.g. "32x32"
+TOKEN_META_VOCAB = "image_vocab_size"
+TOKEN_META_IMAGE_SIZE = "image_size"
+
+
+def token_shard_schema(grid_h: int, grid_w: int) -> pa.Schema:
+    return pa.schema([
+        ("key", pa.string()),
+        ("caption", pa.string()),
+        ("image_tokens", pa.list_(pa.uint16(), grid_h * grid_w)),  # row-major argmax codes
+    ])
+
+
+def token_shard_metadata(dvae_sha256: str, grid_h: int, grid_w: int, vocab_size: int, image_size: int) -> dict[str, str]:
+    return {
+        TOKEN_META_DVAE_SHA256: dvae_sha256,
+        TOKEN_META_GRID: f"{grid_h}x{grid_w}",
+        TOKEN_META_VOCAB: str(vocab_size),
+        TOKEN_META_IMAGE_SIZE: str(image_size),
+    }
+
+
+def parse_grid(value: str) -> tuple[int, int]:
+    h, w = value.lower().split("x")
+    return int(h), int(w)
+
+
+# --- Manifests -----------------------------------------------------------------------------------
+# Dataset root layout (stage 1):
+#   manifest.json            written last; its presence means the build is complete
+#   shards/NNNNN.parquet     DATASET_SHARD
+#   rejected/*.parquet       REJECTED
+#   report/filter_report.json, report/*.png
+#   _work/...                intermediate, resumable state
+# Dataset manifest.json keys:
+DATASET_MANIFEST_KEYS = ("format", "config", "config_hash", "versions", "shards", "counts", "created")
+DATASET_FORMAT = "dalle-dataset/1"
+# Token root layout (stage 2):
+#   manifest.json, tokenizer.json, shards/NNNNN.parquet (token_shard_schema), rejected/*.parquet
+TOKENS_FORMAT = "dalle-tokens/1"

@@ -1,0 +1,89 @@
+"""MLflow helper shared by every stage.
+
+Where runs go: `MLFLOW_TRACKING_URI` when set; otherwise `sqlite:///<cwd>/mlflow.db`, with artifacts
+in `mlartifacts/` beside the database. `ui_command()` prints the `mlflow ui` line that opens it.
+
+The sqlite database is created (and migrated) once by `ensure_experiment()` in the driver, before
+any worker might write: concurrent first-time creation of a sqlite store races on its migrations.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+DEFAULT_DB = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{os.path.abspath(DEFAULT_DB)}"
+
+
+def artifact_root(uri: str | None = None) -> str | None:
+    """Local artifact folder beside a sqlite store; None lets a tracking server decide."""
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:///"):
+        db_path = uri[len("sqlite:///"):]
+        return "file://" + os.path.join(os.path.dirname(os.path.abspath(db_path)), ARTIFACT_DIR)
+    if uri.startswith("file:") or "://" not in uri:
+        return None
+    return None
+
+
+def ui_command(uri: str | None = None) -> str:
+    uri = uri or tracking_uri()
+    root = artifact_root(uri)
+    cmd = f"mlflow ui --backend-store-uri {uri}"
+    if root:
+        cmd += f" --default-artifact-root {root}"
+    return cmd + " --port 5000   # then open http://127.0.0.1:5000"
+
+
+def ensure_experiment(name: str) -> str:
+    """Point MLflow at the store, create the experiment if needed, return its id."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root(uri)
+    try:
+        return mlflow.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    except Exception:  # another driver created it between our check and create
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_run(experiment_id: str, run_name: str) -> str | None:
+    """Id of the newest run with this name (resume reopens it rather than starting a second one)."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log a flat dict of params, stringifying values MLflow cannot take and skipping ones already set."""
+    import mlflow
+
+    clean = {k: v if isinstance(v, (int, float, bool)) else str(v)[:6000] for k, v in params.items()}
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    todo = {k: v for k, v in clean.items() if k not in existing}
+    items = list(todo.items())
+    for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
+        mlflow.log_params(dict(items[i:i + 90]))
