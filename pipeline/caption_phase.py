@@ -1,0 +1,147 @@
+"""Phase 1: stream one input file through the caption filters (one Ray task per file).
+
+Output per file, all with deterministic names (a rerun overwrites, never duplicates):
+  _work/captions/<file_id>-<part>.parquet   kept rows + `partition` (hash of URL) + input order,
+                                            sorted by partition with one row group per partition,
+                                            so the URL-dedup task of partition p reads only its rows
+  rejected/captions-<file_id>-<part>.parquet
+  _work/captions/<file_id>.done.json        written last: input count and filter stats
+Memory is bounded by `part_rows`, not by the file size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from common import schemas, storage
+from pipeline.config import BuildConfig
+from pipeline.layout import Layout
+
+PART_ROWS = 500_000  # rows buffered before a part is flushed; bounds task memory
+
+_PIPELINES: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    file_id: str    # "<source index>-<file index>", e.g. "000-000017"
+    source: str     # source name written to every row, e.g. "laion" or "cc3m:1"
+    fmt: str
+    path: str
+
+
+def _pipeline(cfg: BuildConfig) -> Any:
+    """One CaptionPipeline (and so one fastText model) per worker process and config."""
+    from pipeline.captions import CaptionPipeline
+
+    key = repr(cfg.captions)
+    if key not in _PIPELINES:
+        _PIPELINES[key] = CaptionPipeline(cfg.captions)
+    return _PIPELINES[key]
+
+
+def _with_keys(table: pa.Table, src: InputFile, first_row: int) -> pa.Table:
+    urls = table.column("url").to_pylist()
+    rows = range(first_row, first_row + table.num_rows)
+    keys = [schemas.row_key(src.source, u, f"{src.path}:{r}") for u, r in zip(urls, rows)]
+    return (table.append_column("key", pa.array(keys, pa.string()))
+                 .append_column("source", pa.array([src.source] * table.num_rows, pa.string()))
+                 .append_column("row", pa.array(rows, pa.int64())))
+
+
+def _write_part(layout: Layout, src: InputFile, part: int, kept: list[pa.Table], rejected: list[pa.Table],
+                partitions: int) -> None:
+    rej = pa.concat_tables(rejected) if rejected else schemas.empty(schemas.REJECTED)
+    storage.write_parquet_atomic(layout.rejected("captions", f"{src.file_id}-{part:05d}"), rej)
+    table = pa.concat_tables(kept) if kept else None
+    if table is None or table.num_rows == 0:
+        table = schemas.empty(_PART_SCHEMA)
+    else:
+        parts = [schemas.stable_partition(u, partitions) for u in table.column("url").to_pylist()]
+        table = table.append_column("partition", pa.array(parts, pa.int32()))
+        table = table.append_column("file_id", pa.array([src.file_id] * table.num_rows, pa.string()))
+        table = table.sort_by([("partition", "ascending"), ("row", "ascending")]).select(_PART_SCHEMA.names)
+    storage.write_bytes_atomic(layout.caption_part(src.file_id, part), _grouped_parquet(table))
+
+
+_PART_SCHEMA = pa.schema(list(schemas.CANDIDATE) + [
+    pa.field("row", pa.int64()), pa.field("partition", pa.int32()), pa.field("file_id", pa.string())])
+
+
+def _grouped_parquet(table: pa.Table) -> bytes:
+    """One row group per partition value: readers filtering on `partition` skip the rest."""
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, _PART_SCHEMA, compression="zstd") as writer:
+        if table.num_rows == 0:
+            writer.write_table(table)
+        else:
+            values = table.column("partition").to_numpy()
+            start = 0
+            for i in range(1, len(values) + 1):
+                if i == len(values) or values[i] != values[start]:
+                    writer.write_table(table.slice(start, i - start))
+                    start = i
+    return sink.getvalue().to_pybytes()
+
+
+def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
+    """Filter one input file. Returns its stats (also stored in the .done.json marker)."""
+    from pipeline.readers import READERS
+
+    layout = Layout(cfg.output)
+    done = layout.caption_done(src.file_id)
+    if storage.exists(done):
+        return {**storage.read_json(done), "skipped": True}
+    started = time.monotonic()
+    pipeline = _pipeline(cfg)
+    before = {k: dict(v) for k, v in pipeline.stats().items()}
+    reader = READERS[src.fmt](cfg.reader)
+    n_input = n_kept = 0
+    part = 0
+    kept: list[pa.Table] = []
+    rejected: list[pa.Table] = []
+    buffered = 0
+    for table in reader.read(src.path):
+        table = _with_keys(table, src, n_input)
+        n_input += table.num_rows
+        ok, bad = pipeline.process(table.drop_columns(["row"]))
+        # carry the input order (row) onto kept rows: dedup keeps the first occurrence
+        row_of = dict(zip(table.column("key").to_pylist(), table.column("row").to_pylist()))
+        ok = ok.append_column("row", pa.array([row_of[k] for k in ok.column("key").to_pylist()], pa.int64()))
+        kept.append(ok)
+        rejected.append(bad)
+        n_kept += ok.num_rows
+        buffered += table.num_rows
+        if buffered >= PART_ROWS:
+            _write_part(layout, src, part, kept, rejected, cfg.run.dedup_partitions)
+            part, kept, rejected, buffered = part + 1, [], [], 0
+    _write_part(layout, src, part, kept, rejected, cfg.run.dedup_partitions)
+    after = pipeline.stats()
+    stats = {
+        "file_id": src.file_id, "source": src.source, "path": src.path, "parts": part + 1,
+        "input": n_input, "kept": n_kept, "seconds": time.monotonic() - started,
+        "filters": {k: {m: v.get(m, 0) - before.get(k, {}).get(m, 0) for m in v} if isinstance(v, dict) else v
+                    for k, v in after.items()},
+    }
+    storage.write_json_atomic(done, stats)
+    return stats
+
+
+def caption_parts(layout: Layout, done_stats: list[dict[str, Any]]) -> list[str]:
+    return [layout.caption_part(s["file_id"], p) for s in done_stats for p in range(s["parts"])]
+
+
+def read_partition(paths: list[str], partition: int) -> pa.Table:
+    """All kept caption rows of one URL partition, across every input file (row groups pruned)."""
+    if not paths:
+        return schemas.empty(_PART_SCHEMA)
+    fs, _ = storage.resolve(paths[0])
+    inner = [storage.resolve(p)[1] for p in paths]
+    table = pq.read_table(inner, filesystem=fs, schema=_PART_SCHEMA, filters=pc.field("partition") == partition)
+    return table

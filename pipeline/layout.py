@@ -1,0 +1,71 @@
+"""Where every file of a dataset root lives. One place, so resume logic and readers agree.
+
+    <root>/manifest.json                 written last: its presence means the build is complete
+    <root>/captions_manifest.json        same, for a --captions-only run
+    <root>/shards/<name>.parquet         dataset shards (common.schemas.DATASET_SHARD)
+    <root>/candidates/<name>.parquet     rows that passed caption filters + URL dedup (CANDIDATE)
+    <root>/rejected/<stage>-<id>.parquet rejected rows with reasons (REJECTED)
+    <root>/report/                       filter report, examples, histograms
+    <root>/_work/                        resumable intermediate state (safe to delete after a build)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common import storage
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: str
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    # final outputs
+    @property
+    def manifest(self) -> str:
+        return self.path("manifest.json")
+
+    @property
+    def captions_manifest(self) -> str:
+        return self.path("captions_manifest.json")
+
+    def shard(self, name: str) -> str:
+        return self.path("shards", f"{name}.parquet")
+
+    def candidates(self, name: str) -> str:
+        return self.path("candidates", f"{name}.parquet")
+
+    def rejected(self, stage: str, ident: str) -> str:
+        return self.path("rejected", f"{stage}-{ident}.parquet")
+
+    def report(self, name: str) -> str:
+        return self.path("report", name)
+
+    # intermediate state
+    @property
+    def config_lock(self) -> str:
+        return self.path("_work", "config.json")
+
+    def caption_part(self, file_id: str, part: int) -> str:
+        return self.path("_work", "captions", f"{file_id}-{part:05d}.parquet")
+
+    def caption_done(self, file_id: str) -> str:
+        return self.path("_work", "captions", f"{file_id}.done.json")
+
+    def url_dedup_done(self, partition: int) -> str:
+        return self.path("_work", "url_dedup", f"p{partition:05d}.done.json")
+
+    def staged(self, name: str) -> str:
+        return self.path("_work", "staged", f"{name}.parquet")
+
+    def empty_shard(self, name: str) -> str:
+        return self.path("_work", "empty_shards", f"{name}.json")
+
+    def image_hashes(self, name: str) -> str:
+        return self.path("_work", "image_hashes", f"{name}.parquet")
+
+    def image_dups(self, partition: int) -> str:
+        return self.path("_work", "image_dups", f"p{partition:05d}.parquet")
