@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 from pipeline.filters.base import CaptionFilter, CaptionRow
 
 _ALLOWED_SCHEMES = ("http", "https")
-_WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+# Control characters (tab, newline, NUL...) are never part of a URL. Plain spaces are: scraped URLs
+# often carry unescaped spaces in their path (LAION has them) and HTTP clients quote them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidUrlFilter(CaptionFilter):
@@ -25,8 +27,8 @@ class InvalidUrlFilter(CaptionFilter):
             return "empty url"
         if len(url) > self.cfg.max_url_chars:
             return f"url has {len(url)} chars > {self.cfg.max_url_chars}"
-        if _WHITESPACE_OR_CONTROL.search(url):
-            return "whitespace or control character in url"
+        if _CONTROL.search(url):
+            return "control character in url"
         try:
             parts = urlsplit(url)
             host = parts.hostname
@@ -36,6 +38,6 @@ class InvalidUrlFilter(CaptionFilter):
         scheme = parts.scheme.lower()
         if scheme not in _ALLOWED_SCHEMES:
             return f"scheme {scheme or 'missing'!r} not allowed"
-        if not host:
-            return "url has no host"
+        if not host or " " in host:
+            return "url has no valid host"
         return None
