@@ -1,0 +1,117 @@
+"""Measure where fastText lid.176 needs a second opinion: the numbers behind `uncertain_band`.
+
+On the shared LAION sample (1,000 real alt-texts) it prints
+  1. the distribution of fastText P(en), and per P(en) bucket how often langdetect says 'en'
+     (agreement / disagreement of the two detectors);
+  2. against hand labels (LABELS below), English kept and non-English dropped for fastText alone
+     at several thresholds and for threshold + langdetect band combinations, with the share of
+     captions that reach langdetect (the cost).
+Run:  python bench/language_band.py [--sample PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from pipeline.filters.non_english import EN, LangDetect, load_model  # noqa: E402
+from pipeline.filters.normalize import Normalizer  # noqa: E402
+
+# Hand labels for the shared sample (row index -> language), made by reading every caption with
+# fastText P(en) < 0.5 and every caption where langdetect disagreed with fastText. Every other
+# row was read as English. Mixed-language rows (an English product name in a foreign sentence,
+# or a caption with its own translation) are left out of the scoring.
+NON_ENGLISH = {44: "es", 48: "nl", 63: "fr", 105: "fr", 146: "de", 163: "de", 203: "fi", 251: "pt", 264: "es",
+               326: "fr", 395: "fr", 442: "de", 446: "de", 551: "fr", 570: "de", 577: "pl", 593: "ru", 614: "es",
+               624: "de", 634: "fr", 768: "ja", 820: "nl", 825: "fr", 863: "fr", 872: "fr", 919: "it", 964: "fr",
+               977: "sv"}
+MIXED = {213, 282, 311, 423, 467, 604, 654, 673, 683, 765, 837, 895, 923, 957, 975, 996}
+
+
+def default_sample() -> str:
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    for base in (os.path.join(root, "..", "shared", "data"), "/work/shared/data"):
+        path = os.path.join(base, "laion_sample_1000.parquet")
+        if os.path.exists(path):
+            return path
+    raise SystemExit("laion_sample_1000.parquet not found")
+
+
+def p_en_all(model, texts: list[str], lower: str) -> list[float]:
+    out = []
+    for text in texts:
+        t = text
+        if lower == "all" or (lower == "isupper" and t.isupper()):
+            t = t.lower()
+        preds = model.f.predict(t + "\n", -1, 0.0, "replace")
+        out.append(next((min(p, 1.0) for p, lab in preds if lab == EN), 0.0))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sample", default=default_sample())
+    args = ap.parse_args()
+    normalize = Normalizer()
+    texts = [normalize(t) for t in pq.read_table(args.sample, columns=["TEXT"]).column("TEXT").to_pylist()]
+    n = len(texts)
+    model = load_model("")  # prepare() in non_english.py lower-cases: the "all" rows below are the pipeline's
+    detector = LangDetect()
+    t0 = time.perf_counter()
+    second = [detector.top_language(t) for t in texts]
+    ld_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for t in texts:
+        model.f.predict(t + "\n", 1, 0.0, "replace")
+    ft_seconds = time.perf_counter() - t0
+    print(f"{n} captions; langdetect {ld_seconds / n * 1e6:.0f} us/caption, fastText top-1 "
+          f"{ft_seconds / n * 1e6:.1f} us/caption: langdetect is {ld_seconds / ft_seconds:.0f}x slower\n")
+
+    scored = [i for i in range(n) if i not in MIXED]
+    english = [i for i in scored if i not in NON_ENGLISH]
+    foreign = [i for i in scored if i in NON_ENGLISH]
+    print(f"hand labels: {len(english)} English, {len(foreign)} non-English, {len(MIXED)} mixed (not scored)\n")
+
+    for lower in ("none", "isupper", "all"):  # fastText input: as is / only ALL-CAPS lowered / all lowered
+        p = p_en_all(model, texts, lower)
+        print(f"== fastText input lower-casing: {lower}")
+        print("   P(en) bucket   share  langdetect=en  non-English(labels)  langdetect right  fastText@0.5 right")
+        edges = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0001]
+        for a, b in zip(edges, edges[1:]):
+            rows = [i for i in range(n) if a <= p[i] < b]
+            if rows:
+                agree = sum(second[i] == "en" for i in rows) / len(rows)
+                nonen = sum(i in NON_ENGLISH for i in rows)
+                labelled = [i for i in rows if i not in MIXED]
+                ld_right = sum((second[i] == "en") == (i not in NON_ENGLISH) for i in labelled) / max(1, len(labelled))
+                ft_right = sum((p[i] >= 0.5) == (i not in NON_ENGLISH) for i in labelled) / max(1, len(labelled))
+                print(f"   [{a:.2f}, {min(b, 1):.2f})  {len(rows) / n:6.1%}  {agree:12.0%}  {nonen:5d}"
+                      f"  {ld_right:20.0%}  {ft_right:16.0%}")
+
+        def score(keep) -> tuple[float, float, float]:
+            kept_en = sum(keep(i) for i in english) / len(english)
+            dropped_foreign = sum(not keep(i) for i in foreign) / len(foreign)
+            return kept_en, dropped_foreign
+
+        print("   rule                              English kept  non-English dropped  to langdetect")
+        for thr in (0.1, 0.2, 0.3, 0.5):
+            ke, df = score(lambda i: p[i] >= thr)
+            print(f"   fastText >= {thr:<4}                   {ke:7.1%}          {df:7.1%}            0.0%")
+        for low, high in ((0.1, 0.5), (0.2, 0.5), (0.3, 0.5), (0.1, 0.3), (0.2, 0.3), (0.2, 0.4), (0.1, 0.4),
+                          (0.15, 0.4), (0.25, 0.4), (0.3, 0.4), (0.2, 0.45)):
+            def keep(i, low=low, high=high):
+                return second[i] == "en" if low <= p[i] < high else p[i] >= high
+            ke, df = score(keep)
+            share = sum(low <= p[i] < high for i in range(n)) / n
+            print(f"   >= {high} , band [{low}, {high}) langdetect   {ke:7.1%}          {df:7.1%}          {share:6.1%}")
+        print()
+
+
+if __name__ == "__main__":
+    main()

