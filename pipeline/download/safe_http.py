@@ -85,7 +85,7 @@ def non_public_reason(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st
             addr = addr.ipv4_mapped
         elif addr in _NAT64:
             addr = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    for name in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified", "site_local"):
+    for name in ("loopback", "unspecified", "link_local", "multicast", "reserved", "private", "site_local"):
         if getattr(addr, f"is_{name}", False):
             return name
     if not addr.is_global:  # e.g. 100.64.0.0/10 (carrier-grade NAT)
