@@ -245,8 +245,8 @@ def _write_hostile(w: _Writer, rng: random.Random, unique_scene, good_urls, max_
     w.put("hostile/noai.jpg", data)
     w.row(tsv, f"{w.base_url}/noai/hostile/noai.jpg", say(), "robots_disallowed", detail="X-Robots-Tag: noai")
     w.row(tsv, w.put("hostile/tiny.jpg", plain_jpeg(200, 200)), say(), "too_small", detail="200x200")
-    w.row(tsv, w.put("hostile/wide.jpg", plain_jpeg(600, 200, (200, 60, 60))), say(), "aspect_ratio",
-          detail="600x200, known only after download")
+    w.row(tsv, w.put("hostile/wide.jpg", plain_jpeg(768, 256, (200, 60, 60))), say(), "aspect_ratio",
+          detail="768x256 (short side 256: passes too_small), known only after download")
 
     # With metadata (LAION WIDTH/HEIGHT): refused before download, on the caption side.
     w.row("demo_laion.parquet", w.put("hostile/wide_meta.jpg", plain_jpeg(900, 300, (60, 200, 60))), say(),
