@@ -182,3 +182,34 @@ def test_policy_from_download_config():
     p = FetchPolicy.from_download_config(cfg)
     assert (p.allow_private_networks, p.max_bytes, p.total_timeout) == (True, 123, 4.5)
     assert p.disallowed_header_directives == ("noai", "noimageai") and p.user_agent_token == "dalle-pipeline"
+
+
+def test_dns_failure_and_rebinding(server, policy, monkeypatch):
+    """A name is resolved by us at each connect, and the address we check is the one we connect to.
+
+    The resolver is faked (these tests send no DNS traffic): 'rebind.test' first answers the allowed
+    127.0.0.1, then, for the redirect's connection, 127.0.0.2 — the classic rebinding switch.
+    """
+    port = int(server.rsplit(":", 1)[1])
+    real = safe_http.socket.getaddrinfo
+    answers = iter(["127.0.0.1", "127.0.0.2"])
+    connects = []
+
+    def fake_getaddrinfo(host, port_, *args):
+        if host == "rebind.test":
+            return real(next(answers), port_, *args)
+        if host == "mixed.test":  # a blocked and an allowed address: only the allowed one is dialled
+            return real("169.254.169.254", port_, *args) + real("127.0.0.1", port_, *args)
+        raise safe_http.socket.gaierror(-2, "Name or service not known")
+
+    real_connect = safe_http.socket.socket.connect
+    monkeypatch.setattr(safe_http.socket, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(safe_http.socket.socket, "connect", lambda s, a: connects.append(a[0]) or real_connect(s, a))
+    policy(LOOPBACK_ONLY)
+    with pytest.raises(FetchError, match=r"^download_error: DNS failure for nohost.test: \[Errno -2\]"):
+        fetch("http://nohost.test/x.jpg")
+    assert fetch(f"http://mixed.test:{port}/img.jpg")[:2] == b"\xff\xd8"
+    assert connects == ["127.0.0.1"]
+    with pytest.raises(BlockedAddress, match=r"^blocked_address: rebind.test -> 127.0.0.2 \(loopback\)"):
+        fetch(f"http://rebind.test:{port}/redirect/img.jpg")
+    assert connects == ["127.0.0.1", "127.0.0.1"]  # the first hop only; 127.0.0.2 was never dialled
