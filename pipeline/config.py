@@ -52,12 +52,15 @@ class DownloadConfig:
                                    "preprocessing (random 256 crops) assumes at least 256.")
     max_bytes: int = doc(20_000_000, "too_large: response body cap in bytes (checked on Content-Length and while reading).")
     max_pixels: int = doc(89_478_485, "too_many_pixels: decompression-bomb cap on width*height, read from the "
-                                       "header before decoding (PIL's default MAX_IMAGE_PIXELS).")
+                                       "header before decoding (PIL's default MAX_IMAGE_PIXELS). PIL itself refuses "
+                                       "headers above 2x its MAX_IMAGE_PIXELS, so raising this past 178,956,970 has no effect.")
     encode_quality: int = doc(95, "JPEG quality of the stored image.")
     thread_count: int = doc(32, "Download threads per shard task (I/O bound).")
     timeout: float = doc(10.0, "Per-request socket timeout in seconds.")
-    total_timeout: float = doc(30.0, "Per-image wall-clock limit, against servers that drip bytes forever.")
-    retries: int = doc(1, "Per-URL download retries inside img2dataset.")
+    total_timeout: float = doc(30.0, "Wall-clock limit of one fetch, redirects included (each retry gets its own), "
+                                     "against servers that drip bytes forever.")
+    retries: int = doc(1, "Per-URL download retries inside img2dataset (it retries every failure, 404s and "
+                          "refusals included).")
     allow_private_networks: bool = doc(False, "Allow URLs that resolve to loopback/private/link-local/reserved "
                                               "addresses. Off by default (SSRF); the demo and tests turn it on.")
     disallowed_header_directives: list[str] = doc(["noai", "noimageai"], "X-Robots-Tag directives that refuse "

@@ -1,0 +1,192 @@
+"""A local, threaded HTTP server for the demo images and the hostile endpoints tests need.
+
+`python -m http.server` serves one request at a time and drops connections under 32 parallel
+downloaders, so this is a ThreadingHTTPServer with a deep accept queue, keep-alive (HTTP/1.1) and
+files cached in memory. It only ever binds 127.0.0.1.
+
+Routes (PATH is a file under --root):
+    /PATH                      the file (Content-Type from its extension)
+    /noai/PATH                 the file with "X-Robots-Tag: noai"
+    /redirect/PATH             302 to /PATH
+    /redirect-to?url=URL       302 to any URL (security tests: loopback, 169.254.169.254, file://)
+    /huge/N                    N bytes with Content-Length
+    /huge-chunked/N            N bytes, chunked, no Content-Length
+    /drip/SECONDS              Content-Length 1000, then one byte every 0.1 s for at most SECONDS
+    /status/CODE               an empty response with that status
+    anything else              404
+
+    python -m pipeline.demo.server --root DIR --port 0 --port-file F    # foreground; Ctrl-C/SIGTERM stops
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import mimetypes
+import os
+import signal
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HOST = "127.0.0.1"
+_MAX_SYNTHETIC_BYTES = 1 << 30  # /huge is bounded too
+_MAX_DRIP_SECONDS = 120.0
+
+
+class DemoServer(ThreadingHTTPServer):
+    request_queue_size = 1024   # a burst of parallel connects must queue, not be refused
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, root: str, port: int = 0):
+        self.root = os.path.realpath(root)
+        self._cache: dict[str, bytes] = {}
+        super().__init__((HOST, port), _Handler)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.server_address[1]}"
+
+    def read_file(self, rel: str) -> bytes | None:
+        """The bytes of ROOT/rel, cached; None when missing or outside the root."""
+        data = self._cache.get(rel)
+        if data is not None:
+            return data
+        path = os.path.realpath(os.path.join(self.root, rel))
+        if not path.startswith(self.root + os.sep) or not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            data = f.read()
+        self._cache[rel] = data
+        return data
+
+    def handle_error(self, request, client_address):
+        pass  # clients abort on purpose (too_large, deadlines): a reset connection is not news
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: DemoServer
+
+    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+        pass
+
+    def do_GET(self):  # noqa: N802 - stdlib name
+        parsed = urllib.parse.urlsplit(self.path)
+        path = urllib.parse.unquote(parsed.path).lstrip("/")
+        head, _, rest = path.partition("/")
+        try:
+            if head == "noai":
+                return self._file(rest, {"X-Robots-Tag": "noai"})
+            if head == "redirect":
+                return self._redirect("/" + urllib.parse.quote(rest))
+            if head == "redirect-to":
+                target = urllib.parse.parse_qs(parsed.query).get("url", [""])[0]
+                return self._redirect(target)
+            if head == "huge":
+                return self._huge(int(rest), chunked=False)
+            if head == "huge-chunked":
+                return self._huge(int(rest), chunked=True)
+            if head == "drip":
+                return self._drip(float(rest))
+            if head == "status":
+                return self._empty(int(rest))
+            return self._file(path, {})
+        except ValueError:
+            return self._empty(400)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _empty(self, code: int, headers: dict[str, str] | None = None):
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _file(self, rel: str, headers: dict[str, str]):
+        data = self.server.read_file(rel)
+        if data is None:
+            return self._empty(404)
+        self.send_response(200)
+        self.send_header("Content-Type", mimetypes.guess_type(rel)[0] or "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _redirect(self, location: str):
+        self._empty(302, {"Location": location})
+
+    def _huge(self, n: int, chunked: bool):
+        n = min(max(n, 0), _MAX_SYNTHETIC_BYTES)
+        block = b"\0" * (1 << 16)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Transfer-Encoding" if chunked else "Content-Length", "chunked" if chunked else str(n))
+        self.end_headers()
+        sent = 0
+        while sent < n:
+            piece = block[: min(len(block), n - sent)]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            sent += len(piece)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _drip(self, seconds: float):
+        end = time.monotonic() + min(seconds, _MAX_DRIP_SECONDS)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        for _ in range(1000):  # bounded: at most 1000 bytes, at most `seconds`
+            if time.monotonic() >= end:
+                break
+            self.wfile.write(b"\0")
+            self.wfile.flush()
+            time.sleep(0.1)
+        self.close_connection = True
+
+
+@contextlib.contextmanager
+def serve(root: str, port: int = 0) -> Iterator[str]:
+    """Serve `root` on 127.0.0.1 in a background thread; yields the base URL."""
+    server = DemoServer(root, port)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield server.base_url
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="directory to serve")
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
+    parser.add_argument("--port-file", default="", help="write the bound port here (atomically) once listening")
+    args = parser.parse_args(argv)
+    server = DemoServer(args.root, args.port)
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(str(server.server_address[1]))
+        os.replace(tmp, args.port_file)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    print(f"serving {server.root} at {server.base_url}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

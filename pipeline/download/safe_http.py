@@ -1,0 +1,358 @@
+"""A hardened, process-wide urllib opener for fetching untrusted URLs.
+
+img2dataset downloads with `urllib.request.urlopen`, i.e. through the process-global opener. We
+replace that opener (urllib.request.install_opener) with one built from only the handlers we need,
+so that img2dataset keeps doing the download while every request obeys a `FetchPolicy`:
+
+1. Only http and https, also after redirects. There is no file/ftp/data handler at all, and no
+   ProxyHandler either: a proxy from the environment would connect on our behalf and bypass rule 2.
+2. Hosts are resolved by us and every resolved address is checked *at connect time*; we connect to
+   the very address we checked. A DNS answer that changes between a check and the connect (DNS
+   rebinding) therefore cannot slip through, and each redirect hop is checked the same way.
+   Refused: loopback, private, link-local (169.254.169.254 included), multicast, reserved,
+   unspecified and their IPv6 forms, IPv4-mapped/NAT64 IPv6 included. `allow_private_networks`
+   lifts the rule; `allowed_networks` exempts given networks (tests allow 127.0.0.1 only).
+3. The body is capped: Content-Length above `max_bytes` is refused before reading, and bodies
+   without a length are read in chunks and abandoned as soon as they pass the cap.
+4. A wall-clock deadline per fetch (redirects included): a watchdog thread shuts the socket down
+   when it passes, so a server that drips one byte every few seconds cannot hold a thread forever
+   (the per-read socket timeout alone would never fire).
+
+Errors raised here are not OSError (urllib would wrap them into '<urlopen error ...>'); their str()
+starts with a machine-readable reason, e.g. "blocked_address: ...", "too_large: ...",
+"download_error: deadline ...", which shard_downloader maps onto schemas.IMAGE_REASONS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import http.client
+import io
+import ipaddress
+import itertools
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
+import urllib.response
+
+from img2dataset.downloader import is_disallowed  # the same X-Robots-Tag parser img2dataset applies
+
+ALLOWED_SCHEMES = ("http", "https")
+_READ_CHUNK = 1 << 16
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchPolicy:
+    allow_private_networks: bool = False
+    allowed_networks: tuple[str, ...] = ()  # exempt networks even when private ("127.0.0.1/32")
+    max_bytes: int = 20_000_000
+    total_timeout: float = 30.0
+    # X-Robots-Tag directives that refuse the image, checked on the headers before the body is read
+    # (img2dataset checks them too, but only after it has read the whole body).
+    disallowed_header_directives: tuple[str, ...] = ()
+    user_agent_token: str | None = None
+
+    @classmethod
+    def from_download_config(cls, cfg) -> FetchPolicy:
+        return cls(allow_private_networks=cfg.allow_private_networks, max_bytes=cfg.max_bytes,
+                   total_timeout=cfg.total_timeout,
+                   disallowed_header_directives=tuple(d.strip().lower() for d in cfg.disallowed_header_directives),
+                   user_agent_token=cfg.user_agent_token.strip().lower() or None)
+
+    def address_refusal(self, ip: str) -> str | None:
+        """Why connecting to `ip` is refused, or None when it is allowed."""
+        if self.allow_private_networks:
+            return None
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        if any(addr in ipaddress.ip_network(n) for n in self.allowed_networks if _same_version(addr, n)):
+            return None
+        return non_public_reason(addr)
+
+
+def _same_version(addr, network: str) -> bool:
+    return ipaddress.ip_network(network).version == addr.version
+
+
+def non_public_reason(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """'loopback', 'private', ... for a non-public address, None for a public one."""
+    if addr.version == 6:
+        # An IPv6 form that carries an IPv4 address reaches that IPv4 address: judge the embedded one.
+        if addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        elif addr in _NAT64:
+            addr = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    for name in ("loopback", "unspecified", "link_local", "multicast", "reserved", "private", "site_local"):
+        if getattr(addr, f"is_{name}", False):
+            return name
+    if not addr.is_global:  # e.g. 100.64.0.0/10 (carrier-grade NAT)
+        return "not_global"
+    return None
+
+
+# --- errors ------------------------------------------------------------------------------------
+class FetchError(Exception):
+    """Base of our refusals. Deliberately not an OSError: urllib would re-wrap it."""
+
+    reason = "download_error"
+
+    def __init__(self, detail: str):
+        self.detail = detail
+        super().__init__(f"{self.reason}: {detail}")
+
+
+class BlockedAddress(FetchError):
+    reason = "blocked_address"
+
+
+class TooLarge(FetchError):
+    reason = "too_large"
+
+
+class RobotsDisallowed(FetchError):
+    reason = "robots_disallowed"
+
+
+# --- the policy in force -----------------------------------------------------------------------
+_policy = FetchPolicy()
+_tls = threading.local()
+
+
+def current_policy() -> FetchPolicy:
+    return _policy
+
+
+def install(policy: FetchPolicy) -> FetchPolicy:
+    """Make `policy` the process-wide one and install the safe opener; returns the previous policy.
+
+    Set it before starting download threads (one Ray task per worker process at a time).
+    """
+    global _policy
+    previous, _policy = _policy, policy
+    if not isinstance(getattr(urllib.request, "_opener", None), SafeOpener):
+        urllib.request.install_opener(build_safe_opener())
+    return previous
+
+
+# --- deadline watchdog ------------------------------------------------------------------------
+class _Deadline:
+    __slots__ = ("at", "sock", "expired", "done")
+
+    def __init__(self, at: float):
+        self.at, self.sock, self.expired, self.done = at, None, False, False
+
+
+class _Watchdog:
+    """One thread for the whole process: shuts down the socket of every fetch past its deadline."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._cv = threading.Condition()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def start(self, seconds: float) -> _Deadline:
+        entry = _Deadline(time.monotonic() + seconds)
+        with self._cv:
+            heapq.heappush(self._heap, (entry.at, next(self._ids), entry))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fetch-deadline", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return entry
+
+    @staticmethod
+    def finish(entry: _Deadline) -> None:
+        entry.done = True  # lazily dropped from the heap when its time comes
+        entry.sock = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                at, _, entry = self._heap[0]
+                now = time.monotonic()
+                if at > now:
+                    self._cv.wait(at - now)
+                    continue
+                heapq.heappop(self._heap)
+            if not entry.done:
+                entry.expired = True
+                sock = entry.sock
+                if sock is not None:
+                    try:  # wakes up the blocked recv with EOF; the fetching thread then reports it
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _track_socket(sock) -> None:
+    entry = getattr(_tls, "deadline", None)
+    if entry is not None:
+        entry.sock = sock
+        if entry.expired:
+            raise FetchError("deadline exceeded before connecting")
+
+
+# --- connections that check the address they connect to ---------------------------------------
+def _checked_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+    """socket.create_connection, but only to addresses the policy allows (checked after DNS)."""
+    host, port = address
+    policy = _policy
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise FetchError(f"DNS failure for {host}: {err}") from None
+    allowed, refusals = [], []
+    for family, type_, proto, _, sockaddr in infos:
+        why = policy.address_refusal(sockaddr[0])
+        if why is None:
+            allowed.append((family, type_, proto, sockaddr))
+        else:
+            refusals.append(f"{sockaddr[0]} ({why})")
+    if not allowed:
+        raise BlockedAddress(f"{host} -> {', '.join(dict.fromkeys(refusals))}")
+    last: OSError | None = None
+    for family, type_, proto, sockaddr in allowed:
+        sock = socket.socket(family, type_, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            _track_socket(sock)
+            sock.connect(sockaddr)
+            return sock
+        except FetchError:
+            sock.close()
+            raise
+        except OSError as err:
+            sock.close()
+            last = err
+    if isinstance(last, ConnectionRefusedError):
+        raise FetchError(f"connection refused by {host}:{port}")
+    if isinstance(last, TimeoutError):
+        raise FetchError(f"timeout connecting to {host}:{port}")
+    raise FetchError(f"cannot connect to {host}:{port}: {last}")
+
+
+class _SafeHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _checked_connection
+
+
+class _SafeHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _checked_connection
+
+    def connect(self):
+        super().connect()
+        _track_socket(self.sock)  # the TLS socket replaced the raw one: watch that instead
+
+
+class _SafeHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_SafeHTTPConnection, req)
+
+
+class _SafeHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_SafeHTTPSConnection, req, context=self._context)
+
+
+class _SafeRedirectHandler(urllib.request.HTTPRedirectHandler):
+    max_redirections = 5
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ALLOWED_SCHEMES:
+            raise FetchError(f"redirect to unsupported scheme {scheme!r} ({newurl[:200]})")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _BodyReader(urllib.request.BaseHandler):
+    """Reads a 2xx body under the byte cap and the deadline; drops every other body unread."""
+
+    handler_order = 900  # before HTTPErrorProcessor (1000), which turns 3xx/4xx into redirects/errors
+
+    def http_response(self, request, response):
+        if not 200 <= response.status < 300:
+            response.close()  # a redirect or error body is never used: do not spend bandwidth on it
+            return response
+        policy = _policy
+        if policy.disallowed_header_directives and is_disallowed(
+                response.headers, policy.user_agent_token, set(policy.disallowed_header_directives)):
+            response.close()
+            raise RobotsDisallowed("X-Robots-Tag: " + "; ".join(response.headers.get_all("X-Robots-Tag", [])))
+        cap = policy.max_bytes
+        length = response.headers.get("Content-Length")
+        if length is not None and length.strip().isdigit() and int(length) > cap:
+            response.close()
+            raise TooLarge(f"Content-Length {int(length)} > {cap} bytes")
+        body = bytearray()
+        try:
+            while True:
+                chunk = response.read(min(_READ_CHUNK, cap + 1 - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > cap:
+                    raise TooLarge(f"> {cap} bytes (body without a usable Content-Length)")
+        except http.client.IncompleteRead as err:
+            raise FetchError(f"incomplete body: got {len(err.partial) + len(body)} bytes") from None
+        except TimeoutError:
+            raise FetchError("timeout while reading the body") from None
+        finally:
+            response.close()
+        entry = getattr(_tls, "deadline", None)
+        if entry is not None and entry.expired:
+            raise FetchError(f"deadline of {policy.total_timeout:g}s exceeded while reading the body")
+        result = urllib.response.addinfourl(io.BytesIO(bytes(body)), response.headers, response.url, response.status)
+        result.msg = response.msg
+        return result
+
+    https_response = http_response
+
+
+class SafeOpener(urllib.request.OpenerDirector):
+    """Refuses other schemes up front and runs every fetch (with its redirects) under a deadline."""
+
+    def open(self, fullurl, data=None, timeout=socket._GLOBAL_DEFAULT_TIMEOUT):
+        url = fullurl.full_url if isinstance(fullurl, urllib.request.Request) else str(fullurl)
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme not in ALLOWED_SCHEMES:
+            raise FetchError(f"unsupported scheme {scheme!r}: only http and https are fetched")
+        outer = getattr(_tls, "deadline", None) is None
+        if outer:
+            _tls.deadline = _WATCHDOG.start(_policy.total_timeout)
+        entry = _tls.deadline
+        try:
+            return super().open(fullurl, data, timeout)
+        except FetchError:
+            raise
+        except Exception as err:
+            if entry.expired:
+                raise FetchError(f"deadline of {_policy.total_timeout:g}s exceeded ({err})") from None
+            raise
+        finally:
+            if outer:
+                _WATCHDOG.finish(entry)
+                _tls.deadline = None
+
+
+def build_safe_opener() -> SafeOpener:
+    """An opener with only the handlers we need: http(s), redirects, errors, the body reader."""
+    opener = SafeOpener()
+    for handler in (_SafeHTTPHandler(), _SafeHTTPSHandler(), _SafeRedirectHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(), _BodyReader()):
+        opener.add_handler(handler)
+    return opener
