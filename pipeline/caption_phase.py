@@ -100,7 +100,7 @@ def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
         return {**storage.read_json(done), "skipped": True}
     started = time.monotonic()
     pipeline = _pipeline(cfg)
-    before = {k: dict(v) for k, v in pipeline.stats().items()}
+    before = pipeline.stats()  # the pipeline is shared by every task of this worker: report the delta
     reader = READERS[src.fmt](cfg.reader)
     n_input = n_kept = 0
     part = 0
@@ -126,11 +126,16 @@ def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
     stats = {
         "file_id": src.file_id, "source": src.source, "path": src.path, "parts": part + 1,
         "input": n_input, "kept": n_kept, "seconds": time.monotonic() - started,
-        "filters": {k: {m: v.get(m, 0) - before.get(k, {}).get(m, 0) for m in v} if isinstance(v, dict) else v
-                    for k, v in after.items()},
+        "filters": _delta(after, before),
     }
     storage.write_json_atomic(done, stats)
     return stats
+
+
+def _delta(after: Any, before: Any) -> Any:
+    if isinstance(after, dict):
+        return {k: _delta(v, before.get(k, 0 if not isinstance(v, dict) else {})) for k, v in after.items()}
+    return after - before
 
 
 def caption_parts(layout: Layout, done_stats: list[dict[str, Any]]) -> list[str]:
