@@ -22,7 +22,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env_vars = {"NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        # An existing cluster: code and environment come from `ray job submit --working-dir .
+        # --runtime-env-json ...` (or an installed package). A driver runtime_env here would
+        # conflict with the job's own and Ray refuses to merge the two.
+        ray.init(address=address, log_to_driver=True)
         return False
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     os.environ["PYTHONPATH"] = pythonpath

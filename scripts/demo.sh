@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The demo command: set up .venv, then run the whole pipeline on the embedded demo source.
+#
+#   1. start the demo HTTP server on 127.0.0.1 and write the demo source (synthetic shapes + rows
+#      every filter must reject)
+#   2. start a private Ray head (free ports, token auth) and `ray job submit` build_dataset to it
+#   3. the later stages (dVAE tokens, prior) when present
+#   4. print the filter summary and the MLflow UI command; stop the server and the Ray head
+#
+# Everything lands in demo_out/ (override with DEMO_DIR) and MLflow in ./mlflow.db.
+# DEMO_GOOD sets the number of good images (default 400).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+. .venv/bin/activate
+
+export NO_ALBUMENTATIONS_UPDATE=1
+unset RAY_ADDRESS
+DEMO=$(mkdir -p "${DEMO_DIR:-demo_out}" && cd "${DEMO_DIR:-demo_out}" && pwd)
+export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}
+# Create the MLflow store once, before any concurrent writer (sqlite migrations race otherwise).
+python -c "from common.tracking import ensure_experiment as e; [e(n) for n in ('build_dataset',)]"
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# 1. demo server + source ------------------------------------------------------------------------
+mkdir -p "$DEMO/source/www"
+rm -f "$DEMO/server.port"
+python -m pipeline.demo.server --root "$DEMO/source/www" --port 0 --port-file "$DEMO/server.port" \
+  > "$DEMO/server.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$DEMO/server.port" ] && break; sleep 0.1; done
+BASE_URL="http://127.0.0.1:$(cat "$DEMO/server.port")"
+python -m pipeline.demo.source --out "$DEMO/source" --base-url "$BASE_URL" --n "${DEMO_GOOD:-400}" > /dev/null
+SOURCES=$(python -c "import json; print(' '.join('--source ' + s for s in json.load(open('$DEMO/source/expected.json'))['sources']))")
+
+# 2. a private Ray head: every port free-chosen so it never collides with another cluster ---------
+python -c "import secrets; print(secrets.token_hex(32))" > "$DEMO/ray_token"
+chmod 600 "$DEMO/ray_token"
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$DEMO/ray_token"
+read -r GCS DASH AGENT AGENT_GRPC METRICS RUNTIME_ENV < <(python - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(6)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])
+EOF
+)
+# --block: the head's processes live and die with this one process, so cleanup stops exactly
+# the cluster this script started (`ray stop` would stop every Ray on the machine).
+ray start --head --block --node-ip-address 127.0.0.1 --port "$GCS" --num-cpus "${DEMO_CPUS:-2}" \
+  --dashboard-host 127.0.0.1 --dashboard-port "$DASH" --dashboard-agent-listen-port "$AGENT" \
+  --dashboard-agent-grpc-port "$AGENT_GRPC" --metrics-export-port "$METRICS" \
+  --runtime-env-agent-port "$RUNTIME_ENV" --disable-usage-stats > "$DEMO/ray_head.log" 2>&1 &
+pids+=($!)
+export RAY_JOB_ADDRESS="http://127.0.0.1:$DASH"
+submit() {  # ray job submit, retried while the head's job agent is still starting
+  local log="$DEMO/submit.log"
+  for _ in $(seq 60); do
+    if ray job submit --address "$RAY_JOB_ADDRESS" --working-dir . \
+         --runtime-env-json "{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$MLFLOW_TRACKING_URI\", \"NO_ALBUMENTATIONS_UPDATE\": \"1\"}}" \
+         -- "$@" 2>&1 | tee "$log"; then
+      grep -q "succeeded" "$log" && return 0
+    fi
+    grep -q -E "No available agent|Connection refused|Failed to connect|Cannot connect" "$log" || return 1
+    sleep 2
+  done
+  return 1
+}
+
+# 3. stage 1: build_dataset ---------------------------------------------------------------------
+# shellcheck disable=SC2086
+submit python orchestration/build_dataset.py --config configs/demo.toml --output "$DEMO/dataset" $SOURCES
+
+# 4. summary --------------------------------------------------------------------------------------
+echo
+echo "== Demo finished =="
+echo "Dataset:        $DEMO/dataset   (filter report: $DEMO/dataset/report/filter_report.json)"
+python -c "import json; from pipeline.report import summary_text; print(summary_text(json.load(open('$DEMO/dataset/report/filter_report.json'))))"
+echo
+echo "Open the MLflow UI:"
+python -c "from common.tracking import ui_command; print('  ' + ui_command())"
