@@ -141,6 +141,9 @@ def test_http_errors_keep_their_status(server, policy):
     assert err.value.code == 503
     with pytest.raises(FetchError, match=r"^download_error: connection refused by 127.0.0.1:1"):
         fetch("http://127.0.0.1:1/x.jpg")
+    # The server stops after a few of the 1000 announced bytes: a short body is an error, not an image.
+    with pytest.raises(FetchError, match=r"^download_error: incomplete body: \d+ of 1000 bytes"):
+        fetch(f"{server}/drip/0.25")
 
 
 def test_deadline_against_a_dripping_server(server, policy):

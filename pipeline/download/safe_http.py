@@ -299,6 +299,7 @@ class _BodyReader(urllib.request.BaseHandler):
             response.close()
             raise TooLarge(f"Content-Length {int(length)} > {cap} bytes")
         body = bytearray()
+        entry = getattr(_tls, "deadline", None)
         try:
             while True:
                 chunk = response.read(min(_READ_CHUNK, cap + 1 - len(body)))
@@ -307,15 +308,19 @@ class _BodyReader(urllib.request.BaseHandler):
                 body += chunk
                 if len(body) > cap:
                     raise TooLarge(f"> {cap} bytes (body without a usable Content-Length)")
-        except http.client.IncompleteRead as err:
-            raise FetchError(f"incomplete body: got {len(err.partial) + len(body)} bytes") from None
-        except TimeoutError:
-            raise FetchError("timeout while reading the body") from None
+        except (http.client.HTTPException, OSError) as err:
+            if entry is not None and entry.expired:  # the watchdog cut the socket: say why
+                raise FetchError(f"deadline of {policy.total_timeout:g}s exceeded while reading the body") from None
+            if isinstance(err, TimeoutError):
+                raise FetchError("timeout while reading the body") from None
+            raise FetchError(f"body read failed after {len(body)} bytes: {type(err).__name__}: {err}") from None
         finally:
             response.close()
-        entry = getattr(_tls, "deadline", None)
         if entry is not None and entry.expired:
             raise FetchError(f"deadline of {policy.total_timeout:g}s exceeded while reading the body")
+        if length is not None and length.strip().isdigit() and len(body) < int(length):
+            # http.client returns a short read, not an error, when the server closes early
+            raise FetchError(f"incomplete body: {len(body)} of {int(length)} bytes")
         result = urllib.response.addinfourl(io.BytesIO(bytes(body)), response.headers, response.url, response.status)
         result.msg = response.msg
         return result
