@@ -152,6 +152,21 @@ def test_deadline_against_a_dripping_server(server, policy):
     with pytest.raises(FetchError, match=r"^download_error: deadline of 0.6s exceeded"):
         fetch(f"{server}/drip/20")  # one byte per 0.1 s: the 5 s socket timeout never fires
     assert time.monotonic() - start < 2.5
+    start = time.monotonic()
+    with pytest.raises(FetchError, match=r"^download_error: deadline of 0.6s exceeded"):
+        fetch(f"{server}/drip-headers/20")  # the same while the headers are still arriving
+    assert time.monotonic() - start < 2.5
+
+
+def test_https_goes_through_the_checked_connection(server, policy):
+    port = server.rsplit(":", 1)[1]
+    policy(FetchPolicy())
+    with pytest.raises(BlockedAddress, match=r"^blocked_address: 127.0.0.1"):
+        fetch(f"https://127.0.0.1:{port}/img.jpg")  # refused before any TLS
+    policy(LOOPBACK_ONLY)
+    with pytest.raises(Exception) as err:  # a plain-HTTP port cannot complete a TLS handshake
+        fetch(f"https://127.0.0.1:{port}/img.jpg")
+    assert "SSL" in str(err.value) or "ssl" in str(err.value)
 
 
 def test_robots_header_refused_before_reading_the_body(server, policy):
