@@ -33,14 +33,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def policy():
-    """Installs a policy for one test and restores the previous one after it."""
-    previous = [safe_http.current_policy()]
-
-    def use(p: FetchPolicy) -> None:
-        safe_http.install(p)
-
-    yield use
-    safe_http.install(previous[0])
+    """Installs a policy for one test; the process's opener and policy are restored after it."""
+    with safe_http.installed(FetchPolicy()):
+        yield safe_http.install
 
 
 def fetch(url: str) -> bytes:
@@ -231,3 +226,11 @@ def test_dns_failure_and_rebinding(server, policy, monkeypatch):
     with pytest.raises(BlockedAddress, match=r"^blocked_address: rebind.test -> 127.0.0.2 \(loopback\)"):
         fetch(f"http://rebind.test:{port}/redirect/img.jpg")
     assert connects == ["127.0.0.1", "127.0.0.1"]  # the first hop only; 127.0.0.2 was never dialled
+
+
+def test_installed_restores_the_process_opener(server):
+    before = urllib.request._opener
+    with safe_http.installed(FetchPolicy()):
+        with pytest.raises(BlockedAddress):
+            fetch(f"{server}/img.jpg")
+    assert urllib.request._opener is before  # other urllib users in the process are left as found

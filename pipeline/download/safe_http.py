@@ -1,7 +1,8 @@
 """A hardened, process-wide urllib opener for fetching untrusted URLs.
 
-img2dataset downloads with `urllib.request.urlopen`, i.e. through the process-global opener. We
-replace that opener (urllib.request.install_opener) with one built from only the handlers we need,
+img2dataset downloads with `urllib.request.urlopen`, i.e. through the process-global opener. While
+a shard downloads (`with installed(policy):`) we replace that opener with one built from only the
+handlers we need,
 so that img2dataset keeps doing the download while every request obeys a `FetchPolicy`:
 
 1. Only http and https, also after redirects. There is no file/ftp/data handler at all, and no
@@ -25,6 +26,7 @@ starts with a machine-readable reason, e.g. "blocked_address: ...", "too_large: 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import http.client
@@ -37,6 +39,7 @@ import time
 import urllib.parse
 import urllib.request
 import urllib.response
+from collections.abc import Iterator
 
 from img2dataset.downloader import is_disallowed  # the same X-Robots-Tag parser img2dataset applies
 
@@ -123,6 +126,23 @@ _tls = threading.local()
 
 def current_policy() -> FetchPolicy:
     return _policy
+
+
+@contextlib.contextmanager
+def installed(policy: FetchPolicy) -> Iterator[None]:
+    """Install the safe opener with `policy` for the duration of the block, then put back whatever
+    opener and policy the process had (other urllib users in the process are left as found).
+
+    Process-wide: run one such block at a time per process (one Ray task per worker process).
+    """
+    global _policy
+    previous_policy, previous_opener = _policy, getattr(urllib.request, "_opener", None)
+    install(policy)
+    try:
+        yield
+    finally:
+        _policy = previous_policy
+        urllib.request.install_opener(previous_opener)
 
 
 def install(policy: FetchPolicy) -> FetchPolicy:
