@@ -2,8 +2,8 @@
 
 img2dataset downloads with `urllib.request.urlopen`, i.e. through the process-global opener. While
 a shard downloads (`with installed(policy):`) we replace that opener with one built from only the
-handlers we need,
-so that img2dataset keeps doing the download while every request obeys a `FetchPolicy`:
+handlers we need, so that img2dataset keeps doing the download while every request obeys a
+`FetchPolicy`:
 
 1. Only http and https, also after redirects. There is no file/ftp/data handler at all, and no
    ProxyHandler either: a proxy from the environment would connect on our behalf and bypass rule 2.
