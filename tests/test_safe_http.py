@@ -33,14 +33,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def policy():
-    """Installs a policy for one test and restores the previous one after it."""
-    previous = [safe_http.current_policy()]
-
-    def use(p: FetchPolicy) -> None:
-        safe_http.install(p)
-
-    yield use
-    safe_http.install(previous[0])
+    """Installs a policy for one test; the process's opener and policy are restored after it."""
+    with safe_http.installed(FetchPolicy()):
+        yield safe_http.install
 
 
 def fetch(url: str) -> bytes:
@@ -141,6 +136,9 @@ def test_http_errors_keep_their_status(server, policy):
     assert err.value.code == 503
     with pytest.raises(FetchError, match=r"^download_error: connection refused by 127.0.0.1:1"):
         fetch("http://127.0.0.1:1/x.jpg")
+    # The server stops after a few of the 1000 announced bytes: a short body is an error, not an image.
+    with pytest.raises(FetchError, match=r"^download_error: incomplete body: \d+ of 1000 bytes"):
+        fetch(f"{server}/drip/0.25")
 
 
 def test_deadline_against_a_dripping_server(server, policy):
@@ -149,6 +147,21 @@ def test_deadline_against_a_dripping_server(server, policy):
     with pytest.raises(FetchError, match=r"^download_error: deadline of 0.6s exceeded"):
         fetch(f"{server}/drip/20")  # one byte per 0.1 s: the 5 s socket timeout never fires
     assert time.monotonic() - start < 2.5
+    start = time.monotonic()
+    with pytest.raises(FetchError, match=r"^download_error: deadline of 0.6s exceeded"):
+        fetch(f"{server}/drip-headers/20")  # the same while the headers are still arriving
+    assert time.monotonic() - start < 2.5
+
+
+def test_https_goes_through_the_checked_connection(server, policy):
+    port = server.rsplit(":", 1)[1]
+    policy(FetchPolicy())
+    with pytest.raises(BlockedAddress, match=r"^blocked_address: 127.0.0.1"):
+        fetch(f"https://127.0.0.1:{port}/img.jpg")  # refused before any TLS
+    policy(LOOPBACK_ONLY)
+    with pytest.raises(Exception) as err:  # a plain-HTTP port cannot complete a TLS handshake
+        fetch(f"https://127.0.0.1:{port}/img.jpg")
+    assert "SSL" in str(err.value) or "ssl" in str(err.value)
 
 
 def test_robots_header_refused_before_reading_the_body(server, policy):
@@ -213,3 +226,11 @@ def test_dns_failure_and_rebinding(server, policy, monkeypatch):
     with pytest.raises(BlockedAddress, match=r"^blocked_address: rebind.test -> 127.0.0.2 \(loopback\)"):
         fetch(f"http://rebind.test:{port}/redirect/img.jpg")
     assert connects == ["127.0.0.1", "127.0.0.1"]  # the first hop only; 127.0.0.2 was never dialled
+
+
+def test_installed_restores_the_process_opener(server):
+    before = urllib.request._opener
+    with safe_http.installed(FetchPolicy()):
+        with pytest.raises(BlockedAddress):
+            fetch(f"{server}/img.jpg")
+    assert urllib.request._opener is before  # other urllib users in the process are left as found

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import shutil
+import urllib.request
 
 import pyarrow as pa
 import pytest
@@ -71,8 +72,10 @@ def test_demo_rows_get_their_expected_reasons(demo, tmp_path):
     bad_input = [(None, "a row without a URL"), ("", "an empty URL"), ("javascript:alert(1)", "a script URL")]
     rows = candidates(sorted({(r["url"], r["caption"]) for r in image_side}) + bad_input)
 
+    opener_before = urllib.request._opener
     kept, rejected = download_shard(rows, config(), 0.5, 2.0, str(tmp_path))
 
+    assert urllib.request._opener is opener_before and os.listdir(tmp_path) == []  # process and work_dir as found
     assert_partition(rows, kept, rejected)
     got = {r["url"]: r["reason"] for r in rejected.to_pylist()}
     got.update({u: "kept" for u in kept["url"].to_pylist()})

@@ -12,6 +12,7 @@ Routes (PATH is a file under --root):
     /huge/N                    N bytes with Content-Length
     /huge-chunked/N            N bytes, chunked, no Content-Length
     /drip/SECONDS              Content-Length 1000, then one byte every 0.1 s for at most SECONDS
+    /drip-headers/SECONDS      the status line, then a header one byte every 0.1 s for at most SECONDS
     /status/CODE               an empty response with that status
     anything else              404
 
@@ -92,6 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._huge(int(rest), chunked=True)
             if head == "drip":
                 return self._drip(float(rest))
+            if head == "drip-headers":
+                return self._drip(float(rest), headers_too=True)
             if head == "status":
                 return self._empty(int(rest))
             return self._file(path, {})
@@ -137,16 +140,19 @@ class _Handler(BaseHTTPRequestHandler):
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
 
-    def _drip(self, seconds: float):
+    def _drip(self, seconds: float, headers_too: bool = False):
         end = time.monotonic() + min(seconds, _MAX_DRIP_SECONDS)
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", "1000")
-        self.end_headers()
+        if headers_too:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
         for _ in range(1000):  # bounded: at most 1000 bytes, at most `seconds`
             if time.monotonic() >= end:
                 break
-            self.wfile.write(b"\0")
+            self.wfile.write(b"a" if headers_too else b"\0")
             self.wfile.flush()
             time.sleep(0.1)
         self.close_connection = True

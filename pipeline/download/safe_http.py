@@ -1,8 +1,9 @@
 """A hardened, process-wide urllib opener for fetching untrusted URLs.
 
-img2dataset downloads with `urllib.request.urlopen`, i.e. through the process-global opener. We
-replace that opener (urllib.request.install_opener) with one built from only the handlers we need,
-so that img2dataset keeps doing the download while every request obeys a `FetchPolicy`:
+img2dataset downloads with `urllib.request.urlopen`, i.e. through the process-global opener. While
+a shard downloads (`with installed(policy):`) we replace that opener with one built from only the
+handlers we need, so that img2dataset keeps doing the download while every request obeys a
+`FetchPolicy`:
 
 1. Only http and https, also after redirects. There is no file/ftp/data handler at all, and no
    ProxyHandler either: a proxy from the environment would connect on our behalf and bypass rule 2.
@@ -25,6 +26,7 @@ starts with a machine-readable reason, e.g. "blocked_address: ...", "too_large: 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import http.client
@@ -37,6 +39,7 @@ import time
 import urllib.parse
 import urllib.request
 import urllib.response
+from collections.abc import Iterator
 
 from img2dataset.downloader import is_disallowed  # the same X-Robots-Tag parser img2dataset applies
 
@@ -123,6 +126,23 @@ _tls = threading.local()
 
 def current_policy() -> FetchPolicy:
     return _policy
+
+
+@contextlib.contextmanager
+def installed(policy: FetchPolicy) -> Iterator[None]:
+    """Install the safe opener with `policy` for the duration of the block, then put back whatever
+    opener and policy the process had (other urllib users in the process are left as found).
+
+    Process-wide: run one such block at a time per process (one Ray task per worker process).
+    """
+    global _policy
+    previous_policy, previous_opener = _policy, getattr(urllib.request, "_opener", None)
+    install(policy)
+    try:
+        yield
+    finally:
+        _policy = previous_policy
+        urllib.request.install_opener(previous_opener)
 
 
 def install(policy: FetchPolicy) -> FetchPolicy:
@@ -299,6 +319,7 @@ class _BodyReader(urllib.request.BaseHandler):
             response.close()
             raise TooLarge(f"Content-Length {int(length)} > {cap} bytes")
         body = bytearray()
+        entry = getattr(_tls, "deadline", None)
         try:
             while True:
                 chunk = response.read(min(_READ_CHUNK, cap + 1 - len(body)))
@@ -307,15 +328,19 @@ class _BodyReader(urllib.request.BaseHandler):
                 body += chunk
                 if len(body) > cap:
                     raise TooLarge(f"> {cap} bytes (body without a usable Content-Length)")
-        except http.client.IncompleteRead as err:
-            raise FetchError(f"incomplete body: got {len(err.partial) + len(body)} bytes") from None
-        except TimeoutError:
-            raise FetchError("timeout while reading the body") from None
+        except (http.client.HTTPException, OSError) as err:
+            if entry is not None and entry.expired:  # the watchdog cut the socket: say why
+                raise FetchError(f"deadline of {policy.total_timeout:g}s exceeded while reading the body") from None
+            if isinstance(err, TimeoutError):
+                raise FetchError("timeout while reading the body") from None
+            raise FetchError(f"body read failed after {len(body)} bytes: {type(err).__name__}: {err}") from None
         finally:
             response.close()
-        entry = getattr(_tls, "deadline", None)
         if entry is not None and entry.expired:
             raise FetchError(f"deadline of {policy.total_timeout:g}s exceeded while reading the body")
+        if length is not None and length.strip().isdigit() and len(body) < int(length):
+            # http.client returns a short read, not an error, when the server closes early
+            raise FetchError(f"incomplete body: {len(body)} of {int(length)} bytes")
         result = urllib.response.addinfourl(io.BytesIO(bytes(body)), response.headers, response.url, response.status)
         result.msg = response.msg
         return result

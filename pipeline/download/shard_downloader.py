@@ -158,23 +158,20 @@ def download_shard(rows: pa.Table, cfg: DownloadConfig, min_aspect: float, max_a
         return schemas.empty(schemas.DATASET_SHARD), schemas.empty(schemas.REJECTED)
     collector = _Collector()
     os.makedirs(work_dir, exist_ok=True)
-    previous = safe_http.install(safe_http.FetchPolicy.from_download_config(cfg))
-    try:
-        with tempfile.TemporaryDirectory(prefix="download-", dir=work_dir) as tmp:
-            shard_file = os.path.join(tmp, "input.arrow")
-            table = pa.table({"url": rows["url"], "row_index": pa.array(range(rows.num_rows), pa.int64())})
-            with pa.OSFile(shard_file, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
-            downloader = Downloader(
-                sample_writer_class=collector, resizer=HeaderGate(cfg, min_aspect, max_aspect),
-                thread_count=cfg.thread_count, save_caption=False, extract_exif=False, output_folder=tmp,
-                column_list=["url", "row_index"], timeout=cfg.timeout, number_sample_per_shard=rows.num_rows + 1,
-                oom_shard_count=5, compute_hash="sha256", verify_hash_type=None, encode_format="jpg",
-                retries=cfg.retries, user_agent_token=cfg.user_agent_token,
-                disallowed_header_directives=list(cfg.disallowed_header_directives))
-            downloader.download_shard((0, shard_file))  # raises on machinery failure (the task retries)
-    finally:
-        safe_http.install(previous)
+    with safe_http.installed(safe_http.FetchPolicy.from_download_config(cfg)), \
+            tempfile.TemporaryDirectory(prefix="download-", dir=work_dir) as tmp:
+        shard_file = os.path.join(tmp, "input.arrow")
+        table = pa.table({"url": rows["url"], "row_index": pa.array(range(rows.num_rows), pa.int64())})
+        with pa.OSFile(shard_file, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        downloader = Downloader(
+            sample_writer_class=collector, resizer=HeaderGate(cfg, min_aspect, max_aspect),
+            thread_count=cfg.thread_count, save_caption=False, extract_exif=False, output_folder=tmp,
+            column_list=["url", "row_index"], timeout=cfg.timeout, number_sample_per_shard=rows.num_rows + 1,
+            oom_shard_count=5, compute_hash="sha256", verify_hash_type=None, encode_format="jpg",
+            retries=cfg.retries, user_agent_token=cfg.user_agent_token,
+            disallowed_header_directives=list(cfg.disallowed_header_directives))
+        downloader.download_shard((0, shard_file))  # raises on machinery failure (the task retries)
     return _assemble(rows, collector)
 
 
