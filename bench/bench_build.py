@@ -1,0 +1,87 @@
+"""images/s of the whole build_dataset against the plain img2dataset CLI: same URL list, same local
+server, same machine, one run.
+
+    python bench/bench_build.py --n 4000
+
+Both sides get the same CPUs (2 Ray CPUs vs `--processes_count 2`), threads per process, resize
+(short side 256, keep ratio, never upscale) and JPEG output. The demo server runs in its own process.
+build_dataset does more than img2dataset: caption filters (fastText), URL dedup, image dedup, atomic
+publish and the audit report; its private Ray start-up is included in its end-to-end time and
+also shown separately (the download phase rate is the build's own `images_per_s`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from bench.bench_download import server_process  # noqa: E402
+from pipeline.demo.source import write_demo_source  # noqa: E402
+
+
+def run_build(sources: list[str], out: str, threads: int, env: dict[str, str]) -> tuple[float, dict]:
+    cmd = [sys.executable, os.path.join(ROOT, "orchestration", "build_dataset.py"), "--output", out,
+           "--allow-private-networks", "--run.num_cpus", "2", "--run.shard_size", "1000",
+           "--run.dedup_partitions", "4", "--download.thread_count", str(threads)]
+    for spec in sources:
+        cmd += ["--source", spec]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    with open(os.path.join(out, "report", "filter_report.json")) as fh:
+        return seconds, json.load(fh)
+
+
+def run_img2dataset(url_list: str, out: str, threads: int) -> tuple[float, int]:
+    cmd = ["img2dataset", "--url_list", url_list, "--input_format", "tsv", "--url_col", "url",
+           "--caption_col", "caption", "--output_folder", out, "--output_format", "parquet",
+           "--processes_count", "2", "--thread_count", str(threads), "--number_sample_per_shard", "1000",
+           "--resize_mode", "keep_ratio", "--image_size", "256", "--resize_only_if_bigger", "True",
+           "--encode_format", "jpg", "--encode_quality", "95", "--compute_hash", "sha256"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    ok = 0
+    for path in glob.glob(os.path.join(out, "*_stats.json")):
+        with open(path) as fh:
+            ok += json.load(fh)["successes"]
+    return seconds, ok
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=4000, help="good images in the URL list")
+    ap.add_argument("--threads", type=int, default=32)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="bench-build-")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "PYTHONPATH": ROOT}
+    env.pop("RAY_ADDRESS", None)
+    with server_process(os.path.join(tmp, "src", "www")) as base_url:
+        src = write_demo_source(os.path.join(tmp, "src"), base_url, n_good=args.n, seed=0, hostile=False)
+        url_list = next(s.split(":", 1)[1] for s in src.sources if s.startswith("tsv:"))
+        tsv_sources = [s for s in src.sources if s.startswith("tsv:")]
+        i2d_s, i2d_ok = run_img2dataset(url_list, os.path.join(tmp, "img2dataset"), args.threads)
+        ours_s, report = run_build(tsv_sources, os.path.join(tmp, "ours"), args.threads, env)
+    rows = report["input"]
+    phase = report["rates"]["images_per_s"]
+    print(f"URL list: {rows} rows ({url_list}); threads {args.threads}; 2 CPUs each")
+    print(f"  img2dataset CLI            {i2d_ok:6d} images in {i2d_s:6.1f} s = {rows / i2d_s:7.1f} images/s")
+    print(f"  build_dataset end to end   {report['kept']:6d} images in {ours_s:6.1f} s = {rows / ours_s:7.1f} images/s"
+          f"   ratio {i2d_s / ours_s:.2f} (goal >= 0.9)")
+    print(f"  build_dataset download phase only                 = {phase:7.1f} images/s"
+          f"   ratio {phase / (rows / i2d_s):.2f}")
+    print(f"  build phases (s): {json.dumps({k: round(v, 1) for k, v in report['timings_s'].items()})}")
+
+
+if __name__ == "__main__":
+    main()
