@@ -336,3 +336,18 @@ def test_merge_stats_sums_workers():
     a.process(table_of([real("Matt Damon"), real("dew and grass")]))
     merged = CaptionPipeline.merge_stats([a.stats(), a.stats()])
     assert merged["too_short"]["dropped"] == 2 * a.stats()["too_short"]["dropped"] == 2
+
+
+def test_vectorised_batches_decide_exactly_like_the_per_row_filters(cfg):
+    """The RE2 prefilters of boilerplate and invalid_url only skip rows the exact filter would keep."""
+    captions = [normalize(t) for t in sample().column("TEXT").to_pylist()]
+    captions += ["photographed on June 14, 2015", "Taken on 2015:06:14 12:31:05", "P1010001 holiday",
+                 "100_1234 lake view", "a boat on 3 Dec. 2019", "photo photo photo", "12 34 5678", "éimage"]
+    boilerplate = BoilerplateFilter(cfg)
+    assert boilerplate.filter_batch(captions, [ROW] * len(captions)) == [boilerplate.filter(c, ROW) for c in captions]
+    urls = sample().column("URL").to_pylist() + [
+        "HTTPS://EXAMPLE.COM/A.JPG", "http://user:pw@example.com/a.jpg", "http://[::1]:8080/a.jpg",
+        "http://example.com:99999/", "https://exa mple.com/a.jpg", "http://example.com/a\tb", "mailto:a@b.c", ""]
+    rows = [CaptionRow(u, None, None) for u in urls]
+    invalid = InvalidUrlFilter(cfg)
+    assert invalid.filter_batch([""] * len(rows), rows) == [invalid.filter("", r) for r in rows]
