@@ -342,7 +342,8 @@ def test_vectorised_batches_decide_exactly_like_the_per_row_filters(cfg):
     """The RE2 prefilters of boilerplate and invalid_url only skip rows the exact filter would keep."""
     captions = [normalize(t) for t in sample().column("TEXT").to_pylist()]
     captions += ["photographed on June 14, 2015", "Taken on 2015:06:14 12:31:05", "P1010001 holiday",
-                 "100_1234 lake view", "a boat on 3 Dec. 2019", "photo photo photo", "12 34 5678", "éimage"]
+                 "100_1234 lake view", "a boat on 3 Dec. 2019", "photo photo photo", "12 34 5678", "éimage",
+                 "DSCN1234 at the lake shore", "DSCN1234 lake view", "DSCF0042.JPG", "Jan. 5, 2020 market", "²³"]
     boilerplate = BoilerplateFilter(cfg)
     assert boilerplate.filter_batch(captions, [ROW] * len(captions)) == [boilerplate.filter(c, ROW) for c in captions]
     urls = sample().column("URL").to_pylist() + [

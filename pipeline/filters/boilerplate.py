@@ -107,12 +107,6 @@ def find_spans(text: str) -> list[tuple[int, int, str]]:
 _GENERIC_WORDS = frozenset("image images photo photos photograph photographs picture pictures pic pics img foto fotos "
                            "thumbnail screenshot screenshots untitled stock file".split())
 _GENERIC_RE = re.compile(r"\b(?:" + "|".join(sorted(_GENERIC_WORDS)) + r")\b", re.I)
-# Substrings of every generic word, case-sensitive variants included: a cheap scan before the \b regex.
-_GENERIC_STEMS = re.compile("image|photo|picture|pic|img|foto|thumbnail|screenshot|untitled|stock|file", re.I)
-
-
-def has_generic(text: str) -> bool:
-    return _GENERIC_STEMS.search(text) is not None and _GENERIC_RE.search(text) is not None
 _LETTER = re.compile(r"[^\W\d_]")
 _PUNCT = "\"'()[]{}<>.,;:!?-–—|/*~+&"
 # Separators left dangling once a span is gone: "Sky | Stock Foto" -> "Sky |" -> "Sky".
@@ -134,7 +128,7 @@ _SPAN_RE2 = "|".join([
     _MONTH_RE2 + r"[a-z]*\.? \d", r"\d(?:st|nd|rd|th)? (?:of )?" + _MONTH_RE2,   # worded dates
     "://", r"www\.",                                               # url
     r"\.(?:" + "|".join(_EXTENSIONS) + ")",                         # file_name
-    r"(?:img|dsc|pict|gopr|dji|sam|cimg|pano|mvc|dcim|imag|vid)[-_]?\d{3}", r"p\d{7}|\d{3}_\d{4}",  # camera
+    r"(?:img|dsc[nf]?|pict|gopr|dji|sam|cimg|pano|mvc|dcim|imag|vid)[-_]?\d{3}", r"p\d{7}|\d{3}_\d{4}",  # camera
     r"\.(?:" + "|".join(t.replace(".", r"\.") for t in _TLDS) + ")",  # domain
     "[#@]",                                                         # hashtag, stock_id
     r"\((?:ap|afp|epa|reuters|getty)|reuters/",                    # photo_credit
@@ -147,6 +141,10 @@ _GENERIC_RE2 = "image|photo|picture|pic|img|foto|thumbnail|screenshot|untitled|s
 _GENERIC_MAX_TOKENS = 8
 _SHORT_RE2 = r"^[^ ]*(?: [^ ]+){0,%d}$" % (_GENERIC_MAX_TOKENS - 1)
 _NO_LETTER_RE2 = r"^[^\pL]*$"
+
+
+def has_generic(text: str) -> bool:
+    return _GENERIC_RE.search(text) is not None
 
 
 def descriptive_words(text: str) -> int:
