@@ -352,3 +352,14 @@ def test_vectorised_batches_decide_exactly_like_the_per_row_filters(cfg):
     rows = [CaptionRow(u, None, None) for u in urls]
     invalid = InvalidUrlFilter(cfg)
     assert invalid.filter_batch([""] * len(rows), rows) == [invalid.filter("", r) for r in rows]
+
+
+def test_pipeline_pickles_into_workers_and_decides_the_same():
+    import pickle
+
+    pipeline = CaptionPipeline(CaptionFilterConfig())
+    table = table_of([real("Stir Fry Mango Chicken"), real("Expresiones regulares en Tkinter"), real("dew and grass")])
+    clone = pickle.loads(pickle.dumps(pipeline))
+    assert clone.process(table)[0].equals(pipeline.process(table)[0])
+    # each copy counts its own work: one in-band caption ("Stir Fry Mango Chicken") each
+    assert clone.stats()["langdetect_calls"] == pipeline.stats()["langdetect_calls"] == 1

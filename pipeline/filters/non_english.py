@@ -132,6 +132,17 @@ class NonEnglishFilter(CaptionFilter):
         self.model = load_model(cfg.fasttext_model)
         self.langdetect = LangDetect()
 
+    def __getstate__(self) -> dict:
+        # The fastText model is a C++ object: ship the config, reload (once per process) on arrival,
+        # so a CaptionPipeline can be pickled into Ray tasks.
+        state = dict(self.__dict__)
+        state["model"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.model = load_model(self.cfg.fasttext_model)
+
     @property
     def langdetect_calls(self) -> int:
         return self.langdetect.calls
