@@ -135,7 +135,7 @@ _SPAN_RE2 = "|".join([
     "click|view larger|view full|loading|may contain|no title|no description|untitled|%name|available",  # ui_text
     "royalty|stock|vetorial",                                       # stock_credit
 ])
-_GENERIC_RE2 = "image|photo|picture|pic|img|foto|thumbnail|screenshot|untitled|stock|file"
+_GENERIC_RE2 = _GENERIC_RE.pattern  # RE2's ASCII \b never misses a boundary Python's Unicode \b sees here
 # Generic words only matter in short captions: with more than this many tokens, fewer than
 # boilerplate_min_remaining_words descriptive words would need 6+ generic words in a row.
 _GENERIC_MAX_TOKENS = 8
