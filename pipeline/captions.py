@@ -21,7 +21,7 @@ import pyarrow as pa
 from common.schemas import CANDIDATE, CAPTION_REASONS, REJECTED
 from pipeline.config import CaptionFilterConfig
 from pipeline.filters.aspect_ratio import AspectRatioFilter
-from pipeline.filters.base import CaptionFilter, CaptionRow
+from pipeline.filters.base import CaptionFilter, CaptionRows
 from pipeline.filters.boilerplate import BoilerplateFilter
 from pipeline.filters.invalid_url import InvalidUrlFilter
 from pipeline.filters.non_english import NonEnglishFilter
@@ -79,21 +79,19 @@ class CaptionPipeline:
             if not alive:
                 break
             start = time.perf_counter()
-            rows = [CaptionRow(urls[i], widths[i], heights[i]) for i in alive]
+            rows = CaptionRows(urls, widths, heights, alive)
             decisions = flt.filter_batch(captions, rows)
-            next_alive, next_captions = [], []
-            for i, caption, detail in zip(alive, captions, decisions):
-                if detail is None:
-                    next_alive.append(i)
-                    next_captions.append(caption)
-                else:
-                    reject(i, caption, flt.name, detail)
+            dropped = [j for j, detail in enumerate(decisions) if detail is not None]
+            if dropped:
+                for j in dropped:
+                    reject(alive[j], captions[j], flt.name, decisions[j])
+                alive = [i for i, detail in zip(alive, decisions) if detail is None]
+                captions = [c for c, detail in zip(captions, decisions) if detail is None]
             if flt.rewrites:
-                next_captions = [flt.rewrite(c) for c in next_captions]
+                captions = flt.rewrite_batch(captions)
             stats = self._stats[flt.name]
-            stats["dropped"] += len(alive) - len(next_alive)
+            stats["dropped"] += len(dropped)
             stats["seconds"] += time.perf_counter() - start
-            alive, captions = next_alive, next_captions
 
         kept = pa.Table.from_pydict({
             "key": [keys[i] for i in alive],

@@ -32,10 +32,12 @@ class CaptionFilterConfig:
                                         "this threshold. On the hand-labelled LAION sample no non-English caption "
                                         "scores >= 0.4, while 0.5 drops 26% of English ones (docs/filters.md).")
     uncertain_band: list[float] = doc([0.2, 0.4], "non_english: when P(en) falls in [low, high), ask langdetect for a "
-                                                  "second opinion (keeps if it says 'en'). Measured on the LAION sample: "
-                                                  "13% of captions fall in the band; English kept 74% -> 90% with "
-                                                  "96% of non-English still dropped (docs/filters.md, "
-                                                  "bench/language_band.py).")
+                                                  "second opinion (keeps if it says 'en'). Measured on the hand-labelled "
+                                                  "LAION sample: 13% of captions fall in the band; English kept 81% -> "
+                                                  "90%, non-English dropped 100% -> 96%. langdetect costs hundreds of "
+                                                  "fastText predictions, so the band makes the caption stage ~20x "
+                                                  "slower; [0, 0] switches it off (docs/filters.md, "
+                                                  "bench/language_band.py, bench/bench_captions.py).")
     boilerplate_min_remaining_words: int = doc(3, "boilerplate: drop when fewer words than this remain after "
                                                   "removing boilerplate spans.")
     strip_boilerplate: bool = doc(True, "boilerplate: store kept captions with their boilerplate spans removed.")

@@ -336,3 +336,30 @@ def test_merge_stats_sums_workers():
     a.process(table_of([real("Matt Damon"), real("dew and grass")]))
     merged = CaptionPipeline.merge_stats([a.stats(), a.stats()])
     assert merged["too_short"]["dropped"] == 2 * a.stats()["too_short"]["dropped"] == 2
+
+
+def test_vectorised_batches_decide_exactly_like_the_per_row_filters(cfg):
+    """The RE2 prefilters of boilerplate and invalid_url only skip rows the exact filter would keep."""
+    captions = [normalize(t) for t in sample().column("TEXT").to_pylist()]
+    captions += ["photographed on June 14, 2015", "Taken on 2015:06:14 12:31:05", "P1010001 holiday",
+                 "100_1234 lake view", "a boat on 3 Dec. 2019", "photo photo photo", "12 34 5678", "éimage",
+                 "DSCN1234 at the lake shore", "DSCN1234 lake view", "DSCF0042.JPG", "Jan. 5, 2020 market", "²³"]
+    boilerplate = BoilerplateFilter(cfg)
+    assert boilerplate.filter_batch(captions, [ROW] * len(captions)) == [boilerplate.filter(c, ROW) for c in captions]
+    urls = sample().column("URL").to_pylist() + [
+        "HTTPS://EXAMPLE.COM/A.JPG", "http://user:pw@example.com/a.jpg", "http://[::1]:8080/a.jpg",
+        "http://example.com:99999/", "https://exa mple.com/a.jpg", "http://example.com/a\tb", "mailto:a@b.c", ""]
+    rows = [CaptionRow(u, None, None) for u in urls]
+    invalid = InvalidUrlFilter(cfg)
+    assert invalid.filter_batch([""] * len(rows), rows) == [invalid.filter("", r) for r in rows]
+
+
+def test_pipeline_pickles_into_workers_and_decides_the_same():
+    import pickle
+
+    pipeline = CaptionPipeline(CaptionFilterConfig())
+    table = table_of([real("Stir Fry Mango Chicken"), real("Expresiones regulares en Tkinter"), real("dew and grass")])
+    clone = pickle.loads(pickle.dumps(pipeline))
+    assert clone.process(table)[0].equals(pipeline.process(table)[0])
+    # each copy counts its own work: one in-band caption ("Stir Fry Mango Chicken") each
+    assert clone.stats()["langdetect_calls"] == pipeline.stats()["langdetect_calls"] == 1

@@ -201,3 +201,15 @@ def test_large_compressed_input_streams_with_bounded_batches(tmp_path):
             last = table.column("caption")[-1].as_py()
         assert max(sizes) == 4096 and sum(sizes) == 25_000 and last == "caption number 24999"
         assert reader.malformed == 0
+
+
+def test_truncated_compressed_file_yields_its_rows_and_one_unreadable_row(tmp_path):
+    # Large enough that the cut falls beyond the reader's 1 MiB buffer, so rows come before the error.
+    lines = b"".join(b"caption number %d\thttp://example.com/%d.jpg\n" % (i, i) for i in range(200_000))
+    data = gzip.compress(lines, compresslevel=1)
+    (tmp_path / "cut.tsv.gz").write_bytes(data[: len(data) // 2])
+    rows, _, reader = read_all(f"cc3m:{tmp_path / 'cut.tsv.gz'}", ReaderConfig(batch_size=50_000))
+    assert 0 < len(rows) - 1 < 200_000
+    assert all(r["malformed"] is None for r in rows[:-1])
+    assert [r["caption"] for r in rows[:3]] == ["caption number 0", "caption number 1", "caption number 2"]
+    assert rows[-1]["malformed"].startswith("unreadable: ") and reader.malformed == 1

@@ -10,12 +10,19 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.filters.base import CaptionFilter, CaptionRow
 
 _ALLOWED_SCHEMES = ("http", "https")
 # Control characters (tab, newline, NUL...) are never part of a URL. Plain spaces are: scraped URLs
 # often carry unescaped spaces in their path (LAION has them) and HTTP clients quote them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# URLs this RE2 pattern matches are certainly valid (plain host, no port or userinfo, no control
+# characters); only the others go through urlsplit one by one.
+_PLAIN_HTTP_RE2 = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(?:[/?#][^\x00-\x1f\x7f]*)?$"
 
 
 class InvalidUrlFilter(CaptionFilter):
@@ -41,3 +48,16 @@ class InvalidUrlFilter(CaptionFilter):
         if not host or " " in host:
             return "url has no valid host"
         return None
+
+    def filter_batch(self, captions: list[str], rows) -> list[str | None]:
+        urls = rows.urls if hasattr(rows, "urls") else [r.url for r in rows]
+        out: list[str | None] = [None] * len(urls)
+        if not urls:
+            return out
+        array = pa.array(urls, pa.string())
+        plain = pc.and_(pc.match_substring_regex(array, _PLAIN_HTTP_RE2),
+                        pc.less_equal(pc.utf8_length(array), self.cfg.max_url_chars))
+        check = self.filter
+        for j in np.flatnonzero(~pc.fill_null(plain, False).to_numpy(zero_copy_only=False)).tolist():
+            out[j] = check("", CaptionRow(urls[j], None, None))
+        return out

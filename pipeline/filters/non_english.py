@@ -70,27 +70,31 @@ def predict_english(model, texts: list[str], floor: float) -> list[tuple[str, fl
     P(en) is exact whenever it is >= floor; below the floor it may be reported as 0.0 (only the
     fact that it is below matters to the decision).
     """
-    predict = model.f.predict  # the C++ binding: (text + '\\n', k, threshold, on_unicode_error)
+    predict = model.f.predict  # the C++ binding: (text + '\n', k, threshold, on_unicode_error)
     out = []
+    append = out.append
     for text in texts:
-        line = prepare(text) + "\n"
+        # prepare() inlined: this loop is the per-caption hot path of the whole caption stage.
+        if "\n" in text or "\r" in text:
+            text = text.replace("\r", " ").replace("\n", " ")
+        line = text.lower() + "\n"
         top = predict(line, 1, 0.0, "replace")
         if not top:
-            out.append(("unknown", 0.0, 0.0))
+            append(("unknown", 0.0, 0.0))
             continue
         prob, label = top[0]
-        prob = min(prob, 1.0)
         if label == EN:
-            out.append(("en", prob, prob))
+            prob = prob if prob < 1.0 else 1.0
+            append(("en", prob, prob))
             continue
         p_en = 0.0
         # English is not top, so P(en) <= min(prob, 1 - prob). Ask again only if that could reach the floor.
-        if min(prob, 1.0 - prob) >= floor:
+        if prob >= floor and 1.0 - prob >= floor:
             for p, lab in predict(line, -1, floor, "replace"):
                 if lab == EN:
                     p_en = min(p, 1.0)
                     break
-        out.append((label[_LABEL_PREFIX:], prob, p_en))
+        append((label[_LABEL_PREFIX:], min(prob, 1.0), p_en))
     return out
 
 
@@ -128,6 +132,17 @@ class NonEnglishFilter(CaptionFilter):
         self.model = load_model(cfg.fasttext_model)
         self.langdetect = LangDetect()
 
+    def __getstate__(self) -> dict:
+        # The fastText model is a C++ object: ship the config, reload (once per process) on arrival,
+        # so a CaptionPipeline can be pickled into Ray tasks.
+        state = dict(self.__dict__)
+        state["model"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.model = load_model(self.cfg.fasttext_model)
+
     @property
     def langdetect_calls(self) -> int:
         return self.langdetect.calls
@@ -138,15 +153,18 @@ class NonEnglishFilter(CaptionFilter):
     def filter(self, caption: str, row: CaptionRow) -> str | None:
         return self.filter_batch([caption], [row])[0]
 
-    def filter_batch(self, captions: list[str], rows: list[CaptionRow]) -> list[str | None]:
+    def filter_batch(self, captions: list[str], rows) -> list[str | None]:
         floor = min(self.threshold, self.low) if self.high > self.low else self.threshold
-        decisions: list[str | None] = []
-        for caption, (lang, prob, p_en) in zip(captions, predict_english(self.model, captions, floor)):
-            if self.in_band(p_en):
-                second = self.langdetect.top_language(caption)
-                decisions.append(None if second == "en" else f"fasttext=en:{p_en:.2f} langdetect={second}")
-            elif p_en >= self.threshold:
-                decisions.append(None)
+        threshold, low, high = self.threshold, self.low, self.high
+        decisions: list[str | None] = [None] * len(captions)
+        scores = predict_english(self.model, captions, floor)
+        for j, (lang, prob, p_en) in enumerate(scores):
+            if p_en >= threshold and not low <= p_en < high:
+                continue  # the common case: confidently English
+            if low <= p_en < high:
+                second = self.langdetect.top_language(captions[j])
+                if second != "en":
+                    decisions[j] = f"fasttext=en:{p_en:.2f} langdetect={second}"
             else:
-                decisions.append(f"fasttext={lang}:{prob:.2f}")
+                decisions[j] = f"fasttext={lang}:{prob:.2f}"
         return decisions

@@ -6,7 +6,10 @@ library for exactly this (its heuristics are tested against real web text and av
 legitimate accented text); re-implementing them would be worse and longer.
 
 Most web captions are plain ASCII without '&' or '<': they take a fast path (whitespace only),
-because ftfy costs tens of microseconds per caption and this runs on every row.
+because ftfy.fix_text costs ~100 us per caption and this runs on every row. Non-ASCII captions
+go through ftfy only when ftfy's own mojibake detector (ftfy.badness.is_bad) fires; ftfy is
+configured to repair encodings, not to restyle text (curly quotes, full-width letters and
+ligatures are left as written), so the gate changes no result.
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ import re
 import unicodedata
 
 import ftfy
+import ftfy.badness
 
 # A tag starts with a letter or '/', so "5 < 6 and 7 > 3" is left alone.
 _TAG = re.compile(r"</?[A-Za-z][^<>]{0,500}>")
-_FTFY = ftfy.TextFixerConfig(unescape_html=False, normalization="NFC", explain=False)
+_FTFY = ftfy.TextFixerConfig(unescape_html=False, uncurl_quotes=False, fix_character_width=False,
+                             fix_latin_ligatures=False, normalization="NFC", explain=False)
+# C0/C1 control characters other than whitespace (which split() handles): dropped.
+_CONTROLS = dict.fromkeys(c for c in [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x1C), 0x7F, *range(0x80, 0xA0)]
+                          if not chr(c).isspace())
 
 
 class Normalizer:
@@ -34,7 +42,11 @@ class Normalizer:
             # Unescape first: "&lt;i&gt;" in alt texts is an escaped tag, removed below.
             text = _TAG.sub(" ", html.unescape(text))
         if not text.isascii():
-            text = unicodedata.normalize("NFC", ftfy.fix_text(text, config=_FTFY))
+            if ftfy.badness.is_bad(text):
+                text = ftfy.fix_text(text, config=_FTFY)
+            text = unicodedata.normalize("NFC", text)
+        if not text.isprintable():
+            text = text.translate(_CONTROLS)
         text = " ".join(text.split())  # tabs, newlines, NBSP, runs of spaces -> one space
         if len(text) > self.max_chars:
             cut = text.rfind(" ", 0, self.max_chars + 1)

@@ -84,14 +84,35 @@ class Reader:
 
     # -- the public call --------------------------------------------------------------------------
     def read(self, path: str) -> Iterator[pa.Table]:
+        """Stream SOURCE_ROW tables of at most batch_size rows, one row per input row, in order.
+
+        A file that cannot be read to its end (truncated .gz, corrupt parquet, I/O error) yields
+        the rows read so far plus ONE malformed row "unreadable: ..." and stops: bad input is
+        counted, never fatal, and the caller sees it in the rejected rows.
+        """
         batch_size = max(1, int(self.cfg.batch_size))
         if type(self).iter_tables is not Reader.iter_tables:
-            for table in self.iter_tables(path):
+            tables = self.iter_tables(path)
+            while True:
+                try:
+                    table = next(tables)
+                except StopIteration:
+                    return
+                except (OSError, EOFError, pa.ArrowException) as exc:
+                    yield self._count(self._to_table([bad(f"unreadable: {exc}"[:200])]))
+                    return
                 for start in range(0, table.num_rows, batch_size):
                     yield self._count(table.slice(start, batch_size))
-            return
         buffer: list[Row] = []
-        for row in self.iter_rows(path):
+        rows = self.iter_rows(path)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except (OSError, EOFError, pa.ArrowException) as exc:
+                buffer.append(bad(f"unreadable: {exc}"[:200]))
+                break
             buffer.append(row)
             if len(buffer) >= batch_size:
                 yield self._count(self._to_table(buffer))
