@@ -41,30 +41,47 @@ def make_input(out_dir: str, rows: int, rows_per_file: int) -> str:
     return os.path.join(out_dir, "*.parquet")
 
 
+def _tree_rss_mib(root: int) -> list[float]:
+    """RSS (MiB) of `root` and all its descendants, read from /proc (Linux)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parent[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    rss = []
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        rss.append(int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+    return rss
+
+
 def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
     """(seconds, peak single-process RSS MiB, peak tree-sum RSS MiB) of a command's process tree."""
-    import psutil
-
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    root = psutil.Process(proc.pid)
     peaks = [0.0, 0.0]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            try:
-                procs = [root] + root.children(recursive=True)
-                rss = []
-                for p in procs:
-                    try:
-                        rss.append(p.memory_info().rss / 2**20)
-                    except psutil.Error:
-                        pass
-                peaks[0] = max(peaks[0], max(rss, default=0.0))
-                peaks[1] = max(peaks[1], sum(rss))
-            except psutil.Error:
-                pass
+            rss = _tree_rss_mib(proc.pid)
+            peaks[0] = max(peaks[0], max(rss, default=0.0))
+            peaks[1] = max(peaks[1], sum(rss))
             time.sleep(0.2)
 
     t = threading.Thread(target=sample, daemon=True)

@@ -139,6 +139,25 @@ def parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None, compr
     return sink.getvalue()
 
 
+def grouped_parquet_bytes(table: pa.Table, group_column: str, compression: str = "zstd") -> bytes:
+    """Parquet with one row group per run of equal `group_column` values (sort the table first).
+
+    A reader filtering on that column then skips every other group through row-group statistics:
+    how one hash partition is read out of thousands of files without reading them whole.
+    """
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, compression=compression) as writer:
+        values = table.column(group_column).to_pylist()
+        start = 0
+        for i in range(1, len(values) + 1):
+            if i == len(values) or values[i] != values[start]:
+                writer.write_table(table.slice(start, i - start))
+                start = i
+        if not values:
+            writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
 def write_parquet_atomic(path: str, table: pa.Table, metadata: dict[str, str] | None = None,
                          compression: str = "zstd", row_group_size: int | None = None) -> None:
     write_bytes_atomic(path, parquet_bytes(table, metadata, compression, row_group_size))

@@ -61,33 +61,17 @@ def _write_part(layout: Layout, src: InputFile, part: int, kept: list[pa.Table],
     storage.write_parquet_atomic(layout.rejected("captions", f"{src.file_id}-{part:05d}"), rej)
     table = pa.concat_tables(kept) if kept else None
     if table is None or table.num_rows == 0:
-        table = schemas.empty(_PART_SCHEMA)
+        table = schemas.empty(_PART_SCHEMA)  # written anyway: the part list stays exact
     else:
         parts = [schemas.stable_partition(u, partitions) for u in table.column("url").to_pylist()]
         table = table.append_column("partition", pa.array(parts, pa.int32()))
         table = table.append_column("file_id", pa.array([src.file_id] * table.num_rows, pa.string()))
         table = table.sort_by([("partition", "ascending"), ("row", "ascending")]).select(_PART_SCHEMA.names)
-    storage.write_bytes_atomic(layout.caption_part(src.file_id, part), _grouped_parquet(table))
+    storage.write_bytes_atomic(layout.caption_part(src.file_id, part), storage.grouped_parquet_bytes(table, "partition"))
 
 
 _PART_SCHEMA = pa.schema(list(schemas.CANDIDATE) + [
     pa.field("row", pa.int64()), pa.field("partition", pa.int32()), pa.field("file_id", pa.string())])
-
-
-def _grouped_parquet(table: pa.Table) -> bytes:
-    """One row group per partition value: readers filtering on `partition` skip the rest."""
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, _PART_SCHEMA, compression="zstd") as writer:
-        if table.num_rows == 0:
-            writer.write_table(table)
-        else:
-            values = table.column("partition").to_numpy()
-            start = 0
-            for i in range(1, len(values) + 1):
-                if i == len(values) or values[i] != values[start]:
-                    writer.write_table(table.slice(start, i - start))
-                    start = i
-    return sink.getvalue().to_pybytes()
 
 
 def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:

@@ -74,17 +74,7 @@ def write_image_hashes(layout: Layout, shard: str, kept: pa.Table, partitions: i
         "sha256": kept.column("sha256"), "key": kept.column("key"),
         "shard": pa.array([shard] * kept.num_rows, pa.string()),
     }, schema=HASH_SCHEMA).sort_by([("partition", "ascending"), ("sha256", "ascending")])
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, HASH_SCHEMA, compression="zstd") as writer:
-        values = table.column("partition").to_pylist()
-        start = 0
-        for i in range(1, len(values) + 1):
-            if i == len(values) or values[i] != values[start]:
-                writer.write_table(table.slice(start, i - start))
-                start = i
-        if not values:
-            writer.write_table(table)
-    storage.write_bytes_atomic(layout.image_hashes(shard), sink.getvalue().to_pybytes())
+    storage.write_bytes_atomic(layout.image_hashes(shard), storage.grouped_parquet_bytes(table, "partition"))
 
 
 def image_dedup_task(partition: int, cfg: BuildConfig, hash_paths: list[str]) -> dict[str, Any]:
