@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +30,7 @@ from common import storage
 from common.schemas import SOURCE_ROW
 from pipeline.config import ReaderConfig
 
+T = TypeVar("T")
 _READ_BUFFER = 1 << 20  # 1 MiB: large enough that remote streams are read in few requests
 
 
@@ -77,6 +78,24 @@ def to_int(value: object) -> int | None:
     return number if number > 0 else None
 
 
+def _until_unreadable(items: Iterator[T]) -> Iterator[T | Row]:
+    """The items of a format's iterator until its file fails to read (truncated .gz, corrupt parquet,
+    I/O error); the failure then ends it as ONE malformed row instead of an exception.
+
+    next() by hand rather than `yield from` inside try: only errors raised while READING are caught,
+    never ones thrown in when the consumer closes the stream early.
+    """
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except (OSError, EOFError, pa.ArrowException) as exc:
+            yield bad(f"unreadable: {exc}"[:200])
+            return
+        yield item
+
+
 class Reader:
     """Base of every format reader. Subclasses set `format` and implement iter_rows or iter_tables."""
 
@@ -97,27 +116,14 @@ class Reader:
         """
         batch_size = max(1, int(self.cfg.batch_size))
         if type(self).iter_tables is not Reader.iter_tables:
-            tables = self.iter_tables(path)
-            while True:
-                try:
-                    table = next(tables)
-                except StopIteration:
-                    return
-                except (OSError, EOFError, pa.ArrowException) as exc:
-                    yield self._count(self._to_table([bad(f"unreadable: {exc}"[:200])]))
-                    return
+            for table in _until_unreadable(self.iter_tables(path)):
+                if isinstance(table, Row):
+                    table = self._to_table([table])
                 for start in range(0, table.num_rows, batch_size):
                     yield self._count(table.slice(start, batch_size))
+            return
         buffer: list[Row] = []
-        rows = self.iter_rows(path)
-        while True:
-            try:
-                row = next(rows)
-            except StopIteration:
-                break
-            except (OSError, EOFError, pa.ArrowException) as exc:
-                buffer.append(bad(f"unreadable: {exc}"[:200]))
-                break
+        for row in _until_unreadable(self.iter_rows(path)):
             buffer.append(row)
             if len(buffer) >= batch_size:
                 yield self._count(self._to_table(buffer))
