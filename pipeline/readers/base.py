@@ -10,13 +10,18 @@ A format reader only says how to turn its file into rows. It implements ONE of:
 `read(path)` is the one public call: it streams `pa.Table`s of at most `ReaderConfig.batch_size`
 rows with exactly `common.schemas.SOURCE_ROW`, so memory is bounded by the batch, never by the file.
 Bad input never raises: it becomes a row whose `malformed` column says why, and it is counted.
+
+The per-record loops that decide "malformed or not" also live here, once: `header_rows` (csv with
+a header row: WIT, CSV, TSV), `split_rows` (headerless tab-split lines: CC3M, YFCC100M) and
+`line_rows` (one UTF-8 line per row: JSONL). A format passes its column rule, its detail text and
+a `to_row` callback that only knows its own columns.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +30,7 @@ from common import storage
 from common.schemas import SOURCE_ROW
 from pipeline.config import ReaderConfig
 
+T = TypeVar("T")
 _READ_BUFFER = 1 << 20  # 1 MiB: large enough that remote streams are read in few requests
 
 
@@ -72,6 +78,24 @@ def to_int(value: object) -> int | None:
     return number if number > 0 else None
 
 
+def _until_unreadable(items: Iterator[T]) -> Iterator[T | Row]:
+    """The items of a format's iterator until its file fails to read (truncated .gz, corrupt parquet,
+    I/O error); the failure then ends it as ONE malformed row instead of an exception.
+
+    next() by hand rather than `yield from` inside try: only errors raised while READING are caught,
+    never ones thrown in when the consumer closes the stream early.
+    """
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except (OSError, EOFError, pa.ArrowException) as exc:
+            yield bad(f"unreadable: {exc}"[:200])
+            return
+        yield item
+
+
 class Reader:
     """Base of every format reader. Subclasses set `format` and implement iter_rows or iter_tables."""
 
@@ -92,27 +116,14 @@ class Reader:
         """
         batch_size = max(1, int(self.cfg.batch_size))
         if type(self).iter_tables is not Reader.iter_tables:
-            tables = self.iter_tables(path)
-            while True:
-                try:
-                    table = next(tables)
-                except StopIteration:
-                    return
-                except (OSError, EOFError, pa.ArrowException) as exc:
-                    yield self._count(self._to_table([bad(f"unreadable: {exc}"[:200])]))
-                    return
+            for table in _until_unreadable(self.iter_tables(path)):
+                if isinstance(table, Row):
+                    table = self._to_table([table])
                 for start in range(0, table.num_rows, batch_size):
                     yield self._count(table.slice(start, batch_size))
+            return
         buffer: list[Row] = []
-        rows = self.iter_rows(path)
-        while True:
-            try:
-                row = next(rows)
-            except StopIteration:
-                break
-            except (OSError, EOFError, pa.ArrowException) as exc:
-                buffer.append(bad(f"unreadable: {exc}"[:200]))
-                break
+        for row in _until_unreadable(self.iter_rows(path)):
             buffer.append(row)
             if len(buffer) >= batch_size:
                 yield self._count(self._to_table(buffer))
@@ -150,6 +161,55 @@ class Reader:
             return line.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             return None
+
+    # -- the shared per-record loops: a format passes only what is specific to it ------------------
+    def header_rows(self, path: str, delimiter: str, required: Iterable[str], lacks: str,
+                    to_row: Callable[[dict[str, int], list[str]], Row]) -> Iterator[Row]:
+        """Rows of a delimited file with a header row, parsed by the csv module (quoted fields).
+
+        The header maps column name -> index. A record becomes a malformed row when the csv module
+        rejects it, when the header lacks a `required` column (detail: `lacks` formatted with
+        missing=[...]), when its column count differs from the header's, or when it holds bytes
+        that are not UTF-8; every other record goes to `to_row(index, fields)`.
+        """
+        csv.field_size_limit(1 << 26)  # long captions/context are fine; a record is still bounded
+        with self.open_text(path) as text:
+            records = csv_records(csv.reader(text, delimiter=delimiter))
+            header = next(records, None)
+            if header is None or isinstance(header, str):
+                return
+            index = {name.strip(): i for i, name in enumerate(header)}
+            missing = [c for c in required if c not in index]
+            for fields in records:
+                if isinstance(fields, str):
+                    yield bad(fields)
+                elif missing:
+                    yield bad(lacks.format(missing=missing))
+                elif len(fields) != len(header):
+                    yield bad(f"expected {len(header)} columns, got {len(fields)}")
+                elif any(has_surrogates(f) for f in fields):
+                    yield bad("undecodable bytes (not UTF-8)")
+                else:
+                    yield to_row(index, fields)
+
+    def line_rows(self, path: str, to_row: Callable[[str], Row]) -> Iterator[Row]:
+        """One row per line: a line that is not UTF-8 is malformed, any other goes to `to_row(line)`."""
+        for raw in self.open_lines(path):
+            line = self.decode(raw)
+            yield bad("undecodable bytes (not UTF-8)") if line is None else to_row(line)
+
+    def split_rows(self, path: str, columns: int, wrong_count: str,
+                   to_row: Callable[[list[str]], Row]) -> Iterator[Row]:
+        """One row per tab-separated line without header or quoting (split, not csv).
+
+        A line with other than `columns` fields is malformed (detail: `wrong_count` formatted
+        with got=N); the fields of any other line go to `to_row(fields)`.
+        """
+        def split(line: str) -> Row:
+            fields = line.split("\t")
+            return bad(wrong_count.format(got=len(fields))) if len(fields) != columns else to_row(fields)
+
+        yield from self.line_rows(path, split)
 
     def _to_table(self, rows: list[Row]) -> pa.Table:
         columns = list(zip(*rows))

@@ -11,18 +11,12 @@ class CC3MReader(Reader):
     format = "cc3m"
 
     def iter_rows(self, path: str) -> Iterator[Row]:
-        for raw in self.open_lines(path):
-            line = self.decode(raw)
-            if line is None:
-                yield bad("undecodable bytes (not UTF-8)")
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2:
-                yield bad(f"expected 2 tab-separated columns (caption, url), got {len(fields)}")
-                continue
-            caption, url = fields
-            url = url.strip()
-            if not url:
-                yield bad("missing url", caption=caption)
-                continue
-            yield Row(url, caption)
+        yield from self.split_rows(path, 2, "expected 2 tab-separated columns (caption, url), got {got}", self._row)
+
+    @staticmethod
+    def _row(fields: list[str]) -> Row:
+        caption, url = fields
+        url = url.strip()
+        if not url:
+            return bad("missing url", caption=caption)
+        return Row(url, caption)

@@ -3,11 +3,10 @@ width_column, height_column): CSV and TSV with a header row, JSON Lines, and par
 
 from __future__ import annotations
 
-import csv
 import json
 from typing import Iterator
 
-from pipeline.readers.base import Reader, Row, bad, csv_records, has_surrogates, to_int
+from pipeline.readers.base import Reader, Row, bad, to_int
 from pipeline.readers.laion import LaionReader
 
 
@@ -19,28 +18,9 @@ class CSVReader(Reader):
 
     def iter_rows(self, path: str) -> Iterator[Row]:
         cfg = self.cfg
-        csv.field_size_limit(1 << 26)
-        with self.open_text(path) as text:
-            records = csv_records(csv.reader(text, delimiter=self.delimiter))
-            header = next(records, None)
-            if header is None or isinstance(header, str):
-                return
-            index = {name.strip(): i for i, name in enumerate(header)}
-            missing = [c for c in (cfg.url_column, cfg.caption_column) if c not in index]
-            for fields in records:
-                if isinstance(fields, str):
-                    yield bad(fields)
-                    continue
-                if missing:
-                    yield bad(f"header lacks column(s) {missing}")
-                    continue
-                if len(fields) != len(header):
-                    yield bad(f"expected {len(header)} columns, got {len(fields)}")
-                    continue
-                if any(has_surrogates(f) for f in fields):
-                    yield bad("undecodable bytes (not UTF-8)")
-                    continue
-                yield _row(cfg, lambda name: fields[index[name]] if name in index else None)
+        yield from self.header_rows(
+            path, self.delimiter, (cfg.url_column, cfg.caption_column), "header lacks column(s) {missing}",
+            lambda index, fields: _row(cfg, lambda name: fields[index[name]] if name in index else None))
 
 
 class TSVReader(CSVReader):
@@ -54,20 +34,16 @@ class JSONLReader(Reader):
     format = "jsonl"
 
     def iter_rows(self, path: str) -> Iterator[Row]:
-        for raw in self.open_lines(path):
-            line = self.decode(raw)
-            if line is None:
-                yield bad("undecodable bytes (not UTF-8)")
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                yield bad(f"bad JSON: {exc.msg}"[:120])
-                continue
-            if not isinstance(obj, dict):
-                yield bad(f"JSON line is a {type(obj).__name__}, not an object")
-                continue
-            yield _row(self.cfg, obj.get)
+        yield from self.line_rows(path, self._parse)
+
+    def _parse(self, line: str) -> Row:
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            return bad(f"bad JSON: {exc.msg}"[:120])
+        if not isinstance(obj, dict):
+            return bad(f"JSON line is a {type(obj).__name__}, not an object")
+        return _row(self.cfg, obj.get)
 
 
 class ParquetReader(LaionReader):

@@ -19,11 +19,10 @@ Caption rule (docs/filters.md, "WIT caption"):
 
 from __future__ import annotations
 
-import csv
 import re
 from typing import Iterator
 
-from pipeline.readers.base import Reader, Row, bad, csv_records, has_surrogates, to_int
+from pipeline.readers.base import Reader, Row, bad, to_int
 
 URL = "image_url"
 REFERENCE, ALT_TEXT, ATTRIBUTION = ("caption_reference_description", "caption_alt_text_description",
@@ -63,32 +62,14 @@ class WITReader(Reader):
     format = "wit"
 
     def iter_rows(self, path: str) -> Iterator[Row]:
-        csv.field_size_limit(1 << 26)  # context descriptions can be long; a row is still bounded
-        with self.open_text(path) as text:
-            records = csv_records(csv.reader(text, delimiter="\t"))
-            header = next(records, None)
-            if header is None or isinstance(header, str):
-                return
-            index = {name.strip(): i for i, name in enumerate(header)}
-            missing = [c for c in REQUIRED if c not in index]
-            for fields in records:
-                if isinstance(fields, str):
-                    yield bad(fields)
-                    continue
-                if missing:
-                    yield bad(f"WIT header lacks {missing}")
-                    continue
-                if len(fields) != len(header):
-                    yield bad(f"expected {len(header)} columns, got {len(fields)}")
-                    continue
-                if any(has_surrogates(f) for f in fields):
-                    yield bad("undecodable bytes (not UTF-8)")
-                    continue
-                url = fields[index[URL]].strip()
-                caption = choose_caption(fields[index[REFERENCE]], fields[index[ALT_TEXT]], fields[index[ATTRIBUTION]])
-                if not url:
-                    yield bad("missing url", caption=caption)
-                    continue
-                width = to_int(fields[index[WIDTH]]) if WIDTH in index else None
-                height = to_int(fields[index[HEIGHT]]) if HEIGHT in index else None
-                yield Row(url, caption, width, height)
+        yield from self.header_rows(path, "\t", REQUIRED, "WIT header lacks {missing}", self._row)
+
+    @staticmethod
+    def _row(index: dict[str, int], fields: list[str]) -> Row:
+        url = fields[index[URL]].strip()
+        caption = choose_caption(fields[index[REFERENCE]], fields[index[ALT_TEXT]], fields[index[ATTRIBUTION]])
+        if not url:
+            return bad("missing url", caption=caption)
+        width = to_int(fields[index[WIDTH]]) if WIDTH in index else None
+        height = to_int(fields[index[HEIGHT]]) if HEIGHT in index else None
+        return Row(url, caption, width, height)

@@ -26,22 +26,16 @@ class YFCC100MReader(Reader):
     format = "yfcc100m"
 
     def iter_rows(self, path: str) -> Iterator[Row]:
-        for raw in self.open_lines(path):
-            line = self.decode(raw)
-            if line is None:
-                yield bad("undecodable bytes (not UTF-8)")
-                continue
-            fields = line.split("\t")
-            if len(fields) != NUM_COLUMNS:
-                yield bad(f"expected {NUM_COLUMNS} tab-separated columns, got {len(fields)}")
-                continue
-            url = fields[DOWNLOAD_URL].strip() or None
-            caption = " ".join(p for p in (unquote_plus(fields[TITLE]), unquote_plus(fields[DESCRIPTION])) if p.strip())
-            if fields[MARKER].strip() == VIDEO:
-                # Skipped by design, still emitted so that kept + rejected = input rows.
-                yield bad("skipped: video", url, caption)
-                continue
-            if url is None:
-                yield bad("missing url", caption=caption)
-                continue
-            yield Row(url, caption)
+        yield from self.split_rows(path, NUM_COLUMNS, f"expected {NUM_COLUMNS} tab-separated columns, got {{got}}",
+                                   self._row)
+
+    @staticmethod
+    def _row(fields: list[str]) -> Row:
+        url = fields[DOWNLOAD_URL].strip() or None
+        caption = " ".join(p for p in (unquote_plus(fields[TITLE]), unquote_plus(fields[DESCRIPTION])) if p.strip())
+        if fields[MARKER].strip() == VIDEO:
+            # Skipped by design, still emitted so that kept + rejected = input rows.
+            return bad("skipped: video", url, caption)
+        if url is None:
+            return bad("missing url", caption=caption)
+        return Row(url, caption)
