@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
+import tempfile
 import time
 from importlib import metadata
 from typing import Any
@@ -230,10 +232,12 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
                         "kept_fraction": report["kept_fraction"], **metrics,
                         **{f"rejected.{r}": n for r, n in report["rejected_by_reason"].items()},
                         **{f"phase_seconds.{k}": v for k, v in timings.items()}})
-    for path in artifacts:
-        if storage.is_remote(path):
-            continue
-        mlflow.log_artifact(storage.resolve(path)[1], artifact_path="report")
+    with tempfile.TemporaryDirectory() as tmp:  # MLflow logs local files; the root may be s3://
+        for path in artifacts:
+            local = os.path.join(tmp, path.rsplit("/", 1)[-1])
+            with open(local, "wb") as fh:
+                fh.write(storage.read_bytes(path))
+            mlflow.log_artifact(local, artifact_path="report")
     if not report["accounted"]:
         raise RuntimeError("kept + rejected != input: " + json.dumps(report["by_source"]))
     storage.write_json_atomic(layout.captions_manifest if cfg.captions_only else layout.manifest, manifest)
