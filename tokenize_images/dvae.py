@@ -145,11 +145,11 @@ def reconstruct(stats: torch.Tensor) -> torch.Tensor:
 
 
 class DVAE(nn.Module):
-    def __init__(self, cfg: DVAEConfig):
+    def __init__(self, cfg: DVAEConfig, with_decoder: bool = True):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.decoder = Decoder(cfg) if with_decoder else None  # encode-only actors skip its memory
 
     @torch.no_grad()
     def encode_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -182,17 +182,28 @@ def save_checkpoint(model: DVAE, path: str, extra: dict | None = None) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu", parts: tuple[str, ...] = ("encoder", "decoder")) -> tuple[DVAE, str]:
-    """(model in eval mode, sha256 of the file). weights_only=True: a checkpoint holds no code."""
+def _read(path: str, map_location="cpu") -> tuple[dict, str]:
     import io
 
     from common import storage
 
     data = storage.read_bytes(path)
     ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format={ckpt.get('format')!r})")
-    model = DVAE(DVAEConfig(**ckpt["config"]))
-    for part in parts:
-        getattr(model, part).load_state_dict(ckpt[part])
-    return model.eval(), hashlib.sha256(data).hexdigest()
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    return ckpt, hashlib.sha256(data).hexdigest()
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu", with_decoder: bool = True) -> tuple[DVAE, str]:
+    """(model in eval mode, sha256 of the file = the dVAE's id). weights_only=True: a checkpoint holds no code."""
+    ckpt, sha = _read(path, map_location)
+    model = DVAE(DVAEConfig(**ckpt["config"]), with_decoder=with_decoder)
+    model.encoder.load_state_dict(ckpt["encoder"])
+    if with_decoder:
+        model.decoder.load_state_dict(ckpt["decoder"])
+    return model.eval(), sha
+
+
+def checkpoint_info(path: str) -> tuple[DVAEConfig, str]:
+    ckpt, sha = _read(path)
+    return DVAEConfig(**ckpt["config"]), sha

@@ -72,7 +72,11 @@ def elbo_loss(x: torch.Tensor, stats: torch.Tensor, logits: torch.Tensor, beta: 
 
 def codebook_usage(tokens: torch.Tensor, vocab_size: int) -> dict[str, float]:
     """Perplexity of the code histogram and the fraction of the codebook in use."""
-    counts = torch.bincount(tokens.flatten().long(), minlength=vocab_size).float()
+    return usage_from_counts(torch.bincount(tokens.flatten().long(), minlength=vocab_size))
+
+
+def usage_from_counts(counts) -> dict[str, float]:
+    counts = torch.as_tensor(counts).double()
     p = counts / counts.sum().clamp_min(1)
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
     return {"perplexity": math.exp(entropy), "used_fraction": (counts > 0).float().mean().item()}
