@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tokenize_images import objective as obj
+from tokenize_images.config import ScheduleConfig
 
 
 def test_schedules_follow_the_paper_endpoints():
@@ -21,9 +22,10 @@ def test_schedules_follow_the_paper_endpoints():
 
 
 def test_schedule_scale_shrinks_every_schedule():
-    scaled = obj.schedules(250, scale=0.1)
-    assert scaled["beta"] == pytest.approx(obj.schedules(2_500)["beta"])
-    assert obj.schedules(60_000, scale=0.1)["lr"] == pytest.approx(obj.schedules(600_000)["lr"])
+    short = ScheduleConfig(scale=0.1)
+    assert obj.schedules(250, short)["beta"] == pytest.approx(obj.schedules(2_500)["beta"])
+    assert obj.schedules(60_000, short)["lr"] == pytest.approx(obj.schedules(600_000)["lr"])
+    assert obj.schedules(15_000, short)["tau"] == 1 / 16
 
 
 def test_logit_laplace_nll_matches_the_density():

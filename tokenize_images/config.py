@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.config import doc
+from training.harness.config import HarnessConfig
 
 
 @dataclass
@@ -55,3 +56,55 @@ class TrainTokenizerConfig:
     dataset: str = doc("", "Dataset root whose shard captions train the BPE.")
     output: str = doc("", "Where to write tokenizer.json (a file path, or a tokens root directory).")
     tokenizer: TokenizerConfig = doc(TokenizerConfig, "Tokenizer options.")
+
+
+# --- dVAE training (tokenize_images/train_dvae.py) -------------------------------------------------
+
+@dataclass
+class DVAEModelConfig:
+    preset: str = doc("small", "Architecture preset: 'openai' (n_hid 256, 2 blocks, 8192 codes, 256 px) or 'small'.")
+    n_hid: int = doc(0, "Override the preset's n_hid (0 = keep).")
+    n_blk_per_group: int = doc(0, "Override the preset's resblocks per group (0 = keep).")
+    vocab_size: int = doc(0, "Override the preset's codebook size (0 = keep).")
+    image_size: int = doc(0, "Override the preset's image size, a multiple of 8 (0 = keep).")
+
+
+@dataclass
+class ScheduleConfig:
+    beta_max: float = doc(6.6, "KL weight reached at the end of its warm-up (paper: 6.6).")
+    beta_steps: int = doc(5_000, "Cosine warm-up of beta from 0, in updates (paper: 5,000).")
+    tau_start: float = doc(1.0, "Gumbel-softmax temperature at step 0 (paper: 1).")
+    tau_end: float = doc(1 / 16, "Final temperature (paper: 1/16).")
+    tau_steps: int = doc(150_000, "Cosine anneal of tau, in updates (paper: 150,000).")
+    lr_start: float = doc(1e-4, "Initial learning rate (paper: 1e-4).")
+    lr_end: float = doc(1.25e-6, "Final learning rate (paper: 1.25e-6).")
+    lr_steps: int = doc(1_200_000, "Cosine decay of the learning rate, in updates (paper: 1.2M).")
+    scale: float = doc(1.0, "Multiplies beta_steps, tau_steps and lr_steps: shrink the paper's schedules for "
+                            "short runs (e.g. 0.001 for a 1,200-update run).")
+
+
+@dataclass
+class DVAEOptimConfig:
+    batch_size: int = doc(32, "Images per worker per update.")
+    max_steps: int = doc(1000, "Updates to train for (a rerun with a larger value continues).")
+    betas: list[float] = doc([0.9, 0.999], "AdamW betas (paper).")
+    eps: float = doc(1e-8, "AdamW epsilon (paper).")
+    weight_decay: float = doc(1e-4, "AdamW weight decay (paper).")
+    ema_decay: float = doc(0.999, "Parameter EMA decay (paper); the exported checkpoint holds the EMA weights.")
+    grad_clip: float = doc(0.0, "Clip the gradient norm to this (0 = off; the paper does not clip).")
+    seed: int = doc(0, "Seed of initialisation and Gumbel noise (per worker: seed + rank).")
+
+
+@dataclass
+class DVAETrainConfig:
+    dataset: str = doc("", "Dataset root (build_dataset output) whose images train the dVAE.")
+    output: str = doc("", "Where to export the trained dVAE (EMA weights, this project's checkpoint format).")
+    reuse: bool = doc(False, "If `output` already exists, keep it and skip training (the demo's cache).")
+    random_crop: bool = doc(True, "Train on random square crops of the short-side-resized image (paper); "
+                                  "encode_tokens always takes the centre.")
+    checkpoint_every: int = doc(200, "Report a Ray Train checkpoint every N updates (and at the end).")
+    image_every: int = doc(200, "Log an originals / reconstructions grid to MLflow every N updates.")
+    model: DVAEModelConfig = doc(DVAEModelConfig, "Architecture.")
+    schedule: ScheduleConfig = doc(ScheduleConfig, "beta, tau and learning-rate schedules (all cosine).")
+    optim: DVAEOptimConfig = doc(DVAEOptimConfig, "Optimiser.")
+    run: HarnessConfig = doc(HarnessConfig, "Ray Train harness settings (training/harness/config.py), shared with the prior.")

@@ -151,6 +151,13 @@ class DVAE(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg) if with_decoder else None  # encode-only actors skip its memory
 
+    def forward(self, x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: mapped pixels -> (encoder logits, decoder statistics of a Gumbel-softmax sample)."""
+        from tokenize_images.objective import gumbel_softmax
+
+        logits = self.encoder(x)
+        return logits, self.decoder(gumbel_softmax(logits.float(), tau).to(logits.dtype))
+
     @torch.no_grad()
     def encode_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) images in [0,1] -> (B,g,g) argmax codes (int64)."""

@@ -15,11 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Paper schedules (updates): all cosine.
-BETA_MAX, BETA_STEPS = 6.6, 5_000
-TAU_START, TAU_END, TAU_STEPS = 1.0, 1.0 / 16, 150_000
-LR_START, LR_END, LR_STEPS = 1e-4, 1.25e-6, 1_200_000
-
+from tokenize_images.config import ScheduleConfig
 
 def cosine(step: float, start: float, end: float, steps: float) -> float:
     """Half-cosine from `start` (step 0) to `end` (step >= steps); works increasing or decreasing."""
@@ -28,12 +24,12 @@ def cosine(step: float, start: float, end: float, steps: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * max(step, 0) / steps))
 
 
-def schedules(step: int, scale: float = 1.0) -> dict[str, float]:
-    """beta, tau and lr at `step`. `scale` < 1 shrinks every schedule's length for short runs."""
+def schedules(step: int, s: ScheduleConfig = ScheduleConfig()) -> dict[str, float]:
+    """beta, tau and lr at `step` (defaults: the paper's). `s.scale` shrinks every schedule's length."""
     return {
-        "beta": cosine(step, 0.0, BETA_MAX, BETA_STEPS * scale),
-        "tau": cosine(step, TAU_START, TAU_END, TAU_STEPS * scale),
-        "lr": cosine(step, LR_START, LR_END, LR_STEPS * scale),
+        "beta": cosine(step, 0.0, s.beta_max, s.beta_steps * s.scale),
+        "tau": cosine(step, s.tau_start, s.tau_end, s.tau_steps * s.scale),
+        "lr": cosine(step, s.lr_start, s.lr_end, s.lr_steps * s.scale),
     }
 
 

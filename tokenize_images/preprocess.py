@@ -20,18 +20,23 @@ FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICU
            "bilinear": Image.Resampling.BILINEAR, "box": Image.Resampling.BOX}
 
 
-def load_image(data: bytes, size: int, resample: str = "lanczos") -> np.ndarray:
-    """Decode and crop. Raises (any exception) on undecodable bytes; callers count that as decode_error."""
+def load_image(data: bytes, size: int, resample: str = "lanczos", rng: np.random.Generator | None = None) -> np.ndarray:
+    """Decode and crop. Raises (any exception) on undecodable bytes; callers count that as decode_error.
+
+    With `rng` (dVAE training only) the square is taken at a random offset instead of the centre."""
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("RGB")  # also forces the full decode: truncated files fail here, not later
     w, h = img.size
     m = min(w, h)
-    box = ((w - m) / 2, (h - m) / 2, (w + m) / 2, (h + m) / 2)
+    fx, fy = (rng.uniform(), rng.uniform()) if rng is not None else (0.5, 0.5)
+    left, top = (w - m) * fx, (h - m) * fy
+    box = (left, top, left + m, top + m)
     out = img.resize((size, size), FILTERS[resample], box=box)
     return np.asarray(out, dtype=np.uint8)
 
 
-def load_images(blobs: list[bytes | None], size: int, resample: str = "lanczos") -> tuple[np.ndarray, list[str]]:
+def load_images(blobs: list[bytes | None], size: int, resample: str = "lanczos",
+                rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[str]]:
     """A batch: (N,S,S,3) uint8 (zeros where decoding failed) and, per row, '' or the failure reason."""
     pixels = np.zeros((len(blobs), size, size, 3), dtype=np.uint8)
     errors = []
@@ -40,7 +45,7 @@ def load_images(blobs: list[bytes | None], size: int, resample: str = "lanczos")
             errors.append("no image bytes")
             continue
         try:
-            pixels[i] = load_image(data, size, resample)
+            pixels[i] = load_image(data, size, resample, rng)
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - any failure of a row is that row's reject reason
             errors.append(f"{type(exc).__name__}: {exc}"[:300] or "undecodable")
