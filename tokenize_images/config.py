@@ -26,7 +26,8 @@ class TokenizerConfig:
 @dataclass
 class EncodeRunConfig:
     batch_size: int = doc(64, "Images per encoder forward pass (per actor).")
-    read_batch_rows: int = doc(256, "Rows per block read from a dataset shard and decoded in one CPU task.")
+    read_batch_rows: int = doc(128, "Rows per block read from a dataset shard and decoded (a 256 px row is 192 KiB "
+                                    "of pixels, so 128 rows make 24 MiB blocks).")
     device: str = doc("auto", "'auto' (GPU actors when the cluster has GPUs), 'cuda' or 'cpu'.")
     num_encoders: int = doc(0, "Encoder actors (0 = one per GPU, or on CPU: cluster CPUs minus reserve_cpus).")
     cpus_per_encoder: float = doc(1.0, "CPUs per CPU encoder actor (also its torch threads).")

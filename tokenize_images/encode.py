@@ -1,8 +1,8 @@
 """encode_tokens: dataset shards -> argmax image-token shards, streamed through Ray Data.
 
     dataset/shards/NNNNN.parquet
-      -> read (CPU task per input shard, yields blocks of run.read_batch_rows rows, with row numbers)
-      -> decode + resize + centre crop (CPU tasks, tokenize_images/preprocess.py)
+      -> read + decode + resize + centre crop (a CPU task per input shard, streaming blocks of
+         run.read_batch_rows rows with their row numbers; tokenize_images/preprocess.py)
       -> dVAE encoder, argmax as uint16 (actor pool: GPU actors, or CPU actors leaving run.reserve_cpus free)
       -> driver: rows are regrouped by input shard; a shard complete -> tokens/shards/NNNNN.parquet
          (+ tokens/rejected/NNNNN.parquet for undecodable images), each written atomically.
@@ -51,26 +51,23 @@ def plan_shards(cfg: EncodeConfig) -> list[ShardPlan]:
 
 # --- Ray Data stages (module-level functions: they are shipped to workers) ------------------------
 
-def read_shards(batch: pa.Table, read_batch_rows: int):
-    """One input row = one dataset shard to read; yields blocks of its rows with their row numbers."""
-    for path, name in zip(batch.column("input_path").to_pylist(), batch.column("shard").to_pylist()):
-        start = 0
-        for rb in storage.iter_parquet_batches(path, columns=READ_COLUMNS, batch_size=read_batch_rows):
-            n = rb.num_rows
-            table = pa.Table.from_batches([rb])
-            table = table.append_column("shard", pa.array([name] * n, pa.string()))
-            table = table.append_column("row", pa.array(np.arange(start, start + n, dtype=np.int64)))
-            start += n
-            yield table
+def read_and_decode(batch: dict[str, np.ndarray], read_batch_rows: int, size: int, resample: str):
+    """One input row = one dataset shard. Streams it read_batch_rows at a time: decoded pixels (zeros and an
+    error message for undecodable bytes), with the row numbers that restore input order later.
 
-
-def decode_images(batch: dict[str, np.ndarray], size: int, resample: str) -> dict[str, np.ndarray]:
+    Reading and decoding share a task on purpose: a separate decode stage with a larger batch size would
+    make Ray Data bundle many shards into one task. Decode parallelism is across shards."""
     from tokenize_images.preprocess import load_images
 
-    pixels, errors = load_images(list(batch.pop("image")), size, resample)
-    batch["pixels"] = pixels
-    batch["error"] = np.array(errors, dtype=object)
-    return batch
+    for path, name in zip(batch["input_path"], batch["shard"]):
+        start = 0
+        for rb in storage.iter_parquet_batches(path, columns=READ_COLUMNS, batch_size=read_batch_rows):
+            cols = {c: rb.column(c).to_numpy(zero_copy_only=False) for c in READ_COLUMNS if c != "image"}
+            pixels, errors = load_images(rb.column("image").to_pylist(), size, resample)
+            n = rb.num_rows
+            yield {**cols, "shard": np.full(n, name, dtype=object), "row": np.arange(start, start + n, dtype=np.int64),
+                   "pixels": pixels, "error": np.array(errors, dtype=object)}
+            start += n
 
 
 # --- driver side: regroup rows by shard and write ---------------------------------------------------
@@ -168,16 +165,21 @@ def build_dataset(cfg: EncodeConfig, todo: list[ShardPlan], image_size: int):
     import ray
 
     device, actors, resources = _pool(cfg)
+    # One block per read batch: decoded pixels stream to the encoders read_batch_rows at a time instead
+    # of Ray Data merging a whole shard into one (default 128 MB) block, and memory stays bounded.
+    ray.data.DataContext.get_current().target_max_block_size = int(cfg.run.read_batch_rows * image_size ** 2 * 3 * 1.25)
     from tokenize_images.encoder_actor import TokenEncoder
 
     ds = ray.data.from_items([{"input_path": p.input_path, "shard": p.name} for p in todo],
                              override_num_blocks=max(1, len(todo)))
-    ds = ds.map_batches(read_shards, batch_size=1, batch_format="pyarrow",
-                        fn_kwargs={"read_batch_rows": cfg.run.read_batch_rows})
-    ds = ds.map_batches(decode_images, batch_size=cfg.run.read_batch_rows, batch_format="numpy",
-                        fn_kwargs={"size": image_size, "resample": cfg.run.resample})
+    ds = ds.map_batches(read_and_decode, batch_size=1, batch_format="numpy",
+                        fn_kwargs={"read_batch_rows": cfg.run.read_batch_rows, "size": image_size,
+                                   "resample": cfg.run.resample})
+    # max_restarts: a crashed encoder actor is replaced. Being an actor-only remote arg, it also keeps
+    # Ray Data from fusing the decode tasks into the actors, which would serialise decode and encode
+    # on the actor's CPU instead of overlapping them on separate cores.
     ds = ds.map_batches(TokenEncoder, batch_size=cfg.run.batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=actors),
+                        compute=ray.data.ActorPoolStrategy(size=actors), max_restarts=-1,
                         fn_constructor_kwargs={"checkpoint": cfg.dvae, "device": device, "amp_dtype": cfg.run.amp_dtype,
                                                "channels_last": cfg.run.channels_last,
                                                "threads": int(resources.get("num_cpus", 1))},
@@ -244,14 +246,20 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
     writer = ShardWriter(todo, dvae_sha, dvae_cfg.grid, dvae_cfg.vocab_size, dvae_cfg.image_size)
     pending = [p for p in todo if p.rows > 0]
     info = {"device": "none", "encoder_actors": 0}
-    started = time.perf_counter()
     owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None) if pending else False
+    started = first = time.perf_counter()
+    rows_after_first = 0
     try:
         if pending:
             ds, info = build_dataset(cfg, pending, dvae_cfg.image_size)
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="numpy")):
+                if i == 0:  # steady state starts once actors are up and the first batch is through
+                    first = time.perf_counter()
+                else:
+                    rows_after_first += len(batch["key"])
                 writer.add(batch)
         elapsed = time.perf_counter() - started
+        steady = time.perf_counter() - first
         if writer.unfinished():
             raise RuntimeError(f"shards left incomplete: {writer.unfinished()}")
     finally:
@@ -263,6 +271,7 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
     manifest["run"] = {
         **info, "seconds": elapsed, "rows": rows_this_run, "encoded": writer.encoded, "rejected": writer.rejected,
         "images_per_s": rows_this_run / elapsed if elapsed > 0 and rows_this_run else 0.0,
+        "steady_images_per_s": rows_after_first / steady if steady > 0 and rows_after_first else 0.0,
         "shards_written": len(writer.written), "shards_skipped": len(plans) - len(todo),
         "code_counts": writer.code_counts,
     }
