@@ -1,6 +1,5 @@
 """dVAE training: the small preset learns (in-process), and the Ray Train run logs, checkpoints and resumes."""
 
-import os
 
 import mlflow
 import numpy as np
@@ -38,6 +37,19 @@ def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, monkeypatch):
         optim=DVAEOptimConfig(batch_size=4, max_steps=6),
         run=HarnessConfig(name="dvae-test", storage_path=str(tmp_path / "ray"), experiment="train_dvae",
                           num_workers=1, num_cpus=2, log_every=1, log_final_checkpoint=False))
+    import ray
+
+    from common.ray_cluster import init_ray
+
+    owns = init_ray(num_cpus=2)  # one Ray instance for both launches (train_dvae then does not own it)
+    try:
+        _train_resume_and_reuse(cfg)
+    finally:
+        if owns:
+            ray.shutdown()
+
+
+def _train_resume_and_reuse(cfg):
     first = train_dvae(cfg)
     model, sha = load_checkpoint(first["checkpoint"])              # weights_only=True path
     assert sha == first["sha256"] and model.cfg.image_size == 32 and model.cfg.vocab_size == 64

@@ -103,6 +103,9 @@ class DVAETrainConfig:
     reuse: bool = doc(False, "If `output` already exists, keep it and skip training (the demo's cache).")
     random_crop: bool = doc(True, "Train on random square crops of the short-side-resized image (paper); "
                                   "encode_tokens always takes the centre.")
+    cache_decoded: bool = doc(False, "Decode the images once and keep the pixels in Ray's object store across epochs "
+                                     "(small datasets such as the demo's). Off: every epoch streams, reads and decodes "
+                                     "again, with fresh random crops.")
     checkpoint_every: int = doc(200, "Report a Ray Train checkpoint every N updates (and at the end).")
     image_every: int = doc(200, "Log an originals / reconstructions grid to MLflow every N updates.")
     model: DVAEModelConfig = doc(DVAEModelConfig, "Architecture.")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 CHECKPOINT_FORMAT = "dalle-dvae/1"
 LOGIT_LAPLACE_EPS = 0.1  # pixels live in [eps, 1-eps] so that logit(x) stays finite

@@ -55,8 +55,9 @@ def training_dataset(cfg: DVAETrainConfig, image_size: int):
     if not files:
         raise FileNotFoundError(f"no dataset shards under {cfg.dataset}/shards")
     ds = ray.data.read_parquet(files, columns=["image"])
-    return ds.map_batches(decode_for_training, batch_format="numpy", batch_size=64,
-                          fn_kwargs={"size": image_size, "random_crop": cfg.random_crop})
+    ds = ds.map_batches(decode_for_training, batch_format="numpy", batch_size=64,
+                        fn_kwargs={"size": image_size, "random_crop": cfg.random_crop and not cfg.cache_decoded})
+    return ds.materialize() if cfg.cache_decoded else ds
 
 
 def batches(shard, batch_size: int):
