@@ -69,3 +69,11 @@ def test_codebook_usage():
     assert obj.codebook_usage(torch.tensor([1, 1, 1]), 4) == {"perplexity": pytest.approx(1.0), "used_fraction": 0.25}
     u = obj.codebook_usage(torch.arange(8), 8)
     assert u["perplexity"] == pytest.approx(8.0) and u["used_fraction"] == 1.0
+
+
+def test_ema_decay_warms_up_to_the_paper_value():
+    from tokenize_images.train_dvae import ema_decay
+
+    assert ema_decay(0, 0.999) == 0.1
+    assert ema_decay(290, 0.999) == pytest.approx(291 / 300)
+    assert ema_decay(100_000, 0.999) == 0.999

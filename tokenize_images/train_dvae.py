@@ -5,7 +5,7 @@
 Objective (tokenize_images/objective.py): Gumbel-softmax relaxation, logit-Laplace reconstruction NLL,
 beta * KL to the uniform prior. Schedules (cosine, paper): beta 0 -> 6.6 over 5k updates, tau 1 -> 1/16
 over 150k, lr 1e-4 -> 1.25e-6 over 1.2M; `schedule.scale` shrinks them for short runs. AdamW
-(0.9, 0.999), eps 1e-8, wd 1e-4, parameter EMA 0.999. Ray Data decodes and random-crops the images in
+(0.9, 0.999), eps 1e-8, wd 1e-4, parameter EMA 0.999 (with a warm-up, see ema_decay). Ray Data decodes and random-crops the images in
 CPU tasks; every worker trains on its shard of the stream. MLflow (rank 0, asynchronous): losses,
 beta, tau, lr, codebook perplexity and fraction used, images/s, data-wait share, reconstruction grids.
 Rerunning with the same run.name resumes from the latest checkpoint; the EMA weights are exported to
@@ -96,6 +96,12 @@ def train_step(model, optimizer, pixels: torch.Tensor, step: int, cfg: DVAETrain
             "codebook_used_fraction": usage["used_fraction"]}
 
 
+def ema_decay(step: int, decay: float) -> float:
+    """EMA decay with warm-up: min(decay, (1 + t) / (10 + t)). A flat 0.999 would leave a short run's EMA
+    (what gets exported) mostly at the random initialisation; at paper length the cap applies after ~9k updates."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 def make_optimizer(model, cfg: DVAETrainConfig) -> torch.optim.AdamW:
     o = cfg.optim
     return torch.optim.AdamW(model.parameters(), lr=cfg.schedule.lr_start, betas=tuple(o.betas), eps=o.eps,
@@ -155,6 +161,7 @@ def train_loop_per_worker(config: dict) -> None:
             pixels = pixels.to(ctx.device, non_blocking=True)
         with timer.compute():
             metrics = train_step(model, optimizer, pixels, step, cfg, ctx.autocast())
+            ema.decay = ema_decay(step, cfg.optim.ema_decay)
             ema.update(model)
         step += 1
         timer.step(tokens=pixels.shape[0] * ctx.world_size)
