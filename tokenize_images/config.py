@@ -33,6 +33,8 @@ class EncodeRunConfig:
     cpus_per_encoder: float = doc(1.0, "CPUs per CPU encoder actor (also its torch threads).")
     reserve_cpus: float = doc(1.0, "CPUs kept free of encoder actors for reading, decoding and writing: an "
                                    "actor pool that takes every CPU starves the read tasks and hangs.")
+    encoder_memory_mb: int = doc(1024, "Host memory Ray reserves per encoder actor (must be > 0: it also keeps Ray "
+                                       "Data from fusing the decode tasks into the actors).")
     amp_dtype: str = doc("bfloat16", "GPU autocast dtype: bfloat16, float16, or float32 (no autocast).")
     channels_last: bool = doc(True, "GPU: channels_last memory format (faster convolutions on tensor cores).")
     resample: str = doc("lanczos", "Pillow filter for the short-side resize: lanczos, bicubic, bilinear, box.")

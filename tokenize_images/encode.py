@@ -175,11 +175,11 @@ def build_dataset(cfg: EncodeConfig, todo: list[ShardPlan], image_size: int):
     ds = ds.map_batches(read_and_decode, batch_size=1, batch_format="numpy",
                         fn_kwargs={"read_batch_rows": cfg.run.read_batch_rows, "size": image_size,
                                    "resample": cfg.run.resample})
-    # max_restarts: a crashed encoder actor is replaced. Being an actor-only remote arg, it also keeps
-    # Ray Data from fusing the decode tasks into the actors, which would serialise decode and encode
-    # on the actor's CPU instead of overlapping them on separate cores.
+    # The memory reservation differs from the decode tasks' resources, which also keeps Ray Data from
+    # fusing decoding into the actors: that would serialise decode and encode on the actor's CPU
+    # instead of overlapping them on separate cores.
     ds = ds.map_batches(TokenEncoder, batch_size=cfg.run.batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=actors), max_restarts=-1,
+                        compute=ray.data.ActorPoolStrategy(size=actors), memory=cfg.run.encoder_memory_mb * 2**20,
                         fn_constructor_kwargs={"checkpoint": cfg.dvae, "device": device, "amp_dtype": cfg.run.amp_dtype,
                                                "channels_last": cfg.run.channels_last,
                                                "threads": int(resources.get("num_cpus", 1))},
