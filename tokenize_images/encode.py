@@ -220,6 +220,16 @@ def write_manifest(cfg: EncodeConfig, plans: list[ShardPlan], dvae_sha: str, dva
     return manifest
 
 
+def steady_rate(encoded_at: dict[float, int]) -> float:
+    """Images/s once the pipeline is running: rows encoded after the first batch finished, over the time
+    from that first batch to the last one. Excludes start-up (actor creation, model load, first read),
+    which a short run is dominated by and a long one amortises."""
+    times = sorted(encoded_at)
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 0.0
+    return (sum(encoded_at.values()) - encoded_at[times[0]]) / (times[-1] - times[0])
+
+
 def encode_tokens(cfg: EncodeConfig) -> dict:
     """Run (or resume) the whole job. Returns the manifest, with this run's figures under 'run'."""
     import ray
@@ -247,19 +257,16 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
     pending = [p for p in todo if p.rows > 0]
     info = {"device": "none", "encoder_actors": 0}
     owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None) if pending else False
-    started = first = time.perf_counter()
-    rows_after_first = 0
+    started = time.perf_counter()
+    encoded_at: dict[float, int] = {}  # when an encoder finished a batch -> its rows
     try:
         if pending:
             ds, info = build_dataset(cfg, pending, dvae_cfg.image_size)
-            for i, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="numpy")):
-                if i == 0:  # steady state starts once actors are up and the first batch is through
-                    first = time.perf_counter()
-                else:
-                    rows_after_first += len(batch["key"])
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for t, n in zip(*np.unique(batch.pop("encoded_at"), return_counts=True)):
+                    encoded_at[float(t)] = encoded_at.get(float(t), 0) + int(n)
                 writer.add(batch)
         elapsed = time.perf_counter() - started
-        steady = time.perf_counter() - first
         if writer.unfinished():
             raise RuntimeError(f"shards left incomplete: {writer.unfinished()}")
     finally:
@@ -271,7 +278,7 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
     manifest["run"] = {
         **info, "seconds": elapsed, "rows": rows_this_run, "encoded": writer.encoded, "rejected": writer.rejected,
         "images_per_s": rows_this_run / elapsed if elapsed > 0 and rows_this_run else 0.0,
-        "steady_images_per_s": rows_after_first / steady if steady > 0 and rows_after_first else 0.0,
+        "steady_images_per_s": steady_rate(encoded_at),
         "shards_written": len(writer.written), "shards_skipped": len(plans) - len(todo),
         "code_counts": writer.code_counts,
     }

@@ -7,6 +7,8 @@ with torch threads = the CPUs the actor was given, so the pool never oversubscri
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -51,4 +53,5 @@ class TokenEncoder:
         if ok.any():
             tokens[ok] = self.encode(pixels[ok])
         batch["tokens"] = tokens
+        batch["encoded_at"] = np.full(len(ok), time.time())  # lets the driver measure steady-state throughput
         return batch
