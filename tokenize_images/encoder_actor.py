@@ -41,8 +41,12 @@ class TokenEncoder:
         x = map_pixels(x.permute(0, 3, 1, 2).float() / 255.0)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        blocks = self.encoder.blocks
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits = self.encoder(x)
+            hidden = blocks[:-1](x)
+        # The vocabulary projection runs in fp32, as in OpenAI's dall_e (use_float16=False for that conv):
+        # bf16 logits would round close scores together and flip argmax ties.
+        logits = blocks.output(hidden.float())
         return logits.argmax(dim=1).flatten(1).to(torch.int32).cpu().numpy().astype(np.uint16)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
