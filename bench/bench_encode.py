@@ -26,30 +26,13 @@ import torch  # noqa: E402
 
 from common import storage  # noqa: E402
 from tokenize_images.config import EncodeConfig, EncodeRunConfig, TokenizerConfig  # noqa: E402
-from tokenize_images.dvae import DVAE, preset, save_checkpoint  # noqa: E402
+from tokenize_images.dvae import DVAE, flops_per_image, preset, save_checkpoint  # noqa: E402
 from tokenize_images.encode import encode_tokens  # noqa: E402
 from tokenize_images.encoder_actor import TokenEncoder  # noqa: E402
 from tokenize_images.preprocess import load_images  # noqa: E402
 from tokenize_images.synthetic import write_dataset  # noqa: E402
 
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-
-
-def encoder_flops_per_image(cfg) -> float:
-    """Multiply-adds x 2 of the encoder's convolutions, counted from the module shapes."""
-    model = DVAE(cfg, with_decoder=False).encoder
-    flops, hooks = [0.0], []
-
-    def hook(mod, inp, out):
-        k = mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
-        flops[0] += 2 * out.numel() * k
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            hooks.append(m.register_forward_hook(hook))
-    with torch.no_grad():
-        model(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
-    return flops[0]
 
 
 def bare_loop(ckpt: str, dataset: str, size: int, batch: int, device: str, threads: int) -> float:
@@ -105,13 +88,13 @@ def main() -> None:
         print(f"pipeline, steady state : {s:9.1f} images/s   ratio {s / b:.2f}   (all: {', '.join(f'{x:.1f}' for x in steady)})")
         print(f"pipeline, end to end   : {e:9.1f} images/s   ratio {e / b:.2f}   (all: {', '.join(f'{x:.1f}' for x in e2e)})")
         if device == "cuda":
-            flops = encoder_flops_per_image(cfg_dvae)
+            flops = flops_per_image(cfg_dvae)
             name = torch.cuda.get_device_name()
             peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), 0.0)
             print(f"encoder GFLOP/image: {flops / 1e9:.1f}; GPU {name}; fraction of bf16 peak: "
                   f"bare {b * flops / peak:.3f}, pipeline {s * flops / peak:.3f}" if peak else "unknown peak")
         else:
-            print(f"encoder GFLOP/image: {encoder_flops_per_image(cfg_dvae) / 1e9:.2f}")
+            print(f"encoder GFLOP/image: {flops_per_image(cfg_dvae) / 1e9:.2f}")
 
 
 if __name__ == "__main__":

@@ -57,3 +57,9 @@ def test_upsample_fix_restores_missing_attribute():
     with torch.no_grad():
         out = dec(torch.nn.functional.one_hot(torch.zeros(1, 2, 2, dtype=torch.long), 512).permute(0, 3, 1, 2).float())
     assert out.shape == (1, 6, 16, 16)
+
+
+def test_flop_count_matches_the_published_encoder_cost():
+    from tokenize_images.dvae import flops_per_image, preset
+
+    assert flops_per_image(preset("openai")) / 1e9 == pytest.approx(272.3, abs=0.1)   # issue: ~272 GFLOP / 256 px image

@@ -62,7 +62,7 @@ def _train_resume_and_reuse(cfg):
     client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(first["run_id"], "loss")
     assert sorted(m.step for m in history) == list(range(1, 10))     # 1..6 then 7..9, no step twice
-    for name in ("beta", "tau", "lr", "nll", "kl", "codebook_perplexity", "codebook_used_fraction", "images_per_s"):
+    for name in ("beta", "tau", "lr", "nll", "kl", "codebook_perplexity", "codebook_used_fraction", "images_per_s", "mfu"):
         assert client.get_metric_history(first["run_id"], name), name
     taus = [m.value for m in sorted(client.get_metric_history(first["run_id"], "tau"), key=lambda m: m.step)]
     assert taus[0] > taus[-1]                                        # scaled schedule: tau anneals within 9 steps

@@ -168,6 +168,34 @@ class DVAE(nn.Module):
         return reconstruct(self.decoder.decode_tokens(tokens))
 
 
+def conv_flops(module: nn.Module, x: torch.Tensor) -> float:
+    """FLOPs (2 x multiply-adds) of every Conv2d in one forward of `module` on `x`, counted from shapes."""
+    total, hooks = [0.0], []
+
+    def hook(mod, inp, out):
+        total[0] += 2.0 * out.numel() * mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
+
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
+
+
+def flops_per_image(cfg: DVAEConfig, training: bool = False) -> float:
+    """Encoder FLOPs per image (272 GFLOP for `openai`); with training=True, encoder + decoder x 3 (fwd + bwd)."""
+    enc = conv_flops(Encoder(cfg), torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+    if not training:
+        return enc
+    dec = conv_flops(Decoder(cfg), torch.zeros(1, cfg.vocab_size, cfg.grid, cfg.grid))
+    return 3 * (enc + dec)
+
+
 # --- checkpoints --------------------------------------------------------------------------------
 
 def checkpoint_dict(model: DVAE, extra: dict | None = None) -> dict:

@@ -7,7 +7,7 @@ beta * KL to the uniform prior. Schedules (cosine, paper): beta 0 -> 6.6 over 5k
 over 150k, lr 1e-4 -> 1.25e-6 over 1.2M; `schedule.scale` shrinks them for short runs. AdamW
 (0.9, 0.999), eps 1e-8, wd 1e-4, parameter EMA 0.999 (with a warm-up, see ema_decay). Ray Data decodes and random-crops the images in
 CPU tasks; every worker trains on its shard of the stream. MLflow (rank 0, asynchronous): losses,
-beta, tau, lr, codebook perplexity and fraction used, images/s, data-wait share, reconstruction grids.
+beta, tau, lr, codebook perplexity and fraction used, images/s, MFU, data-wait share, reconstruction grids.
 Rerunning with the same run.name resumes from the latest checkpoint; the EMA weights are exported to
 `output` in this project's dVAE checkpoint format (what encode_tokens reads).
 """
@@ -28,7 +28,7 @@ import torch
 from common import storage
 from common.config import Flag, flatten, from_dict, parse_cli, to_dict
 from tokenize_images.config import DVAETrainConfig
-from tokenize_images.dvae import DVAE, DVAEConfig, map_pixels, preset, save_checkpoint
+from tokenize_images.dvae import DVAE, DVAEConfig, flops_per_image, map_pixels, preset, save_checkpoint
 from tokenize_images.objective import codebook_usage, elbo_loss, schedules
 
 
@@ -129,8 +129,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     from training.harness import (ModelEMA, StepTimer, load_checkpoint, load_model_state_dict,
-                                  load_optimizer_state_dict, model_state_dict, optimizer_state_dict, prepare_model,
-                                  rng_state, save_checkpoint, set_rng_state, worker_context)
+                                  load_optimizer_state_dict, mfu, model_state_dict, optimizer_state_dict, peak_flops,
+                                  prepare_model, rng_state, save_checkpoint, set_rng_state, worker_context)
 
     cfg = from_dict(DVAETrainConfig, config["cfg"])
     dvae_cfg = DVAEConfig(**config["dvae"])
@@ -153,6 +153,8 @@ def train_loop_per_worker(config: dict) -> None:
         torch.manual_seed(cfg.optim.seed + 1000 + ctx.rank)  # different Gumbel noise per rank
 
     stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size)
+    train_flops = flops_per_image(dvae_cfg, training=True)
+    peak = peak_flops(ctx.device) if ctx.is_rank0 else 0.0  # CPU: a measured fp32 matmul rate
     timer = StepTimer()
     metrics: dict = {}
     while step < cfg.optim.max_steps:
@@ -168,6 +170,7 @@ def train_loop_per_worker(config: dict) -> None:
         if ctx.should_log(step):
             t = timer.take()
             ctx.logger.log_metrics({**metrics, "epoch": epoch, "images_per_s": t["tokens_per_s"],
+                                    "mfu": mfu(train_flops, t["tokens_per_s"] / ctx.world_size, peak),
                                     "data_wait_share": t["data_wait_share"], "step_time_s": t["step_time_s"]}, step)
         if ctx.is_rank0 and (step % cfg.image_every == 0 or step == cfg.optim.max_steps):
             ctx.logger.log_artifact_bytes(reconstruction_png(ema.module, pixels), f"step_{step:07d}.png",
