@@ -108,6 +108,8 @@ class DVAETrainConfig:
     cache_decoded: bool = doc(False, "Decode the images once and keep the pixels in Ray's object store across epochs "
                                      "(small datasets such as the demo's). Off: every epoch streams, reads and decodes "
                                      "again, with fresh random crops.")
+    shuffle_buffer: int = doc(1024, "Rows in each worker's local shuffle buffer (0 = stream order; with "
+                                    "cache_decoded every epoch would then repeat the same batches).")
     checkpoint_every: int = doc(200, "Report a Ray Train checkpoint every N updates (and at the end).")
     image_every: int = doc(200, "Log an originals / reconstructions grid to MLflow every N updates.")
     model: DVAEModelConfig = doc(DVAEModelConfig, "Architecture.")

@@ -60,12 +60,13 @@ def training_dataset(cfg: DVAETrainConfig, image_size: int):
     return ds.materialize() if cfg.cache_decoded else ds
 
 
-def batches(shard, batch_size: int):
-    """Endless stream of (B,S,S,3) uint8 batches, epoch after epoch."""
+def batches(shard, batch_size: int, shuffle_buffer: int = 0):
+    """Endless stream of (B,S,S,3) uint8 batches, epoch after epoch, locally shuffled."""
     epoch = 0
     while True:
         seen = 0
-        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
+                                              local_shuffle_buffer_size=shuffle_buffer or None):
             seen += 1
             yield epoch, batch["pixels"]
         if seen == 0:
@@ -152,7 +153,7 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         torch.manual_seed(cfg.optim.seed + 1000 + ctx.rank)  # different Gumbel noise per rank
 
-    stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size)
+    stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer)
     train_flops = flops_per_image(dvae_cfg, training=True)
     peak = peak_flops(ctx.device) if ctx.is_rank0 else 0.0  # CPU: a measured fp32 matmul rate
     timer = StepTimer()
