@@ -1,0 +1,102 @@
+"""encode_tokens throughput: the Ray Data pipeline against a bare in-process encoder loop, same run.
+
+    python bench/bench_encode.py [--images 1024] [--preset small] [--batch 64] [--dvae CKPT] [--repeats 2]
+
+Both sides encode the same images with the same batch size and the same encoder class
+(tokenize_images.encoder_actor.TokenEncoder) on the same device: on CPU with the threads one encoder
+actor gets (run.cpus_per_encoder), on GPU with bf16 autocast + channels_last. The bare loop gets
+already-decoded pixels (decode excluded: it is the ceiling), the pipeline reads Parquet, decodes and
+writes shards. Figures: end-to-end images/s (includes Ray Data start-up and actor creation) and
+steady-state images/s (from the first encoded batch on), and their ratio to the bare loop.
+On GPU the openai preset also reports the fraction of bf16 peak (encoder ~272 GFLOP per 256 px image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import storage  # noqa: E402
+from tokenize_images.config import EncodeConfig, EncodeRunConfig, TokenizerConfig  # noqa: E402
+from tokenize_images.dvae import DVAE, flops_per_image, preset, save_checkpoint  # noqa: E402
+from tokenize_images.encode import encode_tokens  # noqa: E402
+from tokenize_images.encoder_actor import TokenEncoder  # noqa: E402
+from tokenize_images.preprocess import load_images  # noqa: E402
+from tokenize_images.synthetic import write_dataset  # noqa: E402
+
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def bare_loop(ckpt: str, dataset: str, size: int, batch: int, device: str, threads: int) -> float:
+    blobs = []
+    for path in storage.glob(os.path.join(dataset, "shards", "*.parquet")):
+        blobs += storage.read_parquet(path, columns=["image"]).column("image").to_pylist()
+    pixels, _ = load_images(blobs, size)
+    enc = TokenEncoder(ckpt, device=device, threads=threads)
+    enc.encode(pixels[:batch])  # warm-up (cuDNN autotune, allocator)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for i in range(0, len(pixels), batch):
+        enc.encode(pixels[i:i + batch])  # returns host uint16: includes the device->host copy
+    return len(pixels) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=1024)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--dvae", default="", help="checkpoint to use (default: random weights of --preset)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--num_cpus", type=int, default=0)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = EncodeRunConfig(batch_size=args.batch, num_cpus=args.num_cpus, mlflow=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = args.dvae or os.path.join(tmp, "dvae.pt")
+        if not args.dvae:
+            torch.manual_seed(0)
+            save_checkpoint(DVAE(preset(args.preset)), ckpt)
+        from tokenize_images.dvae import checkpoint_info
+
+        cfg_dvae, _ = checkpoint_info(ckpt)
+        dataset = os.path.join(tmp, "ds")
+        write_dataset(dataset, shards=args.shards, rows_per_shard=args.images // args.shards, size_range=(256, 320))
+        threads = int(run.cpus_per_encoder) if device == "cpu" else 0
+        bare, e2e, steady = [], [], []
+        for r in range(args.repeats):
+            bare.append(bare_loop(ckpt, dataset, cfg_dvae.image_size, args.batch, device, threads))
+            cfg = EncodeConfig(dataset=dataset, dvae=ckpt, output=os.path.join(tmp, f"tokens{r}"), run=run,
+                               tokenizer=TokenizerConfig(train_if_missing=False))
+            m = encode_tokens(cfg)["run"]
+            e2e.append(m["images_per_s"])
+            steady.append(m["steady_images_per_s"])
+        b, e, s = max(bare), max(e2e), max(steady)
+        print(f"device={device} preset={args.preset} image_size={cfg_dvae.image_size} images={args.images} "
+              f"batch={args.batch} encoder_threads={threads or 'gpu'} repeats={args.repeats} (best of)")
+        print(f"bare encoder loop      : {b:9.1f} images/s   (all: {', '.join(f'{x:.1f}' for x in bare)})")
+        print(f"pipeline, steady state : {s:9.1f} images/s   ratio {s / b:.2f}   (all: {', '.join(f'{x:.1f}' for x in steady)})")
+        print(f"pipeline, end to end   : {e:9.1f} images/s   ratio {e / b:.2f}   (all: {', '.join(f'{x:.1f}' for x in e2e)})")
+        if device == "cuda":
+            flops = flops_per_image(cfg_dvae)
+            name = torch.cuda.get_device_name()
+            peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), 0.0)
+            print(f"encoder GFLOP/image: {flops / 1e9:.1f}; GPU {name}; fraction of bf16 peak: "
+                  f"bare {b * flops / peak:.3f}, pipeline {s * flops / peak:.3f}" if peak else "unknown peak")
+        else:
+            print(f"encoder GFLOP/image: {flops_per_image(cfg_dvae) / 1e9:.2f}")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

@@ -1,0 +1,30 @@
+"""Stage 2: encode every kept image of a dataset into dVAE argmax tokens (see docs/tokens.md).
+
+    python orchestration/encode_tokens.py --dataset DATASET_ROOT --dvae dvae.pt --output TOKENS_ROOT \
+        [--config configs/encode_openai.toml] [--run.batch_size 128 ...]
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common.config import Flag, parse_cli  # noqa: E402
+from tokenize_images.config import EncodeConfig  # noqa: E402
+from tokenize_images.encode import encode_tokens  # noqa: E402
+
+FLAGS = [Flag("--dataset", "dataset", "dataset root (build_dataset output)"),
+         Flag("--dvae", "dvae", "dVAE checkpoint"),
+         Flag("--output", "output", "tokens root")]
+
+
+def main(argv=None) -> None:
+    cfg = parse_cli(EncodeConfig, argv, description=__doc__, flags=FLAGS)
+    manifest = encode_tokens(cfg)
+    run = manifest["run"]
+    print(f"encoded {run['encoded']} images, rejected {run['rejected']}, {run['images_per_s']:.1f} images/s "
+          f"({run['shards_written']} shards written, {run['shards_skipped']} already done) -> {cfg.output}")
+
+
+if __name__ == "__main__":
+    main()

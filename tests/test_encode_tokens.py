@@ -1,0 +1,112 @@
+"""encode_tokens end to end through real Ray Data, a real MLflow sqlite store, and fixture shards."""
+
+import os
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from common import schemas, storage
+from tokenize_images.config import EncodeConfig, EncodeRunConfig, TokenizerConfig
+from tokenize_images.dvae import DVAE, DVAEConfig, load_checkpoint, save_checkpoint
+from tokenize_images.encode import encode_tokens
+from tokenize_images.preprocess import load_image
+from tokenize_images.synthetic import write_dataset
+from tokenize_images.text_tokenizer import load_text_tokenizer
+
+PHOTOS = "/work/shared/data/photos"
+
+
+def tiny_dvae(path, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = DVAEConfig(**{"n_hid": 16, "n_blk_per_group": 1, "vocab_size": 64, "image_size": 32, "n_init": 16, **kw})
+    return save_checkpoint(DVAE(cfg), str(path))
+
+
+def expected_tokens(dataset, ckpt):
+    """The encoder's argmax computed directly, without Ray: key -> tokens."""
+    model, _ = load_checkpoint(ckpt)
+    out = {}
+    for path in storage.glob(os.path.join(dataset, "shards", "*.parquet")):
+        t = storage.read_parquet(path)
+        for key, data in zip(t.column("key").to_pylist(), t.column("image").to_pylist()):
+            try:
+                img = load_image(data, model.cfg.image_size)
+            except Exception:
+                continue
+            x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+            out[key] = model.encode_tokens(x).flatten().numpy().astype(np.uint16)
+    return out
+
+
+def test_encode_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    dataset, out = str(tmp_path / "ds"), str(tmp_path / "tokens")
+    keys = write_dataset(dataset, shards=2, rows_per_shard=10, size_range=(40, 90), corrupt_rows=3,
+                         photos=PHOTOS if os.path.isdir(PHOTOS) else None)
+    ckpt = tmp_path / "dvae.pt"
+    sha = tiny_dvae(ckpt)
+    cfg = EncodeConfig(dataset=dataset, dvae=str(ckpt), output=out,
+                       run=EncodeRunConfig(batch_size=4, read_batch_rows=4, num_cpus=2, grid_images=4),
+                       tokenizer=TokenizerConfig(vocab_size=300, min_frequency=1))
+    manifest = encode_tokens(cfg)
+
+    expected = expected_tokens(dataset, str(ckpt))
+    assert len(expected) == len(keys) - 3
+    got = {}
+    for name in ("00000.parquet", "00001.parquet"):
+        f = pq.ParquetFile(os.path.join(out, "shards", name))
+        assert f.schema_arrow.remove_metadata() == schemas.token_shard_schema(4, 4)
+        meta = storage.parquet_metadata(os.path.join(out, "shards", name))
+        assert meta[schemas.TOKEN_META_DVAE_SHA256] == sha and meta[schemas.TOKEN_META_GRID] == "4x4"
+        assert meta[schemas.TOKEN_META_VOCAB] == "64" and meta[schemas.TOKEN_META_IMAGE_SIZE] == "32"
+        assert f.metadata.row_group(0).column(0).compression == "ZSTD"
+        t = f.read()
+        for k, tok in zip(t.column("key").to_pylist(), t.column("image_tokens").to_pylist()):
+            got[k] = np.array(tok, dtype=np.uint16)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k])
+    # Rows keep their input order inside a shard.
+    order = [k for k in keys if k in got]
+    assert [k for k in storage.read_parquet(os.path.join(out, "shards", "00000.parquet")).column("key").to_pylist()] \
+        == order[:7]
+
+    # The three corrupt rows: counted, listed with a reason, no crash.
+    rejected = storage.read_parquet(os.path.join(out, "rejected", "00000.parquet"))
+    assert rejected.schema == schemas.REJECTED
+    assert rejected.column("key").to_pylist() == keys[:3]
+    assert set(rejected.column("reason").to_pylist()) == {"decode_error"}
+    assert all(rejected.column("detail").to_pylist())
+    assert not os.path.exists(os.path.join(out, "rejected", "00001.parquet"))
+
+    on_disk = storage.read_json(os.path.join(out, "manifest.json"))
+    assert on_disk["format"] == schemas.TOKENS_FORMAT and on_disk["dvae"]["sha256"] == sha
+    assert on_disk["counts"] == {"input_rows": 20, "encoded": 17, "rejected": {"decode_error": 3}}
+    assert on_disk["tokenizer"]["vocab_size"] <= 300
+    assert manifest["run"]["encoded"] == 17 and manifest["run"]["images_per_s"] > 0
+
+    tok = load_text_tokenizer(out)
+    assert tok.decode(tok.encode("A RED Circle").ids).strip() == "a red circle"   # lowercased BPE
+
+    client = mlflow.tracking.MlflowClient()
+    exp = client.get_experiment_by_name("encode_tokens")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.metrics["encoded"] == 17 and run.data.metrics["rejected"] == 3
+    assert run.data.metrics["images_per_s"] > 0 and 0 < run.data.metrics["codebook_used_fraction"] <= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"originals_vs_reconstructions.png", "codebook_usage.png", "manifest.json"} <= artifacts
+
+    # A rerun finds every shard done and changes nothing.
+    before = {n: os.path.getmtime(os.path.join(out, "shards", n)) for n in os.listdir(os.path.join(out, "shards"))}
+    again = encode_tokens(cfg)
+    assert again["run"]["shards_written"] == 0 and again["run"]["shards_skipped"] == 2
+    assert before == {n: os.path.getmtime(os.path.join(out, "shards", n)) for n in os.listdir(os.path.join(out, "shards"))}
+
+    # A different dVAE into the same root is refused rather than mixed.
+    other = tmp_path / "other.pt"
+    tiny_dvae(other, seed=1)
+    with pytest.raises(ValueError, match="encoded by dVAE"):
+        encode_tokens(EncodeConfig(dataset=dataset, dvae=str(other), output=out, run=cfg.run, tokenizer=cfg.tokenizer))

@@ -1,0 +1,118 @@
+"""Stage 2 configuration: encode_tokens, the text tokenizer, and (train_dvae.py) dVAE training.
+
+Loaded from configs/*.toml and overridden on the command line (common/config.py):
+    python orchestration/encode_tokens.py --dataset D --dvae ckpt.pt --output T --run.batch_size 128
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.config import doc
+from training.harness.config import HarnessConfig
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = doc(16384, "BPE vocabulary size (paper: 16,384).")
+    min_frequency: int = doc(2, "A merge must occur at least this often in the captions.")
+    dropout: float = doc(0.1, "BPE dropout the prior applies at training time (load_text_tokenizer(dropout=...)). "
+                              "tokenizer.json is saved WITHOUT dropout, so evaluation is deterministic.")
+    special_tokens: list[str] = doc([], "Extra special tokens to reserve (the prior pads per position itself).")
+    train_if_missing: bool = doc(True, "encode_tokens: train tokenizer.json from the captions when the output "
+                                       "root has none yet (train_tokenizer.py does it on its own).")
+
+
+@dataclass
+class EncodeRunConfig:
+    batch_size: int = doc(64, "Images per encoder forward pass (per actor).")
+    read_batch_rows: int = doc(128, "Rows per block read from a dataset shard and decoded (a 256 px row is 192 KiB "
+                                    "of pixels, so 128 rows make 24 MiB blocks).")
+    device: str = doc("auto", "'auto' (GPU actors when the cluster has GPUs), 'cuda' or 'cpu'.")
+    num_encoders: int = doc(0, "Encoder actors (0 = one per GPU, or on CPU: cluster CPUs minus reserve_cpus).")
+    cpus_per_encoder: float = doc(1.0, "CPUs per CPU encoder actor (also its torch threads).")
+    reserve_cpus: float = doc(1.0, "CPUs kept free of encoder actors for reading, decoding and writing: an "
+                                   "actor pool that takes every CPU starves the read tasks and hangs.")
+    encoder_memory_mb: int = doc(1024, "Host memory Ray reserves per encoder actor (must be > 0: it also keeps Ray "
+                                       "Data from fusing the decode tasks into the actors).")
+    amp_dtype: str = doc("bfloat16", "GPU autocast dtype: bfloat16, float16, or float32 (no autocast).")
+    channels_last: bool = doc(True, "GPU: channels_last memory format (faster convolutions on tensor cores).")
+    resample: str = doc("lanczos", "Pillow filter for the short-side resize: lanczos, bicubic, bilinear, box.")
+    grid_images: int = doc(8, "Originals and reconstructions in the MLflow grid.")
+    ray_address: str = doc("", "Ray cluster to connect to ('' = RAY_ADDRESS, else a private local instance).")
+    num_cpus: int = doc(0, "CPUs for a private local Ray instance (0 = all).")
+    experiment: str = doc("encode_tokens", "MLflow experiment name.")
+    mlflow: bool = doc(True, "Log the run to MLflow.")
+
+
+@dataclass
+class EncodeConfig:
+    dataset: str = doc("", "Dataset root written by build_dataset (shards/*.parquet, manifest.json).")
+    dvae: str = doc("", "dVAE checkpoint (this project's format: train_dvae.py or import_openai_dvae.py).")
+    output: str = doc("", "Tokens root: shards/*.parquet, rejected/*.parquet, tokenizer.json, manifest.json.")
+    run: EncodeRunConfig = doc(EncodeRunConfig, "Execution options.")
+    tokenizer: TokenizerConfig = doc(TokenizerConfig, "Text tokenizer options.")
+
+
+@dataclass
+class TrainTokenizerConfig:
+    dataset: str = doc("", "Dataset root whose shard captions train the BPE.")
+    output: str = doc("", "Where to write tokenizer.json (a file path, or a tokens root directory).")
+    tokenizer: TokenizerConfig = doc(TokenizerConfig, "Tokenizer options.")
+
+
+# --- dVAE training (tokenize_images/train_dvae.py) -------------------------------------------------
+
+@dataclass
+class DVAEModelConfig:
+    preset: str = doc("small", "Architecture preset: 'openai' (n_hid 256, 2 blocks, 8192 codes, 256 px) or 'small'.")
+    n_hid: int = doc(0, "Override the preset's n_hid (0 = keep).")
+    n_blk_per_group: int = doc(0, "Override the preset's resblocks per group (0 = keep).")
+    vocab_size: int = doc(0, "Override the preset's codebook size (0 = keep).")
+    image_size: int = doc(0, "Override the preset's image size, a multiple of 8 (0 = keep).")
+
+
+@dataclass
+class ScheduleConfig:
+    beta_max: float = doc(6.6, "KL weight reached at the end of its warm-up (paper: 6.6).")
+    beta_steps: int = doc(5_000, "Cosine warm-up of beta from 0, in updates (paper: 5,000).")
+    tau_start: float = doc(1.0, "Gumbel-softmax temperature at step 0 (paper: 1).")
+    tau_end: float = doc(1 / 16, "Final temperature (paper: 1/16).")
+    tau_steps: int = doc(150_000, "Cosine anneal of tau, in updates (paper: 150,000).")
+    lr_start: float = doc(1e-4, "Initial learning rate (paper: 1e-4).")
+    lr_end: float = doc(1.25e-6, "Final learning rate (paper: 1.25e-6).")
+    lr_steps: int = doc(1_200_000, "Cosine decay of the learning rate, in updates (paper: 1.2M).")
+    scale: float = doc(1.0, "Multiplies beta_steps, tau_steps and lr_steps: shrink the paper's schedules for "
+                            "short runs (e.g. 0.001 for a 1,200-update run).")
+
+
+@dataclass
+class DVAEOptimConfig:
+    batch_size: int = doc(32, "Images per worker per update.")
+    max_steps: int = doc(1000, "Updates to train for (a rerun with a larger value continues).")
+    betas: list[float] = doc([0.9, 0.999], "AdamW betas (paper).")
+    eps: float = doc(1e-8, "AdamW epsilon (paper).")
+    weight_decay: float = doc(1e-4, "AdamW weight decay (paper).")
+    ema_decay: float = doc(0.999, "Parameter EMA decay (paper); the exported checkpoint holds the EMA weights.")
+    grad_clip: float = doc(0.0, "Clip the gradient norm to this (0 = off; the paper does not clip).")
+    seed: int = doc(0, "Seed of initialisation and Gumbel noise (per worker: seed + rank).")
+
+
+@dataclass
+class DVAETrainConfig:
+    dataset: str = doc("", "Dataset root (build_dataset output) whose images train the dVAE.")
+    output: str = doc("", "Where to export the trained dVAE (EMA weights, this project's checkpoint format).")
+    reuse: bool = doc(False, "If `output` already exists, keep it and skip training (the demo's cache).")
+    random_crop: bool = doc(True, "Train on random square crops of the short-side-resized image (paper); "
+                                  "encode_tokens always takes the centre.")
+    cache_decoded: bool = doc(False, "Decode the images once and keep the pixels in Ray's object store across epochs "
+                                     "(small datasets such as the demo's). Off: every epoch streams, reads and decodes "
+                                     "again, with fresh random crops.")
+    shuffle_buffer: int = doc(1024, "Rows in each worker's local shuffle buffer (0 = stream order; with "
+                                    "cache_decoded every epoch would then repeat the same batches).")
+    checkpoint_every: int = doc(200, "Report a Ray Train checkpoint every N updates (and at the end).")
+    image_every: int = doc(200, "Log an originals / reconstructions grid to MLflow every N updates.")
+    model: DVAEModelConfig = doc(DVAEModelConfig, "Architecture.")
+    schedule: ScheduleConfig = doc(ScheduleConfig, "beta, tau and learning-rate schedules (all cosine).")
+    optim: DVAEOptimConfig = doc(DVAEOptimConfig, "Optimiser.")
+    run: HarnessConfig = doc(HarnessConfig, "Ray Train harness settings (training/harness/config.py), shared with the prior.")

@@ -1,0 +1,237 @@
+"""Stage 1 of DALL-E: train the dVAE on Ray Train, with the harness the prior uses (training/harness).
+
+    python tokenize_images/train_dvae.py --config configs/dvae_demo.toml --dataset DATASET --output dvae.pt
+
+Objective (tokenize_images/objective.py): Gumbel-softmax relaxation, logit-Laplace reconstruction NLL,
+beta * KL to the uniform prior. Schedules (cosine, paper): beta 0 -> 6.6 over 5k updates, tau 1 -> 1/16
+over 150k, lr 1e-4 -> 1.25e-6 over 1.2M; `schedule.scale` shrinks them for short runs. AdamW
+(0.9, 0.999), eps 1e-8, wd 1e-4, parameter EMA 0.999 (with a warm-up, see ema_decay). Ray Data decodes and random-crops the images in
+CPU tasks; every worker trains on its shard of the stream. MLflow (rank 0, asynchronous): losses,
+beta, tau, lr, codebook perplexity and fraction used, images/s, MFU, data-wait share, reconstruction grids.
+Rerunning with the same run.name resumes from the latest checkpoint; the EMA weights are exported to
+`output` in this project's dVAE checkpoint format (what encode_tokens reads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+
+from common import storage
+from common.config import Flag, flatten, from_dict, parse_cli, to_dict
+from tokenize_images.config import DVAETrainConfig
+from tokenize_images.dvae import DVAE, DVAEConfig, flops_per_image, map_pixels, preset, save_checkpoint
+from tokenize_images.objective import codebook_usage, elbo_loss, schedules
+
+
+def model_config(cfg: DVAETrainConfig) -> DVAEConfig:
+    overrides = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "preset" and v}
+    return preset(cfg.model.preset, **overrides)
+
+
+# --- data: Ray Data decodes in CPU tasks -----------------------------------------------------------
+
+def decode_for_training(batch: dict[str, np.ndarray], size: int, random_crop: bool) -> dict[str, np.ndarray]:
+    from tokenize_images.preprocess import load_images
+
+    rng = np.random.default_rng() if random_crop else None
+    pixels, errors = load_images(list(batch["image"]), size, rng=rng)
+    ok = np.array([e == "" for e in errors], dtype=bool)  # bad images are skipped (encode_tokens counts them)
+    return {"pixels": pixels[ok]}
+
+
+def training_dataset(cfg: DVAETrainConfig, image_size: int):
+    import ray.data
+
+    files = storage.glob(storage.join(cfg.dataset, "shards", "*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no dataset shards under {cfg.dataset}/shards")
+    ds = ray.data.read_parquet(files, columns=["image"])
+    ds = ds.map_batches(decode_for_training, batch_format="numpy", batch_size=64,
+                        fn_kwargs={"size": image_size, "random_crop": cfg.random_crop and not cfg.cache_decoded})
+    return ds.materialize() if cfg.cache_decoded else ds
+
+
+def batches(shard, batch_size: int, shuffle_buffer: int = 0):
+    """Endless stream of (B,S,S,3) uint8 batches, epoch after epoch, locally shuffled."""
+    epoch = 0
+    while True:
+        seen = 0
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
+                                              local_shuffle_buffer_size=shuffle_buffer or None):
+            seen += 1
+            yield epoch, batch["pixels"]
+        if seen == 0:
+            raise ValueError(f"the dataset shard has fewer than batch_size={batch_size} decodable images")
+        epoch += 1
+
+
+# --- one update ---------------------------------------------------------------------------------
+
+def train_step(model, optimizer, pixels: torch.Tensor, step: int, cfg: DVAETrainConfig, autocast=None) -> dict:
+    """One AdamW update at `step`; returns the figures to log. `pixels` is (B,S,S,3) uint8."""
+    import contextlib
+
+    s = schedules(step, cfg.schedule)
+    for group in optimizer.param_groups:
+        group["lr"] = s["lr"]
+    x = map_pixels(pixels.permute(0, 3, 1, 2).float() / 255.0)
+    with autocast or contextlib.nullcontext():
+        logits, stats = model(x, s["tau"])
+    losses = elbo_loss(x, stats, logits, s["beta"])
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    optimizer.step()
+    usage = codebook_usage(logits.detach().argmax(1), logits.shape[1])
+    return {**{k: v.item() for k, v in losses.items()}, **s, "codebook_perplexity": usage["perplexity"],
+            "codebook_used_fraction": usage["used_fraction"]}
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """EMA decay with warm-up: min(decay, (1 + t) / (10 + t)). A flat 0.999 would leave a short run's EMA
+    (what gets exported) mostly at the random initialisation; at paper length the cap applies after ~9k updates."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def make_optimizer(model, cfg: DVAETrainConfig) -> torch.optim.AdamW:
+    o = cfg.optim
+    return torch.optim.AdamW(model.parameters(), lr=cfg.schedule.lr_start, betas=tuple(o.betas), eps=o.eps,
+                             weight_decay=o.weight_decay)
+
+
+def reconstruction_png(dvae: DVAE, pixels: torch.Tensor, count: int = 8) -> bytes:
+    """Originals (top) and decoder(argmax tokens) (bottom), as PNG bytes."""
+    from PIL import Image
+
+    from tokenize_images.encode_report import image_grid
+
+    originals = pixels[:count].cpu()
+    device = next(dvae.parameters()).device
+    recon = dvae.decode_tokens(dvae.encode_tokens(originals.permute(0, 3, 1, 2).float().to(device) / 255.0))
+    recon = (recon.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image_grid([originals.numpy(), recon])).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --- the Ray Train worker -----------------------------------------------------------------------
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+
+    from training.harness import (ModelEMA, StepTimer, load_checkpoint, load_model_state_dict,
+                                  load_optimizer_state_dict, mfu, model_state_dict, optimizer_state_dict, peak_flops,
+                                  prepare_model, rng_state, save_checkpoint, set_rng_state, worker_context)
+
+    cfg = from_dict(DVAETrainConfig, config["cfg"])
+    dvae_cfg = DVAEConfig(**config["dvae"])
+    ctx = worker_context(config)
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
+    torch.manual_seed(cfg.optim.seed)  # same initial weights on every rank
+    model = prepare_model(DVAE(dvae_cfg), ctx)
+    optimizer = make_optimizer(model, cfg)
+    ema = ModelEMA(model, cfg.optim.ema_decay)
+    step = 0
+    shared, mine = load_checkpoint(ctx)
+    if shared is not None:
+        load_model_state_dict(model, shared["model"])
+        load_optimizer_state_dict(model, optimizer, shared["optimizer"])
+        ema.load_state_dict(shared["ema"])
+        step = int(shared["step"])
+        set_rng_state((mine or {}).get("rng"))
+    else:
+        torch.manual_seed(cfg.optim.seed + 1000 + ctx.rank)  # different Gumbel noise per rank
+
+    stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer)
+    train_flops = flops_per_image(dvae_cfg, training=True)
+    peak = peak_flops(ctx.device) if ctx.is_rank0 else 0.0  # CPU: a measured fp32 matmul rate
+    timer = StepTimer()
+    metrics: dict = {}
+    while step < cfg.optim.max_steps:
+        with timer.wait():
+            epoch, pixels = next(stream)
+            pixels = pixels.to(ctx.device, non_blocking=True)
+        with timer.compute():
+            metrics = train_step(model, optimizer, pixels, step, cfg, ctx.autocast())
+            ema.decay = ema_decay(step, cfg.optim.ema_decay)
+            ema.update(model)
+        step += 1
+        timer.step(tokens=pixels.shape[0] * ctx.world_size)
+        if ctx.should_log(step):
+            t = timer.take()
+            ctx.logger.log_metrics({**metrics, "epoch": epoch, "images_per_s": t["tokens_per_s"],
+                                    "mfu": mfu(train_flops, t["tokens_per_s"] / ctx.world_size, peak),
+                                    "data_wait_share": t["data_wait_share"], "step_time_s": t["step_time_s"]}, step)
+        if ctx.is_rank0 and (step % cfg.image_every == 0 or step == cfg.optim.max_steps):
+            ctx.logger.log_artifact_bytes(reconstruction_png(ema.module, pixels), f"step_{step:07d}.png",
+                                          "reconstructions")
+        if step % cfg.checkpoint_every == 0 or step == cfg.optim.max_steps:
+            save_checkpoint(ctx, step, {"loss": metrics["loss"]},
+                            shared={"model": model_state_dict(model), "optimizer": optimizer_state_dict(model, optimizer),
+                                    "ema": ema.state_dict(), "dvae": config["dvae"]},
+                            rank_state={"rng": rng_state()})
+    ctx.close()
+
+
+# --- driver -------------------------------------------------------------------------------------
+
+def export_ema(checkpoint_dir: str, output: str, run_id: str) -> str:
+    """The EMA weights of a Ray Train checkpoint -> `output` in the dVAE checkpoint format. Returns sha256."""
+    state = torch.load(os.path.join(checkpoint_dir, "state.pt"), map_location="cpu", weights_only=True)
+    model = DVAE(DVAEConfig(**state["dvae"]))
+    model.load_state_dict(state["ema"])
+    return save_checkpoint(model, output, extra={"steps": int(state["step"]), "mlflow_run_id": run_id, "weights": "ema"})
+
+
+def train_dvae(cfg: DVAETrainConfig) -> dict:
+    """Train (or resume, or with reuse=True skip when `output` exists). Returns {checkpoint, sha256, ...}."""
+    import ray
+
+    from common.ray_cluster import init_ray
+    from tokenize_images.dvae import checkpoint_info
+    from training.harness import launch
+
+    if not (cfg.dataset and cfg.output):
+        raise ValueError("dataset and output are required")
+    if cfg.reuse and storage.exists(cfg.output):
+        _, sha = checkpoint_info(cfg.output)
+        return {"checkpoint": cfg.output, "sha256": sha, "reused": True}
+    if not cfg.run.name:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name="dvae-" + os.path.basename(cfg.output).split(".")[0]))
+    dvae_cfg = model_config(cfg)
+    owns_ray = init_ray(cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None)  # before Ray Data
+    try:
+        result = launch(train_loop_per_worker, {"cfg": to_dict(cfg), "dvae": dataclasses.asdict(dvae_cfg)}, cfg.run,
+                        params={**flatten(cfg), **{f"dvae.{k}": v for k, v in dataclasses.asdict(dvae_cfg).items()}},
+                        tags={"stage": "train_dvae", "dataset": cfg.dataset},
+                        datasets={"train": training_dataset(cfg, dvae_cfg.image_size)})
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    if result.checkpoint_path is None:
+        raise RuntimeError("training reported no checkpoint")
+    sha = export_ema(result.checkpoint_path, cfg.output, result.run_id)
+    return {"checkpoint": cfg.output, "sha256": sha, "reused": False, "run_id": result.run_id,
+            "resumed": result.resumed, "metrics": result.metrics}
+
+
+def main(argv=None) -> None:
+    cfg = parse_cli(DVAETrainConfig, argv, description=__doc__,
+                    flags=[Flag("--dataset", "dataset", "dataset root"), Flag("--output", "output", "dVAE checkpoint to write")])
+    out = train_dvae(cfg)
+    print(f"dVAE {'reused' if out['reused'] else 'trained'}: {out['checkpoint']} (sha256 {out['sha256']})")
+
+
+if __name__ == "__main__":
+    main()

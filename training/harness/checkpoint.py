@@ -1,0 +1,163 @@
+"""Checkpoints through ray.train.report / ray.train.get_checkpoint.
+
+Layout of one checkpoint directory (Ray merges every worker's directory into one):
+    state.pt        written by rank 0: model, optimiser, scheduler, EMA, step, data position, extras
+    rank-<r>.pt     written by every rank: state that differs per rank (PowerSGD error feedback,
+                    this rank's data position, RNG)
+
+    save_checkpoint(ctx, step, metrics, shared={...}, rank_state={...})   # EVERY rank calls it
+    shared, mine = load_checkpoint(ctx)                                    # (None, None) on a fresh start
+
+Files are plain torch.save of tensors and Python primitives, read back with weights_only=True:
+no pickled code is ever executed when resuming. Model/optimiser state dicts are full (unsharded)
+for DDP and FSDP2 alike, so a checkpoint restores on any world size; per-rank files restore only
+on the same world size (a missing rank file reads as None and that state starts fresh).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.harness.worker import WorkerContext, unwrap
+
+SHARED_FILE = "state.pt"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank}.pt"
+
+
+def save_checkpoint(ctx: WorkerContext, step: int, metrics: dict[str, Any], shared: dict[str, Any] | None,
+                    rank_state: dict[str, Any] | None = None) -> None:
+    """Report `metrics` with a checkpoint. Collective: every rank must call it at the same step."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if ctx.is_rank0 and shared is not None:
+            torch.save({"step": step, **shared}, os.path.join(tmp, SHARED_FILE))
+        if rank_state is not None:
+            torch.save(rank_state, os.path.join(tmp, rank_file(ctx.rank)))
+        ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def load_checkpoint(ctx: WorkerContext) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(shared state, this rank's state) of the latest checkpoint; (None, None) on a fresh start."""
+    ckpt = ctx.attempt_checkpoint
+    if ckpt is None:
+        return None, None
+    with ckpt.as_directory() as path:
+        shared = _load(os.path.join(path, SHARED_FILE))
+        mine = _load(os.path.join(path, rank_file(ctx.rank)))
+    return shared, mine
+
+
+def _load(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- state dicts that work for plain, DDP and FSDP2 models alike ---------------------------------
+def _is_fsdp2(model: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full CPU state dict. Collective under FSDP2 (every rank must call it)."""
+    if _is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+
+
+def load_model_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    if _is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        return
+    unwrap(model).load_state_dict(state)
+
+
+def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    if _is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    if _is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        return
+    optimizer.load_state_dict(state)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any] | None) -> None:
+    if state and "torch" in state:
+        torch.set_rng_state(state["torch"])
+
+
+# --- PowerSGD (torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook) ------------------------
+def powersgd_state_dict(state: Any) -> dict[str, Any]:
+    """PowerSGDState as tensors and primitives (its numpy RNG would need a trusted pickle)."""
+    out = {slot: getattr(state, slot) for slot in state.__slots__ if slot not in ("process_group", "rng")}
+    name, keys, pos, has_gauss, cached = state.rng.get_state()
+    out["rng"] = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)}
+    return out
+
+
+def load_powersgd_state_dict(state: Any, saved: dict[str, Any] | None) -> None:
+    """Restore error feedback, warm-start memories, iteration and RNG into a live PowerSGDState."""
+    if not saved:
+        return
+    for slot, value in saved.items():
+        if slot == "rng":
+            state.rng.set_state((value["name"], value["keys"].numpy().astype(np.uint32), value["pos"],
+                                 value["has_gauss"], value["cached"]))
+        elif slot in state.__slots__ and slot != "process_group":
+            setattr(state, slot, value)
+
+
+def wait_for_checkpoints() -> int:
+    """Block until Ray Train has registered every checkpoint reported so far; returns their count.
+
+    A worker that dies right after ray.train.report may otherwise lose a checkpoint the controller
+    had not processed yet (the restart would then begin from the one before)."""
+    import ray.train
+
+    return len(ray.train.get_all_reported_checkpoints())
+
+
+def inject_failure(ctx: WorkerContext, step: int, at_step: int, marker: str, rank: int = -1) -> None:
+    """Fault injection for tests and drills: the first time any attempt reaches `at_step`, the worker
+    of `rank` (-1 = the last rank) exits hard, as a killed process would. `marker` (a file path
+    visible to every worker) records that the failure happened, so the restarted group runs on."""
+    target = ctx.world_size - 1 if rank < 0 else rank
+    if at_step <= 0 or step != at_step or ctx.rank != target or os.path.exists(marker):
+        return
+    wait_for_checkpoints()
+    os.makedirs(os.path.dirname(os.path.abspath(marker)), exist_ok=True)
+    with open(marker, "w") as fh:
+        fh.write(f"killed rank {ctx.rank} at step {step}\n")
+    print(f"[inject_failure] killing rank {ctx.rank} at step {step}", flush=True)
+    os._exit(1)

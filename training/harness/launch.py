@@ -1,0 +1,127 @@
+"""Driver side: one MLflow run per stable run name, then TorchTrainer.fit().
+
+The MLflow run lifecycle lives here, in the driver, because only the driver outlives worker
+restarts: workers are killed and recreated by Ray Train, the driver sees the whole fit().
+
+    created (or reopened: status set back to RUNNING)  ->  fit()  ->  FINISHED | FAILED
+
+Rerunning the same command finds the run by name (common.tracking.find_run) and reopens it, so a
+resumed training appends to the same metric history and never leaves a second RUNNING run behind.
+A driver killed with SIGKILL cannot mark its run; the next rerun reopens and then closes it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from common import storage
+from common.ray_cluster import init_ray
+from common.tracking import ensure_experiment, find_run, tracking_uri
+from training.harness.config import HarnessConfig
+
+HARNESS_KEY = "_harness"  # key of train_loop_config that carries the harness settings to workers
+
+
+@dataclass
+class LaunchResult:
+    run_id: str
+    checkpoint_path: str | None   # the final (latest) checkpoint, None if none was reported
+    metrics: dict[str, Any]       # last metrics reported with a checkpoint
+    resumed: bool                 # True when an earlier MLflow run with this name was reopened
+
+
+def resolve_storage(path: str) -> str:
+    return path if storage.is_remote(path) else os.path.abspath(path or "ray_results")
+
+
+def use_gpu(setting: str) -> bool:
+    """'auto' asks the Ray cluster (the driver may sit on a CPU-only head node)."""
+    import ray
+
+    if setting.lower() in ("true", "1", "yes"):
+        return True
+    if setting.lower() in ("false", "0", "no"):
+        return False
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> tuple[str, bool]:
+    """Create the MLflow run, or reopen the one with this name. Returns (run_id, resumed)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, RunTag
+
+    exp_id = ensure_experiment(experiment)  # also creates the sqlite DB once, before any worker writes
+    client = MlflowClient(tracking_uri())
+    run_id = find_run(exp_id, run_name)
+    resumed = run_id is not None
+    if resumed:
+        client.update_run(run_id, status="RUNNING")
+        previous = int(client.get_run(run_id).data.tags.get("resumes", "0"))
+        client.set_tag(run_id, "resumes", str(previous + 1))
+    else:
+        run_id = client.create_run(exp_id, run_name=run_name).info.run_id
+    existing = client.get_run(run_id).data.params
+    todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    for i in range(0, len(todo), 90):  # MLflow caps a batch at 100 params
+        client.log_batch(run_id, params=todo[i:i + 90])
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    return run_id, resumed
+
+
+def launch(train_fn: Callable[[dict], None], train_loop_config: dict[str, Any], run: HarnessConfig, *,
+           params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
+           datasets: dict[str, Any] | None = None, dataset_config: Any = None,
+           init: Callable[[], None] | None = None) -> LaunchResult:
+    """Run `train_fn(config)` on `run.num_workers` Ray Train workers, tracked in one MLflow run.
+
+    train_fn reads its own settings from `config` and the harness settings through
+    `training.harness.worker_context(config)`. `datasets` (Ray Data) are handed to TorchTrainer;
+    `init` runs after Ray is up (e.g. to build datasets lazily) and may be None.
+    """
+    import ray.train
+    from mlflow import MlflowClient
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not run.name:
+        raise ValueError("run.name must be set: it is the stable name that makes reruns resume")
+    init_ray(run.ray_address or None, num_cpus=run.num_cpus or None)
+    if init is not None:
+        init()
+    gpu = use_gpu(run.use_gpu)
+    storage_path = resolve_storage(run.storage_path)
+    run_id, resumed = open_run(run.experiment, run.name, params or {}, {**(tags or {}), "storage_path": storage_path})
+    client = MlflowClient(tracking_uri())
+
+    config = dict(train_loop_config)
+    config[HARNESS_KEY] = {"run_id": run_id, "tracking_uri": tracking_uri(), "log_every": run.log_every,
+                           "parallel": run.parallel, "use_gpu": gpu}
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=run.num_workers, use_gpu=gpu,
+                                               resources_per_worker=None if gpu else {"CPU": run.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run.name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=dataset_config,
+    )
+    try:
+        result = trainer.fit()
+        ckpt = result.checkpoint.path if result.checkpoint else None
+        if ckpt:
+            client.set_tag(run_id, "final_checkpoint", ckpt)
+            if run.log_final_checkpoint and not storage.is_remote(ckpt):
+                client.log_artifacts(run_id, ckpt, "final_checkpoint")
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return LaunchResult(run_id=run_id, checkpoint_path=ckpt, metrics=dict(result.metrics or {}), resumed=resumed)

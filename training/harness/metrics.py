@@ -1,0 +1,96 @@
+"""Step metrics every trainer logs: tokens/s, the share of time spent waiting for data, MFU.
+
+    timer = StepTimer()
+    with timer.wait():            # time blocked on the data iterator
+        batch = next(batches)
+    with timer.compute():         # forward, backward, optimiser step
+        ...
+    stats = timer.take(tokens=...)  # {"tokens_per_s", "data_wait_share", "step_time_s"} since last take
+
+MFU = achieved FLOP/s / peak FLOP/s, with the usual 6·N FLOPs per token for a forward+backward
+pass (plus the attention term when the caller supplies it, see training.model.flops_per_token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets.
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+class StepTimer:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.waiting_s = 0.0
+        self.computing_s = 0.0
+        self.steps = 0
+        self.tokens = 0
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def wait(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.waiting_s += time.perf_counter() - t
+
+    @contextlib.contextmanager
+    def compute(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.computing_s += time.perf_counter() - t
+
+    def step(self, tokens: int) -> None:
+        self.steps += 1
+        self.tokens += tokens
+
+    def take(self) -> dict[str, float]:
+        """Figures since the last take (wall time, so logging and checkpoints count against them)."""
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        out = {
+            "tokens_per_s": self.tokens / elapsed,
+            "data_wait_share": self.waiting_s / elapsed,
+            "step_time_s": elapsed / max(self.steps, 1),
+        }
+        self.reset()
+        return out
+
+
+def peak_flops(device: "torch.device | str", cpu_peak: float = 0.0) -> float:  # noqa: F821
+    """Peak FLOP/s of one device: a data-sheet table for GPUs, `cpu_peak` (or a quick fp32 matmul
+    measurement when 0) for CPUs. 0.0 when unknown: MFU is then not reported."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_BF16.items():
+            if key in name:
+                return value
+        return 0.0
+    return cpu_peak or measure_matmul_flops()
+
+
+def measure_matmul_flops(n: int = 512, repeats: int = 5) -> float:
+    """Best-of fp32 matmul FLOP/s on this CPU: an honest 'peak' for CPU MFU estimates."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:
+    """Model FLOPs utilisation of one device (tokens_per_s of that device)."""
+    return flops_per_token * tokens_per_s / peak if peak > 0 else 0.0
