@@ -15,7 +15,6 @@ import contextlib
 import os
 from typing import Any
 
-import numpy as np
 import torch
 
 from common.config import from_dict
@@ -25,7 +24,7 @@ from training.decode import image_grid, load_decoder
 from training.harness import (ModelEMA, StepTimer, inject_failure, load_checkpoint, load_model_state_dict,
                               load_optimizer_state_dict, load_powersgd_state_dict, mfu, model_state_dict,
                               optimizer_state_dict, peak_flops, powersgd_state_dict, prepare_model, rng_state,
-                              save_checkpoint, set_rng_state, unwrap, worker_context)
+                              save_checkpoint, set_rng_state, worker_context)
 from training.model import Prior, PriorShape, flops_per_token, prior_loss
 from training.optim import WarmupPlateauSchedule, make_optimizer
 
@@ -162,7 +161,8 @@ def train_fn(config: dict[str, Any]) -> None:
             ctx.logger.log_artifact_bytes(png, f"samples_step{step:07d}.png", "samples")
         if step % t.checkpoint_every == 0 or step == t.max_steps:
             shared_state = {"model": model_state_dict(model), "optimizer": optimizer_state_dict(model, optimizer),
-                            "schedule": schedule.state_dict(), "ema": ema.state_dict(), "shape": config["shape"]}
+                            "schedule": schedule.state_dict(), "ema": ema.state_dict(), "shape": config["shape"],
+                            "tokens_root": cfg.data.tokens}
             rank_state = {"data": data.state(), "rng": rng_state(),
                           "powersgd": powersgd_state_dict(psgd) if psgd is not None else None}
             save_checkpoint(ctx, step, {"loss": loss}, shared_state, rank_state)

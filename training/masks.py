@@ -51,10 +51,13 @@ def allowed(kind: str, q: torch.Tensor, k: torch.Tensor, text_len: int, grid_w: 
         image_rule = (q_img - k_img) % grid_w == 0
     elif kind == "conv":
         half = kernel // 2
-        delta = q_img - k_img + half                 # shift dc into [0, 2·half]
-        row_back = torch.div(delta, grid_w, rounding_mode="floor")
-        col_off = delta - row_back * grid_w
-        image_rule = (delta >= 0) & (row_back <= half) & (col_off <= 2 * half)
+        # q - k = dr·W + dc with dr in [0, half], dc in [-half, half]  <=>  delta = q - k + half =
+        # dr·W + c with c in [0, 2·half]: some dr in [ceil((delta - 2·half) / W), floor(delta / W)]
+        # must also lie in [0, half] (several may when K > W, so no single division decides it).
+        delta = q_img - k_img + half
+        lowest = torch.div(delta - 2 * half + grid_w - 1, grid_w, rounding_mode="floor").clamp(min=0)
+        highest = torch.div(delta, grid_w, rounding_mode="floor").clamp(max=half)
+        image_rule = (delta >= 0) & (lowest <= highest)
     else:
         raise ValueError(f"unknown attention kind {kind!r}; expected one of {KINDS}")
     return causal & (key_is_text | image_rule)
