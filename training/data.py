@@ -69,9 +69,9 @@ class TokenSource:
             raise ValueError(f"{len(self.train_files)} training shards for {num_workers} workers: "
                              "each worker needs at least one shard (shards are dealt to ranks by file)")
         cols = ["key", "caption", "image_tokens"]
-        datasets = {f"train_{r}": ray.data.read_parquet(self.train_files[r::num_workers], columns=cols)
+        datasets = {f"train_{r}": ray.data.read_parquet(self.train_files[r::num_workers]).select_columns(cols)
                     for r in range(num_workers)}
-        datasets["val"] = ray.data.read_parquet(self.val_files, columns=cols)
+        datasets["val"] = ray.data.read_parquet(self.val_files).select_columns(cols)
         config = ray.train.DataConfig(datasets_to_split=["val"],
                                       execution_options=ExecutionOptions(preserve_order=True))
         return datasets, config

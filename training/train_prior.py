@@ -47,7 +47,12 @@ def train(cfg: PriorTrainConfig) -> LaunchResult:
     The README demo calls this with configs/prior_demo.toml and its own token root."""
     if not cfg.data.tokens:
         raise ValueError("data.tokens (the token root of stage 2) must be set")
-    init_ray(cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None)  # before Ray Data touches Ray
+    # Before Ray Data touches Ray. Per-epoch progress bars of every worker would flood the job log.
+    init_ray(cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None,
+             env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
     source = TokenSource.open(cfg.data.tokens, cfg.data.val_shards)
     shape = model_shape(cfg, source)
     datasets, data_config = source.ray_datasets(cfg.run.num_workers)
