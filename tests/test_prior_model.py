@@ -146,3 +146,14 @@ def test_warmup_then_halving_on_plateau_at_most_max_times():
     restored = WarmupPlateauSchedule(make_optimizer(model, cfg), cfg)
     restored.load_state_dict(sched.state_dict())
     assert restored.apply() == 0.25 and restored.state_dict() == sched.state_dict()
+
+
+@pytest.mark.parametrize("name", ["prior_tiny", "prior_demo"])
+def test_configs_load_and_every_field_is_documented(name):
+    from common.config import _field_docs, parse_cli
+    from training.config import PriorTrainConfig
+
+    cfg = parse_cli(PriorTrainConfig, ["--config", f"configs/{name}.toml"])
+    assert cfg.run.name and cfg.model.preset in ("tiny", "demo")
+    for field, _, help_text, _ in _field_docs(PriorTrainConfig):
+        assert help_text.strip(), f"{field} has no documentation"

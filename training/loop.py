@@ -86,6 +86,7 @@ def train_fn(config: dict[str, Any]) -> None:
     model = Prior(shape)
     ema = ModelEMA(model, o.ema_decay)
     model = prepare_model(model, ctx, activation_checkpointing=o.activation_checkpointing)
+    ema.to(ctx.device)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     psgd = register_powersgd(model, o.powersgd_rank, o.powersgd_start_iter) if o.powersgd and ddp else None
     optimizer = make_optimizer(model, o)
