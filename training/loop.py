@@ -76,6 +76,8 @@ def sample_grid(ema: ModelEMA, shape: PriorShape, encoder: CaptionEncoder, capti
 
 
 def train_fn(config: dict[str, Any]) -> None:
+    import ray.train
+
     cfg = from_dict(PriorTrainConfig, config["cfg"])
     shape = PriorShape(**config["shape"])
     torch.set_num_threads(cfg.train.threads_per_worker or max(1, int(cfg.run.cpus_per_worker)))
@@ -103,8 +105,6 @@ def train_fn(config: dict[str, Any]) -> None:
     if psgd is not None:
         load_powersgd_state_dict(psgd, mine.get("powersgd"))
     set_rng_state(mine.get("rng"))
-
-    import ray.train
 
     text_vocab = shape.text_vocab
     train_encoder = CaptionEncoder(config["tokenizer_json"], shape.text_len, text_vocab, cfg.data.bpe_dropout)
