@@ -136,17 +136,52 @@ class DataPosition:
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
+    def _epoch(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
+        return epoch_batches(self.shard, self.collate_fn, self.batch_size, epoch, skip, self.seed,
+                             self.shuffle_buffer, self.prefetch)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        current: Iterator[dict[str, Any]] = self._epoch(self.epoch, self.consumed)
         while True:
+            # Start the next epoch's Ray Data execution now, in the background: starting one costs
+            # seconds (tasks, first read), which would otherwise stall training at every epoch end.
+            upcoming = FirstBatchAhead(self._epoch(self.epoch + 1, 0))
             got = False
-            for batch in epoch_batches(self.shard, self.collate_fn, self.batch_size, self.epoch, self.consumed,
-                                       self.seed, self.shuffle_buffer, self.prefetch):
+            for batch in current:
                 got = True
                 self.consumed += 1
                 yield batch
             if not got and self.consumed == 0:
                 raise ValueError("a training shard yields no full batch: lower data.batch_size")
             self.epoch, self.consumed = self.epoch + 1, 0
+            current = upcoming
+
+
+class FirstBatchAhead:
+    """Iterate `it`, with its first item fetched by a background thread from construction on.
+    The order is unchanged (the thread only takes the first item; the rest is read on demand)."""
+
+    def __init__(self, it: Iterator[Any]):
+        import threading
+
+        self._it, self._first, self._error = it, None, None
+        self._thread = threading.Thread(target=self._fetch, name="next-epoch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first = [next(self._it)]
+        except StopIteration:
+            self._first = []
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            self._error = exc
+
+    def __iter__(self) -> Iterator[Any]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._it
 
 
 def trace(path: str, record: dict[str, Any]) -> None:
