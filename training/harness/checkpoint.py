@@ -71,9 +71,20 @@ def _is_fsdp2(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def _reshard(model: torch.nn.Module) -> None:
+    """After a forward without backward (validation) the FSDP2 root keeps its parameters unsharded;
+    state-dict helpers map optimiser state by the sharded parameters, so reshard first."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full CPU state dict. Collective under FSDP2 (every rank must call it)."""
     if _is_fsdp2(model):
+        _reshard(model)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -91,6 +102,7 @@ def load_model_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]
 
 def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     if _is_fsdp2(model):
+        _reshard(model)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         return get_optimizer_state_dict(model, optimizer,

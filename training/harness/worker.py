@@ -108,7 +108,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 class ModelEMA:
     """Exponential moving average of the parameters (paper B.2: decay 0.99), kept in fp32.
 
-    Holds a copy of the unwrapped module; with FSDP2 the copy holds the same local shards."""
+    Build it from the plain module BEFORE prepare_model, then `.to(ctx.device)`. It holds full
+    (unsharded) parameters on every rank, also under FSDP2 (simple, but memory-heavy at 12B)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -118,8 +119,16 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        """Collective under FSDP2 (sharded parameters are gathered): every rank must call it."""
         for ema, live in zip(self.module.parameters(), unwrap(model).parameters()):
-            ema.lerp_(live.detach().to(ema.dtype), 1.0 - self.decay)
+            data = live.detach()
+            if hasattr(data, "full_tensor"):  # FSDP2 DTensor shard -> full parameter
+                data = data.full_tensor()
+            ema.lerp_(data.to(device=ema.device, dtype=ema.dtype), 1.0 - self.decay)
+
+    def to(self, device: torch.device) -> "ModelEMA":
+        self.module.to(device)
+        return self
 
     def state_dict(self) -> dict[str, Any]:
         return self.module.state_dict()

@@ -1,0 +1,65 @@
+"""Caption encoding (lowercase BPE, dropout only for training, per-position padding), synthetic
+token shards in the stage-2 contract, and the next-epoch prefetch keeping order."""
+
+import time
+
+import pytest
+
+from common import storage
+from common.schemas import TOKEN_META_GRID, TOKEN_META_VOCAB, token_shard_schema
+from training.data import CaptionEncoder, FirstBatchAhead, TokenSource
+from training.synthetic import write_synthetic_tokens
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    root = write_synthetic_tokens(str(tmp_path_factory.mktemp("tok")), n_shards=3, rows_per_shard=32)
+    return TokenSource.open(root, val_shards=1)
+
+
+def test_synthetic_shards_follow_the_stage2_contract(source):
+    assert len(source.train_files) == 2 and len(source.val_files) == 1   # last shard held out
+    table = storage.read_parquet(source.train_files[0])
+    assert table.schema.remove_metadata() == token_shard_schema(4, 4)
+    meta = storage.parquet_metadata(source.train_files[0])
+    assert meta[TOKEN_META_GRID] == "4x4" and meta[TOKEN_META_VOCAB] == "16"
+    assert (source.grid_h, source.grid_w, source.image_vocab) == (4, 4, 16)
+
+
+def test_encoder_lowercases_and_pads_per_position(source):
+    vocab = source.text_vocab()
+    enc = CaptionEncoder(source.tokenizer_json, 12, vocab, dropout=0.0)
+    upper, lower = enc(["A RED Square"]), enc(["a red square"])
+    assert upper.tolist() == lower.tolist()
+    ids = lower[0].tolist()
+    n = sum(1 for t in ids if t < vocab)
+    assert 0 < n < 12
+    assert ids[n:] == [vocab + p for p in range(n, 12)]
+
+
+def test_bpe_dropout_only_when_training(source):
+    vocab = source.text_vocab()
+    captions = ["a purple circle and a yellow stripe"] * 200
+    train = CaptionEncoder(source.tokenizer_json, 32, vocab, dropout=0.1)(captions)
+    val = CaptionEncoder(source.tokenizer_json, 32, vocab, dropout=0.0)(captions)
+    assert len({tuple(r) for r in val.tolist()}) == 1          # validation: deterministic
+    assert len({tuple(r) for r in train.tolist()}) > 10        # training: segmentations vary
+
+
+def test_first_batch_ahead_keeps_order_and_overlaps():
+    def slow():
+        time.sleep(0.3)
+        yield from range(5)
+
+    start = time.perf_counter()
+    ahead = FirstBatchAhead(slow())
+    time.sleep(0.3)                     # the consumer is busy; the fetch happens meanwhile
+    assert list(ahead) == [0, 1, 2, 3, 4]
+    assert time.perf_counter() - start < 0.55
+
+    def broken():
+        raise OSError("shard unreadable")
+        yield
+
+    with pytest.raises(OSError):
+        list(FirstBatchAhead(broken()))

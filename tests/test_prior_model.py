@@ -1,0 +1,159 @@
+"""The prior model: padding, embeddings, restricted logits, loss weighting, presets, KV cache."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.config import OptimConfig
+from training.model import IMAGE_LOSS_WEIGHT, TEXT_LOSS_WEIGHT, Prior, count_params, prior_loss
+from training.optim import WarmupPlateauSchedule, make_optimizer, param_groups
+from training.presets import preset
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return Prior(preset("tiny")).eval()
+
+
+def test_per_position_padding_tokens(tiny):
+    s = tiny.s
+    text = tiny.pad_text([[5, 6, 7], list(range(20))])
+    assert text.shape == (2, s.text_len)
+    assert text[0, :3].tolist() == [5, 6, 7]
+    # every empty position gets its OWN padding id: text_vocab + position
+    assert text[0, 3:].tolist() == [s.text_vocab + p for p in range(3, s.text_len)]
+    assert text[1].tolist() == list(range(s.text_len))  # truncated, no padding
+
+
+def test_restricted_logits_shapes(tiny):
+    s = tiny.s
+    text = tiny.pad_text([[1, 2]] * 3)
+    image = torch.randint(0, s.image_vocab, (3, s.image_len))
+    text_logits, image_logits = tiny(text, image)
+    # text positions 0..T-2 score only the text vocabulary (+ its T padding tokens);
+    # positions T-1..T+N-2 score only the image vocabulary.
+    assert text_logits.shape == (3, s.text_len - 1, s.text_vocab + s.text_len)
+    assert image_logits.shape == (3, s.image_len, s.image_vocab)
+
+
+def test_loss_is_weighted_and_normalised_per_modality():
+    torch.manual_seed(1)
+    b, t, n, vt, vi = 3, 5, 7, 11, 4
+    text = torch.randint(0, vt, (b, t))
+    image = torch.randint(0, vi, (b, n))
+    text_logits, image_logits = torch.randn(b, t - 1, vt), torch.randn(b, n, vi)
+    out = prior_loss(text_logits, image_logits, text, image)
+    # by hand: sum of per-position NLL divided by that modality's own count
+    lt = -sum(F.log_softmax(text_logits[i, j], -1)[text[i, j + 1]] for i in range(b) for j in range(t - 1)) / (b * (t - 1))
+    li = -sum(F.log_softmax(image_logits[i, j], -1)[image[i, j]] for i in range(b) for j in range(n)) / (b * n)
+    torch.testing.assert_close(out["loss_text"], lt)
+    torch.testing.assert_close(out["loss_image"], li)
+    torch.testing.assert_close(out["loss"], lt / 8 + 7 * li / 8)
+    assert (TEXT_LOSS_WEIGHT, IMAGE_LOSS_WEIGHT) == (1 / 8, 7 / 8)
+
+
+def test_untrained_loss_is_near_uniform(tiny):
+    s = tiny.s
+    text = tiny.pad_text([[1, 2, 3]] * 4)
+    out = tiny.loss(text, torch.randint(0, s.image_vocab, (4, s.image_len)))
+    assert abs(out["loss_image"].item() - math.log(s.image_vocab)) < 0.3
+    assert abs(out["loss_text"].item() - math.log(s.text_vocab + s.text_len)) < 0.3
+
+
+def test_image_tokens_are_causal(tiny):
+    """Changing image token j must not change any logit that predicts tokens <= j."""
+    s = tiny.s
+    text = tiny.pad_text([[3, 4]])
+    image = torch.randint(0, s.image_vocab, (1, s.image_len))
+    j = 9
+    changed = image.clone()
+    changed[0, j] = (image[0, j] + 1) % s.image_vocab
+    _, a = tiny(text, image)
+    _, b = tiny(text, changed)
+    torch.testing.assert_close(a[:, : j + 1], b[:, : j + 1])  # logits predicting image tokens 0..j
+    assert not torch.allclose(a[:, j + 1:], b[:, j + 1:])
+
+
+def test_paper_12b_preset_on_meta_device():
+    s = preset("12b")
+    assert (s.n_layer, s.n_head, s.head_dim, s.d_model) == (64, 62, 64, 3968)
+    assert (s.text_len, s.grid_h, s.grid_w, s.text_vocab, s.image_vocab) == (256, 32, 32, 16384, 8192)
+    with torch.device("meta"):
+        model = Prior(s)
+    assert 11.5e9 < count_params(model) < 12.5e9
+
+
+def test_kv_cache_generation_equals_full_recomputation(tiny):
+    text = tiny.pad_text([[1, 2, 3], [9]])
+    with_cache = tiny.generate(text, top_k=5, generator=torch.Generator().manual_seed(3))
+    without = tiny.generate(text, top_k=5, generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert with_cache.shape == (2, tiny.s.image_len)
+    assert torch.equal(with_cache, without)
+
+
+def test_kv_cache_logits_match_forward(tiny):
+    """Feeding a fixed image through the cache gives the same logits as one forward pass."""
+    s = tiny.s
+    text = tiny.pad_text([[7, 8]])
+    image = torch.randint(0, s.image_vocab, (1, s.image_len))
+    _, full = tiny(text, image)
+    caches = [{"k": torch.zeros(1, s.n_head, s.seq_len, s.head_dim), "v": torch.zeros(1, s.n_head, s.seq_len, s.head_dim)}
+              for _ in tiny.blocks]
+    x = tiny.embed(text, None)
+    for block, cache in zip(tiny.blocks, caches):
+        x = block(x, cache, 0)
+    steps = [tiny.image_head(tiny.ln_f(x[:, -1]))]
+    for i in range(1, s.image_len):
+        x = tiny.embed(None, image[:, i - 1:i], image_start=i - 1)
+        for block, cache in zip(tiny.blocks, caches):
+            x = block(x, cache, s.text_len + i - 1)
+        steps.append(tiny.image_head(tiny.ln_f(x[:, -1])))
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_decay_skips_gains_biases_embeddings(tiny):
+    decay, no_decay = param_groups(tiny, 0.045)
+    decayed = {id(p) for p in decay["params"]}
+    assert decay["weight_decay"] == 0.045 and no_decay["weight_decay"] == 0.0
+    assert id(tiny.blocks[0].attn.qkv.weight) in decayed and id(tiny.image_head.weight) in decayed
+    for p in (tiny.blocks[0].ln1.weight, tiny.blocks[0].attn.qkv.bias, tiny.text_emb.weight, tiny.row_emb.weight):
+        assert id(p) not in decayed
+    opt = make_optimizer(tiny, OptimConfig())
+    assert opt.defaults["betas"] == (0.9, 0.96) and opt.defaults["eps"] == 1e-8
+
+
+def test_warmup_then_halving_on_plateau_at_most_max_times():
+    model = torch.nn.Linear(2, 2)
+    cfg = OptimConfig(lr=1.0, warmup_steps=4, plateau_patience=1, max_halvings=2)
+    sched = WarmupPlateauSchedule(make_optimizer(model, cfg), cfg)
+    lrs = []
+    for _ in range(5):
+        lrs.append(sched.apply())
+        sched.step()
+    assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert not sched.validated(2.0)          # improvement from inf
+    assert sched.validated(2.0)              # plateau -> halve
+    assert sched.apply() == 0.5
+    assert not sched.validated(1.0)          # real improvement: no halving
+    assert sched.validated(1.0) and sched.apply() == 0.25
+    assert not sched.validated(1.0) and not sched.validated(1.0)  # at most max_halvings
+    assert sched.apply() == 0.25
+    restored = WarmupPlateauSchedule(make_optimizer(model, cfg), cfg)
+    restored.load_state_dict(sched.state_dict())
+    assert restored.apply() == 0.25 and restored.state_dict() == sched.state_dict()
+
+
+@pytest.mark.parametrize("name", ["prior_tiny", "prior_demo"])
+def test_configs_load_and_every_field_is_documented(name):
+    from common.config import _field_docs, parse_cli
+    from training.config import PriorTrainConfig
+
+    cfg = parse_cli(PriorTrainConfig, ["--config", f"configs/{name}.toml"])
+    assert cfg.run.name and cfg.model.preset in ("tiny", "demo")
+    for field, _, help_text, _ in _field_docs(PriorTrainConfig):
+        assert help_text.strip(), f"{field} has no documentation"

@@ -1,0 +1,171 @@
+"""The training loop that runs on every Ray Train worker, top to bottom (see docs/prior.md).
+
+build model -> wrap (DDP/FSDP2, optional PowerSGD) -> restore checkpoint -> loop:
+    accumulate grad_accum micro-batches -> clip -> AdamW -> EMA -> schedule
+    every log_every: metrics to MLflow (rank 0, async)
+    every val_every: validation loss (all ranks, all-reduced) -> plateau schedule
+    every sample_every: PNG grid of samples from the EMA model (rank 0)
+    every checkpoint_every and at the end: checkpoint (model, optimiser, schedule, EMA, step,
+                                           data position and PowerSGD state per rank)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+
+from common.config import from_dict
+from training.config import PriorTrainConfig
+from training.data import CaptionEncoder, DataPosition, collate, trace
+from training.decode import image_grid, load_decoder
+from training.harness import (ModelEMA, StepTimer, inject_failure, load_checkpoint, load_model_state_dict,
+                              load_optimizer_state_dict, load_powersgd_state_dict, mfu, model_state_dict,
+                              optimizer_state_dict, peak_flops, powersgd_state_dict, prepare_model, rng_state,
+                              save_checkpoint, set_rng_state, worker_context)
+from training.model import Prior, PriorShape, flops_per_token, prior_loss
+from training.optim import WarmupPlateauSchedule, make_optimizer
+
+
+def register_powersgd(model: torch.nn.Module, rank: int, start_iter: int) -> Any:
+    """PowerSGD on the DDP gradients (powerSGD_hook, not the batched variant broken in torch 2.13)."""
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+    state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
+                               start_powerSGD_iter=max(start_iter, 2), use_error_feedback=True, warm_start=True)
+    model.register_comm_hook(state, psgd.powerSGD_hook)
+    return state
+
+
+def all_reduce_sum(values: list[float], world_size: int) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if world_size > 1:
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def validate(model, val_shard, collate_fn, batch_size: int, max_batches: int, ctx) -> dict[str, float]:
+    """Mean validation losses over every rank's split (the whole split is read so that the streaming
+    split stays in step across ranks; only the first max_batches are evaluated)."""
+    model.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, loss_text, loss_image (each × sequences), sequences
+    for i, batch in enumerate(val_shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn)):
+        if max_batches and i >= max_batches:
+            continue
+        text, image = batch["text"].to(ctx.device), batch["image"].to(ctx.device)
+        with ctx.autocast():
+            out = prior_loss(*model(text, image), text, image)
+        n = text.shape[0]
+        sums = [sums[0] + out["loss"].item() * n, sums[1] + out["loss_text"].item() * n,
+                sums[2] + out["loss_image"].item() * n, sums[3] + n]
+    model.train()
+    total = all_reduce_sum(sums, ctx.world_size)
+    n = max(total[3], 1.0)
+    return {"val_loss": total[0] / n, "val_loss_text": total[1] / n, "val_loss_image": total[2] / n}
+
+
+def sample_grid(ema: ModelEMA, shape: PriorShape, encoder: CaptionEncoder, captions: list[str], per_caption: int,
+                top_k: int, decode, device, seed: int) -> bytes:
+    text = encoder([c for c in captions for _ in range(per_caption)]).to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    tokens = ema.module.to(device).generate(text, top_k=top_k, generator=gen)
+    return image_grid(decode(tokens), ncols=per_caption)
+
+
+def train_fn(config: dict[str, Any]) -> None:
+    import ray.train
+
+    cfg = from_dict(PriorTrainConfig, config["cfg"])
+    shape = PriorShape(**config["shape"])
+    torch.set_num_threads(cfg.train.threads_per_worker or max(1, int(cfg.run.cpus_per_worker)))
+    ctx = worker_context(config, bf16=cfg.optim.bf16)
+    o, t = cfg.optim, cfg.train
+
+    torch.manual_seed(cfg.data.seed)  # identical initialisation on every rank
+    model = Prior(shape)
+    ema = ModelEMA(model, o.ema_decay)
+    model = prepare_model(model, ctx, activation_checkpointing=o.activation_checkpointing)
+    ema.to(ctx.device)
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    psgd = register_powersgd(model, o.powersgd_rank, o.powersgd_start_iter) if o.powersgd and ddp else None
+    optimizer = make_optimizer(model, o)
+    schedule = WarmupPlateauSchedule(optimizer, o)
+
+    step, shared, mine = 0, *load_checkpoint(ctx)
+    if shared is not None:
+        load_model_state_dict(model, shared["model"])
+        load_optimizer_state_dict(model, optimizer, shared["optimizer"])
+        schedule.load_state_dict(shared["schedule"])
+        ema.load_state_dict(shared["ema"])
+        step = int(shared["step"])
+    mine = mine or {}
+    if psgd is not None:
+        load_powersgd_state_dict(psgd, mine.get("powersgd"))
+    set_rng_state(mine.get("rng"))
+
+    text_vocab = shape.text_vocab
+    train_encoder = CaptionEncoder(config["tokenizer_json"], shape.text_len, text_vocab, cfg.data.bpe_dropout)
+    plain_encoder = CaptionEncoder(config["tokenizer_json"], shape.text_len, text_vocab, 0.0)
+    data = DataPosition(ray.train.get_dataset_shard(f"train_{ctx.rank}"), collate(train_encoder, shape.image_len),
+                        cfg.data.batch_size, cfg.data.seed, cfg.data.shuffle_buffer, cfg.data.prefetch_batches,
+                        state=mine.get("data"))
+    val_shard = ray.train.get_dataset_shard("val")
+    batches = iter(data)
+    decode = load_decoder(t.dvae, shape.grid_h, shape.grid_w, shape.image_vocab) if ctx.is_rank0 else None
+    peak = peak_flops(ctx.device, t.cpu_peak_flops) if ctx.is_rank0 else 0.0
+    fpt = flops_per_token(shape)
+    marker = os.path.join(config["storage_path"], cfg.run.name, "injected_failure")
+    timer = StepTimer()
+    model.train()
+
+    while step < t.max_steps:
+        lr = schedule.apply()
+        sums = torch.zeros(3)
+        for micro in range(o.grad_accum):
+            with timer.wait():
+                batch = next(batches)
+            with timer.compute():
+                text, image = batch["text"].to(ctx.device), batch["image"].to(ctx.device)
+                last = micro == o.grad_accum - 1
+                with (model.no_sync() if ddp and not last else contextlib.nullcontext()), ctx.autocast():
+                    out = prior_loss(*model(text, image), text, image)
+                (out["loss"] / o.grad_accum).backward()
+                sums += torch.stack([out["loss"].detach(), out["loss_text"].detach(), out["loss_image"].detach()]).cpu()
+            timer.step(text.shape[0] * shape.seq_len)
+            if t.trace_batches:
+                trace(t.trace_batches, {"step": step + 1, "rank": ctx.rank, "pid": os.getpid(), "keys": batch["keys"]})
+        with timer.compute():
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(model)
+            schedule.step()
+        step += 1
+        loss, loss_text, loss_image = (sums / o.grad_accum).tolist()
+
+        if ctx.should_log(step):
+            stats = timer.take()
+            ctx.logger.log_metrics({"loss": loss, "loss_text": loss_text, "loss_image": loss_image, "lr": lr,
+                                    "grad_norm": float(grad_norm), "epoch": data.epoch, **stats,
+                                    "mfu": mfu(fpt, stats["tokens_per_s"], peak)}, step)
+        if step % t.val_every == 0 or step == t.max_steps:
+            val = validate(model, val_shard, collate(plain_encoder, shape.image_len), cfg.data.batch_size,
+                           t.val_batches, ctx)
+            halved = schedule.validated(val["val_loss"])
+            ctx.logger.log_metrics({**val, "lr_halvings": schedule.halvings, "lr_halved": float(halved)}, step)
+        if ctx.is_rank0 and ((t.sample_every and step % t.sample_every == 0) or step == t.max_steps):
+            png = sample_grid(ema, shape, plain_encoder, t.sample_captions, t.samples_per_caption, t.sample_top_k,
+                              decode, ctx.device, cfg.data.seed)
+            ctx.logger.log_artifact_bytes(png, f"samples_step{step:07d}.png", "samples")
+        if step % t.checkpoint_every == 0 or step == t.max_steps:
+            shared_state = {"model": model_state_dict(model), "optimizer": optimizer_state_dict(model, optimizer),
+                            "schedule": schedule.state_dict(), "ema": ema.state_dict(), "shape": config["shape"],
+                            "tokens_root": cfg.data.tokens}
+            rank_state = {"data": data.state(), "rng": rng_state(),
+                          "powersgd": powersgd_state_dict(psgd) if psgd is not None else None}
+            save_checkpoint(ctx, step, {"loss": loss}, shared_state, rank_state)
+        inject_failure(ctx, step, t.fail_at_step, marker)
+    ctx.close()

@@ -1,0 +1,228 @@
+"""The DALL-E transformer prior, readable in one sitting (paper §2.2 and appendix B.1).
+
+One decoder-only stream: T text tokens (lowercased caption as BPE), then H·W image tokens.
+  * Every text position has its own learned padding token (id text_vocab + position), used where
+    the caption has ended; the model also learns to predict it, so it learns where captions end.
+  * Text tokens get learned positional embeddings; image tokens get broadcast row + column ones.
+  * Layer kinds follow the paper (training.masks.layer_kinds): row / column sparse attention and a
+    final causal convolutional layer, or plain causal attention everywhere (attention="full").
+  * Logits are restricted: text positions score only the text vocabulary (+ padding tokens),
+    image positions only the image vocabulary. Two heads over one residual stream.
+  * Loss = 1/8 · CE(text) + 7/8 · CE(image), each averaged over its own positions in the batch.
+
+Generation (`generate`) uses a per-layer KV cache: each new token costs one query against the
+cached keys, O(n), with the matching row of the layer's cached mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.masks import cached_mask, flex_block_mask, layer_kinds
+
+TEXT_LOSS_WEIGHT = 1.0 / 8.0
+IMAGE_LOSS_WEIGHT = 7.0 / 8.0
+
+
+@dataclass
+class PriorShape:
+    n_layer: int
+    n_head: int
+    head_dim: int
+    text_len: int
+    grid_h: int
+    grid_w: int
+    text_vocab: int          # BPE vocabulary (padding tokens are added on top, one per text position)
+    image_vocab: int
+    attention: str = "sparse"  # "sparse" (paper pattern) | "full" (causal everywhere)
+    conv_kernel: int = 11
+    attn_impl: str = "sdpa"    # "sdpa" (cached boolean masks) | "flex" (FlexAttention block masks)
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+    @property
+    def d_model(self) -> int:
+        return self.n_head * self.head_dim
+
+    @property
+    def image_len(self) -> int:
+        return self.grid_h * self.grid_w
+
+    @property
+    def seq_len(self) -> int:
+        return self.text_len + self.image_len
+
+
+class Attention(nn.Module):
+    def __init__(self, s: PriorShape, kind: str):
+        super().__init__()
+        self.s, self.kind = s, kind
+        self.qkv = nn.Linear(s.d_model, 3 * s.d_model)
+        self.proj = nn.Linear(s.d_model, s.d_model)
+        self._flex = None
+
+    def mask(self, device: torch.device) -> torch.Tensor:
+        s = self.s
+        return cached_mask(self.kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, str(device))
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None, start: int = 0) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.s.n_head, self.s.head_dim).permute(2, 0, 3, 1, 4)
+        if cache is not None:  # generation: write this chunk's keys/values, attend to everything so far
+            cache["k"][:, :, start:start + n] = k
+            cache["v"][:, :, start:start + n] = v
+            k, v = cache["k"][:, :, :start + n], cache["v"][:, :, :start + n]
+            mask = self.mask(x.device)[start:start + n, :start + n]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif self.kind == "full":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._p())
+        elif self.s.attn_impl == "flex":
+            y = self._flex_attention(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(x.device)[:n, :n], dropout_p=self._p())
+        return self.proj(y.transpose(1, 2).reshape(b, n, -1))
+
+    def _p(self) -> float:
+        return self.s.dropout if self.training else 0.0
+
+    def _flex_attention(self, q, k, v):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        s = self.s
+        if self._flex is None or self._flex.shape[-2] != q.shape[-2]:
+            self._flex = flex_block_mask(self.kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, str(q.device))
+        return flex_attention(q, k, v, block_mask=self._flex)
+
+
+class Block(nn.Module):
+    def __init__(self, s: PriorShape, kind: str):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(s.d_model)
+        self.attn = Attention(s, kind)
+        self.ln2 = nn.LayerNorm(s.d_model)
+        self.mlp = nn.Sequential(nn.Linear(s.d_model, s.mlp_ratio * s.d_model), nn.GELU(),
+                                 nn.Linear(s.mlp_ratio * s.d_model, s.d_model), nn.Dropout(s.dropout))
+
+    def forward(self, x, cache=None, start=0):
+        x = x + self.attn(self.ln1(x), cache, start)
+        return x + self.mlp(self.ln2(x))
+
+
+class Prior(nn.Module):
+    def __init__(self, s: PriorShape):
+        super().__init__()
+        self.s = s
+        d = s.d_model
+        self.text_emb = nn.Embedding(s.text_vocab + s.text_len, d)   # + one padding token per position
+        self.text_pos = nn.Embedding(s.text_len, d)
+        self.image_emb = nn.Embedding(s.image_vocab, d)
+        self.row_emb = nn.Embedding(s.grid_h, d)
+        self.col_emb = nn.Embedding(s.grid_w, d)
+        self.blocks = nn.ModuleList(Block(s, kind) for kind in layer_kinds(s.n_layer, s.attention))
+        self.ln_f = nn.LayerNorm(d)
+        self.text_head = nn.Linear(d, s.text_vocab + s.text_len, bias=False)   # restricted logits:
+        self.image_head = nn.Linear(d, s.image_vocab, bias=False)              # one head per modality
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def pad_text(self, ids: list[list[int]]) -> torch.Tensor:
+        """BPE ids (already truncated or not) -> [B, T] with per-position padding tokens."""
+        s = self.s
+        out = torch.arange(s.text_len).add(s.text_vocab).repeat(len(ids), 1)
+        for i, row in enumerate(ids):
+            row = row[: s.text_len]
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return out
+
+    def embed(self, text: torch.Tensor | None, image: torch.Tensor | None, image_start: int = 0) -> torch.Tensor:
+        """Embeddings of a text chunk and/or an image chunk beginning at raster index image_start."""
+        parts = []
+        if text is not None:
+            parts.append(self.text_emb(text) + self.text_pos(torch.arange(text.shape[1], device=text.device)))
+        if image is not None:
+            idx = torch.arange(image_start, image_start + image.shape[1], device=image.device)
+            parts.append(self.image_emb(image) + self.row_emb(idx // self.s.grid_w) + self.col_emb(idx % self.s.grid_w))
+        return torch.cat(parts, dim=1)
+
+    def hidden(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        x = self.embed(text, image)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Restricted logits: (text [B, T-1, text_vocab+T], image [B, N, image_vocab]).
+
+        Position t predicts token t+1: text positions 0..T-2 predict text, positions T-1..T+N-2
+        predict the image tokens. The last image token is input only (nothing follows it)."""
+        t = self.s.text_len
+        h = self.hidden(text, image[:, :-1])
+        return self.text_head(h[:, : t - 1]), self.image_head(h[:, t - 1:])
+
+    def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return prior_loss(*self(text, image), text, image)
+
+    # --- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, text: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Sample [B, H·W] image tokens for padded text [B, T]. use_cache=False recomputes the
+        whole prefix for every token (the reference the KV cache is tested against)."""
+        s, b = self.s, text.shape[0]
+        image = torch.zeros(b, 0, dtype=torch.long, device=text.device)
+        caches = [{"k": text.new_zeros((b, s.n_head, s.seq_len, s.head_dim), dtype=torch.float),
+                   "v": text.new_zeros((b, s.n_head, s.seq_len, s.head_dim), dtype=torch.float)}
+                  for _ in self.blocks] if use_cache else None
+        for i in range(s.image_len):
+            if caches is None:
+                x = self.embed(text, image if i else None)
+                for block in self.blocks:
+                    x = block(x)
+            elif i == 0:  # prefill the text
+                x = self.embed(text, None)
+                for block, cache in zip(self.blocks, caches):
+                    x = block(x, cache, 0)
+            else:
+                x = self.embed(None, image[:, -1:], image_start=i - 1)
+                for block, cache in zip(self.blocks, caches):
+                    x = block(x, cache, s.text_len + i - 1)
+            logits = self.image_head(self.ln_f(x[:, -1])).float() / max(temperature, 1e-6)
+            if top_k > 0:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            image = torch.cat([image, nxt], dim=1)
+        return image
+
+
+def prior_loss(text_logits: torch.Tensor, image_logits: torch.Tensor, text: torch.Tensor,
+               image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """1/8 · mean CE over text targets + 7/8 · mean CE over image targets (each over its own count).
+
+    A function, not only a method, so that a DDP/FSDP-wrapped model's forward can feed it."""
+    loss_text = F.cross_entropy(text_logits.flatten(0, 1).float(), text[:, 1:].flatten())
+    loss_image = F.cross_entropy(image_logits.flatten(0, 1).float(), image.flatten())
+    return {"loss": TEXT_LOSS_WEIGHT * loss_text + IMAGE_LOSS_WEIGHT * loss_image,
+            "loss_text": loss_text, "loss_image": loss_image}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(s: PriorShape) -> float:
+    """Training FLOPs per token: 6·N (weights, fwd+bwd) + 12·L·d·S (dense-equivalent attention,
+    PaLM appendix B). Sparse layers do less attention work, so MFU is slightly generous for them."""
+    d = s.d_model
+    n = s.n_layer * (4 * d * d + 2 * s.mlp_ratio * d * d) + d * (s.text_vocab + s.text_len + s.image_vocab)
+    return 6 * n + 12 * s.n_layer * d * s.seq_len
