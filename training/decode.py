@@ -4,7 +4,7 @@ A decoder is any callable `decode_tokens(tokens: LongTensor[B, H·W]) -> uint8 a
   * train.dvae = ''   -> `token_map_decoder`: each code drawn as a colour-coded cell (a fixed
                          pseudo-random colour per code). Not pixels, but it shows whether samples
                          differ by caption and have spatial structure.
-  * train.dvae = PATH -> the stage-2 dVAE decoder, loaded through `tokenize_images` (wired at merge).
+  * train.dvae = PATH -> the stage-2 dVAE decoder (tokenize_images.dvae): real pixels.
 """
 
 from __future__ import annotations
@@ -29,16 +29,28 @@ def token_map_decoder(grid_h: int, grid_w: int, image_vocab: int, cell: int = 8)
     return decode
 
 
+def dvae_decoder(path: str, grid_h: int, grid_w: int, image_vocab: int) -> DecodeFn:
+    """Pixels from the stage-2 dVAE checkpoint (loaded with weights_only=True)."""
+    from tokenize_images.dvae import load_checkpoint
+
+    model, _ = load_checkpoint(path, with_decoder=True)
+    if (model.cfg.vocab_size, model.cfg.grid, model.cfg.grid) != (image_vocab, grid_h, grid_w):
+        raise ValueError(f"dVAE {path} makes {model.cfg.grid}x{model.cfg.grid} grids of {model.cfg.vocab_size} codes; "
+                         f"the prior samples {grid_h}x{grid_w} grids of {image_vocab}")
+
+    @torch.no_grad()
+    def decode(tokens: torch.Tensor) -> np.ndarray:
+        images = model.decode_tokens(tokens.view(-1, grid_h, grid_w).cpu().long())   # [B, 3, S, S] in [0, 1]
+        return (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+    return decode
+
+
 def load_decoder(dvae: str, grid_h: int, grid_w: int, image_vocab: int) -> DecodeFn:
     """The sample decoder: the dVAE's when a checkpoint is configured, else the token map."""
     if not dvae:
         return token_map_decoder(grid_h, grid_w, image_vocab)
-    try:  # stage 2 provides it; the lead wires the exact function name at merge time
-        from tokenize_images.decoder import load_decode_fn  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise RuntimeError(f"train.dvae={dvae!r} is set but tokenize_images.decoder.load_decode_fn is not "
-                           "available; leave train.dvae empty to draw token maps") from exc
-    return load_decode_fn(dvae)
+    return dvae_decoder(dvae, grid_h, grid_w, image_vocab)
 
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> bytes:
