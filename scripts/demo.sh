@@ -4,11 +4,14 @@
 #   1. start the demo HTTP server on 127.0.0.1 and write the demo source (synthetic shapes + rows
 #      every filter must reject)
 #   2. start a private Ray head (free ports, token auth) and `ray job submit` build_dataset to it
-#   3. the later stages (dVAE tokens, prior) when present
-#   4. print the filter summary and the MLflow UI command; stop the server and the Ray head
+#   3. stage 2 on the same head: train the small dVAE (or reuse demo_out/stage2/dvae_demo.pt), train
+#      the BPE tokenizer, encode the images into token shards
+#   4. stage 3 on the same head: train the demo prior for a few CPU minutes (2 workers), logging
+#      sample grids decoded by the dVAE; then sample.py writes demo_out/sample.png for one prompt
+#   5. print the filter summary and the MLflow UI command; stop the server and the Ray head
 #
 # Everything lands in demo_out/ (override with DEMO_DIR) and MLflow in ./mlflow.db.
-# DEMO_GOOD sets the number of good images (default 400).
+# DEMO_GOOD sets the number of good images (default 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -19,7 +22,7 @@ unset RAY_ADDRESS
 DEMO=$(mkdir -p "${DEMO_DIR:-demo_out}" && cd "${DEMO_DIR:-demo_out}" && pwd)
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}
 # Create the MLflow store once, before any concurrent writer (sqlite migrations race otherwise).
-python -c "from common.tracking import ensure_experiment as e; [e(n) for n in ('build_dataset',)]"
+python -c "from common.tracking import ensure_experiment as e; [e(n) for n in ('build_dataset', 'train_dvae', 'encode_tokens', 'train_prior')]"
 
 pids=()
 cleanup() {
@@ -36,7 +39,7 @@ python -m pipeline.demo.server --root "$DEMO/source/www" --port 0 --port-file "$
 pids+=($!)
 for _ in $(seq 100); do [ -s "$DEMO/server.port" ] && break; sleep 0.1; done
 BASE_URL="http://127.0.0.1:$(cat "$DEMO/server.port")"
-python -m pipeline.demo.source --out "$DEMO/source" --base-url "$BASE_URL" --n "${DEMO_GOOD:-400}" > /dev/null
+python -m pipeline.demo.source --out "$DEMO/source" --base-url "$BASE_URL" --n "${DEMO_GOOD:-1000}" > /dev/null
 SOURCES=$(python -c "import json; print(' '.join('--source ' + s for s in json.load(open('$DEMO/source/expected.json'))['sources']))")
 
 # 2. a private Ray head: every port free-chosen so it never collides with another cluster ---------
@@ -77,11 +80,25 @@ submit() {  # ray job submit, retried while the head's job agent is still starti
 # shellcheck disable=SC2086
 submit python orchestration/build_dataset.py --config configs/demo.toml --output "$DEMO/dataset" $SOURCES
 
-# 4. summary --------------------------------------------------------------------------------------
+# 4. stage 2: dVAE (trained once, then reused), text tokenizer, token shards -------------------------
+submit python tokenize_images/demo.py --dataset "$DEMO/dataset" --work "$DEMO/stage2"
+
+# 5. stage 3: the prior, with sample grids decoded by the dVAE ---------------------------------------
+submit python training/train_prior.py --config configs/prior_demo.toml --data.tokens "$DEMO/stage2/tokens" \
+  --run.storage_path "$DEMO/ray_results" --train.dvae "$DEMO/stage2/dvae_demo.pt"
+CKPT=$(find "$DEMO/ray_results/prior-demo" -name state.pt -printf '%T@ %h\n' | sort -n | tail -1 | cut -d' ' -f2)
+PROMPT="a large red circle on a white background"
+python training/sample.py --checkpoint "$CKPT" --prompt "$PROMPT" --n 8 --out "$DEMO/sample.png" \
+  --dvae "$DEMO/stage2/dvae_demo.pt"
+
+# 6. summary --------------------------------------------------------------------------------------
 echo
 echo "== Demo finished =="
 echo "Dataset:        $DEMO/dataset   (filter report: $DEMO/dataset/report/filter_report.json)"
 python -c "import json; from pipeline.report import summary_text; print(summary_text(json.load(open('$DEMO/dataset/report/filter_report.json'))))"
+echo "Tokens:         $DEMO/stage2/tokens   (dVAE: $DEMO/stage2/dvae_demo.pt)"
+echo "Prior:          $CKPT"
+echo "Sample grid:    $DEMO/sample.png   (\"$PROMPT\")"
 echo
-echo "Open the MLflow UI:"
+echo "Open the MLflow UI (experiments build_dataset, train_dvae, encode_tokens, train_prior):"
 python -c "from common.tracking import ui_command; print('  ' + ui_command())"
