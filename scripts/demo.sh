@@ -34,10 +34,29 @@ trap cleanup EXIT
 # 1. demo server + source ------------------------------------------------------------------------
 mkdir -p "$DEMO/source/www"
 rm -f "$DEMO/server.port"
-python -m pipeline.demo.server --root "$DEMO/source/www" --port 0 --port-file "$DEMO/server.port" \
-  > "$DEMO/server.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$DEMO/server.port" ] && break; sleep 0.1; done
+# Reuse the previous run's port: the URLs in the source (and in a half-finished build's download
+# lists) name it, so a resumed demo must serve the same addresses.
+PORT=0
+if [ -s "$DEMO/source/expected.json" ]; then
+  PORT=$(python -c "import json, urllib.parse; print(urllib.parse.urlparse(json.load(open('$DEMO/source/expected.json'))['base_url']).port or 0)")
+fi
+start_server() {
+  python -m pipeline.demo.server --root "$DEMO/source/www" --port "$1" --port-file "$DEMO/server.port" \
+    > "$DEMO/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do
+    [ -s "$DEMO/server.port" ] && return 0
+    kill -0 "$server_pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+if ! start_server "$PORT"; then
+  echo "port $PORT is taken: serving on a new port (an unfinished earlier build would not find its URLs)"
+  kill "$server_pid" 2>/dev/null || true
+  start_server 0
+fi
+pids+=("$server_pid")
 BASE_URL="http://127.0.0.1:$(cat "$DEMO/server.port")"
 python -m pipeline.demo.source --out "$DEMO/source" --base-url "$BASE_URL" --n "${DEMO_GOOD:-1000}" > /dev/null
 SOURCES=$(python -c "import json; print(' '.join('--source ' + s for s in json.load(open('$DEMO/source/expected.json'))['sources']))")
