@@ -13,12 +13,7 @@
 # Everything lands in demo_out/ (override with DEMO_DIR) and MLflow in ./mlflow.db.
 # DEMO_GOOD sets the number of good images (default 1000).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-./scripts/setup.sh
-. .venv/bin/activate
-
-export NO_ALBUMENTATIONS_UPDATE=1
-unset RAY_ADDRESS
+. "$(dirname "$0")/env.sh"
 DEMO=$(mkdir -p "${DEMO_DIR:-demo_out}" && cd "${DEMO_DIR:-demo_out}" && pwd)
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}
 # Create the MLflow store once, before any concurrent writer (sqlite migrations race otherwise).
