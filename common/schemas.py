@@ -80,6 +80,17 @@ def stable_partition(value: str, partitions: int) -> int:
     return int.from_bytes(digest, "big") % partitions
 
 
+def rejected_from(rows: pa.Table, reason: str, details: list[str] | str) -> pa.Table:
+    """REJECTED rows for `rows` (which carry key, url, caption, source), all with one reason."""
+    if isinstance(details, str):
+        details = [details] * rows.num_rows
+    return pa.table({
+        "key": rows.column("key"), "url": rows.column("url"), "caption": rows.column("caption"),
+        "source": rows.column("source"), "reason": pa.array([reason] * rows.num_rows, pa.string()),
+        "detail": pa.array(details, pa.string()),
+    }, schema=REJECTED)
+
+
 def empty(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
 

@@ -21,14 +21,6 @@ from pipeline.config import BuildConfig
 from pipeline.layout import Layout
 
 
-def _rejected(table: pa.Table, reason: str, details: list[str]) -> pa.Table:
-    return pa.table({
-        "key": table.column("key"), "url": table.column("url"), "caption": table.column("caption"),
-        "source": table.column("source"), "reason": pa.array([reason] * table.num_rows, pa.string()),
-        "detail": pa.array(details, pa.string()),
-    }, schema=schemas.REJECTED)
-
-
 def url_dedup_task(partition: int, cfg: BuildConfig, part_paths: list[str]) -> dict[str, Any]:
     """Dedup one URL partition and cut it into download lists `candidates/p<partition>-<k>`."""
     layout = Layout(cfg.output)
@@ -47,7 +39,7 @@ def url_dedup_task(partition: int, cfg: BuildConfig, part_paths: list[str]) -> d
     losers = table.filter(pc.invert(mask))
     loser_details = [f"same URL as {w}" for w, f in zip(winner_key, first) if not f]
     storage.write_parquet_atomic(layout.rejected("duplicate_url", f"p{partition:05d}"),
-                                 _rejected(losers, "duplicate_url", loser_details))
+                                 schemas.rejected_from(losers, "duplicate_url", loser_details))
     kept = table.filter(mask).sort_by([("file_id", "ascending"), ("row", "ascending")]).select(schemas.CANDIDATE.names)
     names = []
     for k, start in enumerate(range(0, kept.num_rows, cfg.run.shard_size)):

@@ -53,11 +53,7 @@ def download_task(name: str, cfg: BuildConfig) -> dict[str, Any]:
 def give_up_on_list(layout: Layout, cfg: BuildConfig, name: str, error: str) -> None:
     """A list whose task failed every retry: all its rows are rejected as shard_failed."""
     rows = storage.read_parquet(layout.candidates(name))
-    rejected = pa.table({
-        "key": rows.column("key"), "url": rows.column("url"), "caption": rows.column("caption"),
-        "source": rows.column("source"), "reason": pa.array(["shard_failed"] * rows.num_rows, pa.string()),
-        "detail": pa.array([error[:500]] * rows.num_rows, pa.string()),
-    }, schema=schemas.REJECTED)
+    rejected = schemas.rejected_from(rows, "shard_failed", error[:500])
     storage.write_parquet_atomic(layout.rejected("download", name), rejected)
     empty = schemas.empty(schemas.DATASET_SHARD)
     write_image_hashes(layout, name, empty, cfg.run.dedup_partitions)
@@ -75,11 +71,8 @@ def finalize_task(name: str, cfg: BuildConfig) -> dict[str, Any]:
     if losers:
         is_loser = pc.is_in(table.column("key"), pa.array(list(losers), pa.string()))
         dup = table.filter(is_loser)
-        rejected = pa.table({
-            "key": dup.column("key"), "url": dup.column("url"), "caption": dup.column("caption"),
-            "source": dup.column("source"), "reason": pa.array(["duplicate_image"] * dup.num_rows, pa.string()),
-            "detail": pa.array([f"same image as {losers[k]}" for k in dup.column("key").to_pylist()], pa.string()),
-        }, schema=schemas.REJECTED)
+        rejected = schemas.rejected_from(dup, "duplicate_image",
+                                         [f"same image as {losers[k]}" for k in dup.column("key").to_pylist()])
         storage.write_parquet_atomic(layout.rejected("duplicate_image", name), rejected)
         table = table.filter(pc.invert(is_loser))
     if table.num_rows == 0:

@@ -11,6 +11,7 @@ import numpy as np
 
 from common import storage
 from common.config import flatten
+from common.images import image_grid as grid
 from common.tracking import ensure_experiment, log_params
 
 
@@ -33,13 +34,7 @@ def usage_figure(code_counts: np.ndarray, path: str) -> None:
 
 def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
     """rows of (N,S,S,3) uint8 -> one image, a row per list entry."""
-    n, s = rows[0].shape[0], rows[0].shape[1]
-    out = np.full((len(rows) * (s + pad) + pad, n * (s + pad) + pad, 3), 255, np.uint8)
-    for r, imgs in enumerate(rows):
-        for i, img in enumerate(imgs):
-            y, x = pad + r * (s + pad), pad + i * (s + pad)
-            out[y:y + s, x:x + s] = img
-    return out
+    return grid(np.concatenate(rows), ncols=rows[0].shape[0], pad=pad)
 
 
 def reconstruction_grid(cfg, plans, count: int) -> np.ndarray | None:

@@ -9,11 +9,13 @@ A decoder is any callable `decode_tokens(tokens: LongTensor[B, H·W]) -> uint8 a
 
 from __future__ import annotations
 
-import io
 from typing import Callable
 
 import numpy as np
 import torch
+
+from common.images import image_grid as grid
+from common.images import png_bytes
 
 DecodeFn = Callable[[torch.Tensor], np.ndarray]
 
@@ -55,14 +57,4 @@ def load_decoder(dvae: str, grid_h: int, grid_w: int, image_vocab: int) -> Decod
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> bytes:
     """[N, h, w, 3] uint8 -> PNG bytes of a grid (one caption per row when ncols = samples per caption)."""
-    from PIL import Image
-
-    n, h, w, _ = images.shape
-    nrows = -(-n // ncols)
-    canvas = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, ncols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
-    buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(grid(images, ncols, pad))

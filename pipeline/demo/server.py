@@ -32,6 +32,8 @@ import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from common import storage
+
 HOST = "127.0.0.1"
 _MAX_SYNTHETIC_BYTES = 1 << 30  # /huge is bounded too
 _MAX_DRIP_SECONDS = 120.0
@@ -180,10 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     server = DemoServer(args.root, args.port)
     if args.port_file:
-        tmp = args.port_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(str(server.server_address[1]))
-        os.replace(tmp, args.port_file)
+        storage.write_bytes_atomic(args.port_file, str(server.server_address[1]).encode())
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     print(f"serving {server.root} at {server.base_url}", flush=True)
     try:

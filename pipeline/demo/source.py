@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from common import storage
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 220), "yellow": (240, 210, 40),
            "orange": (245, 140, 20), "purple": (140, 50, 170)}
 BACKGROUNDS = {"white": (250, 250, 250), "black": (15, 15, 15), "gray": (128, 128, 128)}
@@ -216,10 +218,7 @@ def write_demo_source(out_dir: str, base_url: str, n_good: int = 200, seed: int 
         config_overrides={"download.allow_private_networks": True, "download.max_bytes": max_bytes,
                           "download.min_image_size": 256, "captions.min_aspect_ratio": 0.5,
                           "captions.max_aspect_ratio": 2.0})
-    tmp = os.path.join(out_dir, "expected.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(dataclasses.asdict(source), f, indent=1, ensure_ascii=False)
-    os.replace(tmp, os.path.join(out_dir, "expected.json"))
+    storage.write_json_atomic(os.path.join(out_dir, "expected.json"), dataclasses.asdict(source))
     return source
 
 
