@@ -144,3 +144,24 @@ def test_sdpa_with_cached_mask_equals_dense_attention(kind):
     scores = (q @ k.transpose(-1, -2)) / 8 ** 0.5
     dense = scores.masked_fill(~ref_mask, float("-inf")).softmax(-1) @ v
     torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["row", "column", "conv"])
+def test_flex_block_mask_equals_dense_attention(kind):
+    """FlexAttention (attn_impl="flex") against the loop reference, over a prefix shorter than the
+    whole sequence, as in training (the last image token is input only). CPU torch runs flex's
+    forward only (no backward), unfused; the GPU path compiles the same mask_mod."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from training.masks import flex_block_mask
+
+    torch.manual_seed(0)
+    text_len, gh, gw, kernel = 5, 6, 6, 5
+    n = text_len + gh * gw - 1
+    q, k, v = (torch.randn(2, 3, n, 8) for _ in range(3))
+    block_mask = flex_block_mask(kind, text_len, gh, gw, kernel, "cpu", length=n)
+    assert block_mask.seq_lengths == (n, n)
+    out = flex_attention(q, k, v, block_mask=block_mask)
+    ref_mask = reference_mask(kind, text_len, gh, gw, kernel)[:n, :n]
+    dense = ((q @ k.transpose(-1, -2)) / 8 ** 0.5).masked_fill(~ref_mask, float("-inf")).softmax(-1) @ v
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)

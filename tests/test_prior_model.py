@@ -79,6 +79,18 @@ def test_image_tokens_are_causal(tiny):
     assert not torch.allclose(a[:, j + 1:], b[:, j + 1:])
 
 
+def test_flex_attention_model_equals_sdpa_model(tiny):
+    """The whole model with attn_impl="flex" gives the SDPA model's logits (forward: CPU torch has no
+    FlexAttention backward; training with flex is a GPU path, refused on CPU by the training loop)."""
+    flex = Prior(preset("tiny", attn_impl="flex")).eval()
+    flex.load_state_dict(tiny.state_dict())
+    text = tiny.pad_text([[3, 4, 5], [6]])
+    image = torch.randint(0, tiny.s.image_vocab, (2, tiny.s.image_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for a, b in zip(tiny(text, image), flex(text, image)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_paper_12b_preset_on_meta_device():
     s = preset("12b")
     assert (s.n_layer, s.n_head, s.head_dim, s.d_model) == (64, 62, 64, 3968)
@@ -157,3 +169,34 @@ def test_configs_load_and_every_field_is_documented(name):
     assert cfg.run.name and cfg.model.preset in ("tiny", "demo")
     for field, _, help_text, _ in _field_docs(PriorTrainConfig):
         assert help_text.strip(), f"{field} has no documentation"
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    """grad_accum = 2 micro-batches of 3 gives the gradients and losses of one batch of 6."""
+    import contextlib
+
+    from training.harness.metrics import StepTimer
+    from training.loop import accumulate_gradients
+
+    torch.manual_seed(0)
+    model = Prior(preset("tiny"))
+    s = model.s
+    g = torch.Generator().manual_seed(1)
+    text = model.pad_text([torch.randint(0, s.text_vocab, (int(n),), generator=g).tolist()
+                           for n in torch.randint(1, s.text_len + 1, (6,), generator=g)])
+    image = torch.randint(0, s.image_vocab, (6, s.image_len), generator=g)
+
+    whole = prior_loss(*model(text, image), text, image)
+    whole["loss"].backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+
+    micro = iter([{"text": text[:3], "image": image[:3]}, {"text": text[3:], "image": image[3:]}])
+    seen = []
+    losses = accumulate_gradients(model, micro, 2, None, contextlib.nullcontext, StepTimer(), "cpu", s.seq_len,
+                                  on_batch=seen.append)
+    assert len(seen) == 2
+    torch.testing.assert_close(torch.tensor(losses), torch.stack([whole["loss"], whole["loss_text"],
+                                                                   whole["loss_image"]]).detach(), rtol=1e-5, atol=1e-6)
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-6)

@@ -79,11 +79,13 @@ def cached_mask(kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int,
     return dense_mask(kind, text_len, grid_h, grid_w, kernel, device)
 
 
-def flex_block_mask(kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int, device: str):
-    """FlexAttention BlockMask for the same pattern: fully-masked blocks are skipped (GPU path)."""
+def flex_block_mask(kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int, device: str,
+                    length: int | None = None):
+    """FlexAttention BlockMask for the same pattern over the first `length` positions (default: all);
+    fully-masked blocks are skipped. Training feeds seq_len - 1 positions (the last token is input only)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    n = text_len + grid_h * grid_w
+    n = length or text_len + grid_h * grid_w
 
     def mask_mod(b, h, q_idx, kv_idx):
         return allowed(kind, q_idx, kv_idx, text_len, grid_w, kernel)

@@ -93,8 +93,9 @@ class Attention(nn.Module):
         from torch.nn.attention.flex_attention import flex_attention
 
         s = self.s
-        if self._flex is None or self._flex.shape[-2] != q.shape[-2]:
-            self._flex = flex_block_mask(self.kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, str(q.device))
+        n = q.shape[-2]
+        if self._flex is None or self._flex.seq_lengths != (n, n):
+            self._flex = flex_block_mask(self.kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, str(q.device), n)
         return flex_attention(q, k, v, block_mask=self._flex)
 
 
