@@ -20,7 +20,9 @@ class ModelConfig:
     text_len: int = doc(0, "Override the text length in BPE tokens (0 = keep; paper: 256).")
     attention: str = doc("sparse", "'sparse' = the paper's row/column/conv layer pattern; 'full' = causal everywhere.")
     attn_impl: str = doc("sdpa", "'sdpa' = scaled_dot_product_attention with masks cached once per shape "
-                                 "(works everywhere); 'flex' = FlexAttention block masks (compile it on GPU).")
+                                 "(works everywhere); 'flex' = FlexAttention block masks, which skip masked "
+                                 "blocks (GPU only: torch has no FlexAttention backward on CPU; set compile).")
+    compile: bool = doc(False, "torch.compile the training forward (GPU; FlexAttention is slow uncompiled).")
     conv_kernel: int = doc(0, "Override the conv attention window K (0 = keep; paper: 11).")
     dropout: float = doc(0.0, "Residual/attention dropout (the paper uses none).")
 

@@ -75,6 +75,29 @@ def sample_grid(ema: ModelEMA, shape: PriorShape, encoder: CaptionEncoder, capti
     return image_grid(decode(tokens), ncols=per_caption)
 
 
+def accumulate_gradients(forward, batches, n_micro: int, no_sync, autocast, timer: StepTimer, device,
+                         seq_len: int, on_batch=None) -> list[float]:
+    """Forward and backward over `n_micro` micro-batches, each loss scaled by 1/n_micro, so the
+    gradients are those of their mean (of one batch n_micro times larger: micro-batches are equal in
+    size). DDP all-reduces on the last micro-batch only (`no_sync` on the others). Returns the mean
+    [loss, loss_text, loss_image]."""
+    sums = torch.zeros(3)
+    for micro in range(n_micro):
+        with timer.wait():
+            batch = next(batches)
+        with timer.compute():
+            text, image = batch["text"].to(device), batch["image"].to(device)
+            skip_sync = no_sync is not None and micro < n_micro - 1
+            with (no_sync() if skip_sync else contextlib.nullcontext()), autocast():
+                out = prior_loss(*forward(text, image), text, image)
+            (out["loss"] / n_micro).backward()
+            sums += torch.stack([out["loss"].detach(), out["loss_text"].detach(), out["loss_image"].detach()]).cpu()
+        timer.step(text.shape[0] * seq_len)
+        if on_batch is not None:
+            on_batch(batch)
+    return (sums / n_micro).tolist()
+
+
 def train_fn(config: dict[str, Any]) -> None:
     import ray.train
 
@@ -91,6 +114,7 @@ def train_fn(config: dict[str, Any]) -> None:
     ema.to(ctx.device)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     psgd = register_powersgd(model, o.powersgd_rank, o.powersgd_start_iter) if o.powersgd and ddp else None
+    forward = torch.compile(model) if cfg.model.compile else model  # checkpoints read `model`'s own weights
     optimizer = make_optimizer(model, o)
     schedule = WarmupPlateauSchedule(optimizer, o)
 
@@ -123,20 +147,11 @@ def train_fn(config: dict[str, Any]) -> None:
 
     while step < t.max_steps:
         lr = schedule.apply()
-        sums = torch.zeros(3)
-        for micro in range(o.grad_accum):
-            with timer.wait():
-                batch = next(batches)
-            with timer.compute():
-                text, image = batch["text"].to(ctx.device), batch["image"].to(ctx.device)
-                last = micro == o.grad_accum - 1
-                with (model.no_sync() if ddp and not last else contextlib.nullcontext()), ctx.autocast():
-                    out = prior_loss(*model(text, image), text, image)
-                (out["loss"] / o.grad_accum).backward()
-                sums += torch.stack([out["loss"].detach(), out["loss_text"].detach(), out["loss_image"].detach()]).cpu()
-            timer.step(text.shape[0] * shape.seq_len)
-            if t.trace_batches:
-                trace(t.trace_batches, {"step": step + 1, "rank": ctx.rank, "pid": os.getpid(), "keys": batch["keys"]})
+        traced = (lambda b: trace(t.trace_batches, {"step": step + 1, "rank": ctx.rank, "pid": os.getpid(),
+                                                     "keys": b["keys"]})) if t.trace_batches else None
+        loss, loss_text, loss_image = accumulate_gradients(
+            forward, batches, o.grad_accum, model.no_sync if ddp else None, ctx.autocast, timer, ctx.device,
+            shape.seq_len, traced)
         with timer.compute():
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             optimizer.step()
@@ -144,7 +159,6 @@ def train_fn(config: dict[str, Any]) -> None:
             ema.update(model)
             schedule.step()
         step += 1
-        loss, loss_text, loss_image = (sums / o.grad_accum).tolist()
 
         if ctx.should_log(step):
             stats = timer.take()

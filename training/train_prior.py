@@ -53,6 +53,9 @@ def train(cfg: PriorTrainConfig) -> LaunchResult:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    if cfg.model.attn_impl == "flex" and not ray.cluster_resources().get("GPU"):
+        raise ValueError("model.attn_impl = 'flex' needs GPU workers (torch has no FlexAttention backward on "
+                         "CPU); use 'sdpa' on this cluster")
     source = TokenSource.open(cfg.data.tokens, cfg.data.val_shards)
     shape = model_shape(cfg, source)
     datasets, data_config = source.ray_datasets(cfg.run.num_workers)
