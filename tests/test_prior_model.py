@@ -100,6 +100,14 @@ def test_paper_12b_preset_on_meta_device():
     assert 11.5e9 < count_params(model) < 12.5e9
 
 
+def test_1b_preset_is_at_least_1b_with_the_papers_sequence():
+    """The preset bench/bench_prior_mfu.py quotes GPU MFU for must be a >=1B model of the paper's stream."""
+    s = preset("1b")
+    assert (s.text_len, s.grid_h, s.grid_w, s.text_vocab, s.image_vocab, s.head_dim) == (256, 32, 32, 16384, 8192, 64)
+    with torch.device("meta"):
+        assert 1.0e9 <= count_params(Prior(s)) < 1.5e9
+
+
 def test_kv_cache_generation_equals_full_recomputation(tiny):
     text = tiny.pad_text([[1, 2, 3], [9]])
     with_cache = tiny.generate(text, top_k=5, generator=torch.Generator().manual_seed(3))
