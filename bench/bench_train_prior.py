@@ -129,9 +129,13 @@ def main() -> None:
     print(f"{'measure':<28}{'plain loop':>14}{'Ray Train':>14}{'ratio':>10}")
     print(f"{'step time (s)':<28}{plain['step_time_s']:>14.4f}{harness['step_time_s']:>14.4f}"
           f"{harness['step_time_s'] / plain['step_time_s']:>10.3f}   goal <= 1.05 (workers=1)")
+    mean = (before["step_time_s"] + after["step_time_s"]) / 2
+    print(f"{'  vs plain before/after/mean':<28}{'':>28}  {harness['step_time_s'] / before['step_time_s']:.3f} / "
+          f"{harness['step_time_s'] / after['step_time_s']:.3f} / {harness['step_time_s'] / mean:.3f}"
+          "   (the Ray run sits between the two plain runs; their spread is this machine's drift)")
     print(f"{'tokens/s (per worker)':<28}{plain['tokens_per_s']:>14.1f}{harness['tokens_per_s']:>14.1f}")
     print(f"{'data-wait share':<28}{0.0:>14.4f}{harness['data_wait_share']:>14.4f}   goal <= 0.02")
-    print(f"{'MFU vs measured CPU matmul':<28}{'':>14}{harness['mfu_cpu']:>14.4f}   (GPU MFU: not measured, no GPU)")
+    print(f"{'MFU vs measured CPU matmul':<28}{'':>14}{harness['mfu_cpu']:>14.4f}   (GPU MFU: bench/bench_prior_mfu.py)")
 
 
 if __name__ == "__main__":
