@@ -8,7 +8,10 @@ MSE, codebook perplexity and the fraction of codes used. It also writes original
 reconstructions as a PNG (--png), so colour loss is visible. Used to tune configs/dvae_demo.toml:
 on the demo shapes, every schedule tried so far keeps backgrounds and silhouettes but collapses
 foreground colours onto one or two codes (perplexity 2-6 of 512); the sweep is in docs/tokens.md.
-The knobs (tau, width, codebook size, the decoder's code-embedding init) are the ones that sweep varied.
+The knobs (tau, width, codebook size, inits) are the ones that sweep varied. --kmeans-init sets the
+encoder's output conv so that its argmax is the nearest k-means centre of the first batch's features
+(argmin |h - c|^2 = argmax 2c.h - |c|^2, a 1x1 conv), the usual data-dependent codebook init of VQ
+models: perplexity starts at ~65 but training collapses it again (docs/tokens.md).
 """
 
 from __future__ import annotations
@@ -29,6 +32,52 @@ from tokenize_images.dvae import DVAE, preset  # noqa: E402
 from tokenize_images.objective import codebook_usage  # noqa: E402
 from tokenize_images.preprocess import load_image  # noqa: E402
 from tokenize_images.train_dvae import make_optimizer, train_step  # noqa: E402
+
+
+@torch.no_grad()
+def encoder_features(model, x: torch.Tensor) -> torch.Tensor:
+    """(B,3,S,S) mapped pixels -> (B*g*g, C): what the encoder's output conv sees (after its ReLU)."""
+    blocks = model.encoder.blocks
+    h = blocks.output.relu(blocks[:-1](x))
+    return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+
+
+@torch.no_grad()
+def kmeans(points: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k-means++ seeding then Lloyd iterations; (N, C) -> (k, C). Empty clusters keep their centre."""
+    n = points.shape[0]
+    centres = points[torch.randint(0, n, (1,), generator=generator)]
+    dist = torch.cdist(points, centres).squeeze(1) ** 2
+    for _ in range(1, k):
+        probs = dist / dist.sum() if dist.sum() > 0 else torch.full_like(dist, 1.0 / n)
+        nxt = points[torch.multinomial(probs, 1, generator=generator)]
+        centres = torch.cat([centres, nxt])
+        dist = torch.minimum(dist, (torch.cdist(points, nxt).squeeze(1)) ** 2)
+    for _ in range(iters):
+        assign = torch.cdist(points, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1)
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+    return centres
+
+
+@torch.no_grad()
+def init_codebook_from_data(model, x: torch.Tensor, margin: float = 5.0, seed: int = 0) -> dict[str, float]:
+    """Set the encoder's output conv so that its argmax is the nearest k-means centre of `x`'s features.
+
+    `x`: (B,3,S,S) mapped pixels, e.g. the first training batch. Returns figures worth logging."""
+    feats = encoder_features(model, x)
+    vocab = model.cfg.vocab_size
+    centres = kmeans(feats, vocab, generator=torch.Generator().manual_seed(seed))
+    d = torch.cdist(feats, centres) ** 2
+    two = d.topk(2, dim=1, largest=False).values
+    gap = (two[:, 1] - two[:, 0]).median().clamp_min(1e-6)  # median nearest-vs-second margin, in |.|^2 units
+    scale = margin / gap
+    conv = model.encoder.blocks.output.conv
+    conv.weight.copy_((2 * scale * centres)[:, :, None, None].to(conv.weight.dtype))
+    conv.bias.copy_((-scale * (centres ** 2).sum(1)).to(conv.bias.dtype))
+    used = torch.unique(d.argmin(1)).numel()
+    return {"kmeans_codes_used": float(used), "kmeans_scale": float(scale)}
 
 
 def load_images(dataset: str, limit: int, size: int) -> torch.Tensor:
@@ -56,11 +105,19 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=0, help="override the small preset's codebook size (0: keep)")
     ap.add_argument("--images", type=int, default=600, help="images used (the last 64 are held out)")
     ap.add_argument("--decoder-input-std", type=float, default=0.0, help="re-initialise the decoder's code embedding")
+    ap.add_argument("--kmeans-init", type=float, default=0.0,
+                    help="k-means codebook init from the first batch with this logit margin (0: off)")
+    ap.add_argument("--openai-init", action="store_true", help="dall_e's conv init instead of torch's default")
     ap.add_argument("--png", default="", help="write originals over reconstructions here")
     args = ap.parse_args()
     torch.manual_seed(0)
     overrides = {k: v for k, v in (("n_hid", args.n_hid), ("vocab_size", args.vocab)) if v}
     model = DVAE(preset("small", **overrides))
+    if args.openai_init:  # dall_e's Conv2d init: N(0, 1/fan_in) weights, zero biases
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.normal_(m.weight, std=m.weight[0].numel() ** -0.5)
+                torch.nn.init.zeros_(m.bias)
     if args.decoder_input_std:
         torch.nn.init.normal_(model.decoder.blocks.input.weight, std=args.decoder_input_std)
     data = load_images(args.dataset, args.images, model.cfg.image_size)
@@ -70,6 +127,11 @@ def main() -> None:
         scale=scale, lr_start=args.lr, lr_end=args.lr / 10, beta_max=args.beta_max,
         beta_steps=int(args.beta_warmup / scale), tau_steps=int(args.tau_anneal / scale),
         tau_start=args.tau_start, tau_end=args.tau_end))
+    if args.kmeans_init:
+        from tokenize_images.dvae import map_pixels
+
+        first = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:256]]
+        print(init_codebook_from_data(model, map_pixels(first.permute(0, 3, 1, 2).float() / 255), args.kmeans_init))
     opt = make_optimizer(model, cfg)
     g = torch.Generator().manual_seed(0)
     started = time.perf_counter()
