@@ -3,14 +3,15 @@
     python bench/bench_prior_mfu.py [--preset 1b] [--batch 8] [--steps 20] [--attn sdpa flex] [--compile]
 
 One process, one device, no Ray and no MLflow (they are not needed to time the step): the Prior of
-training/model.py in bf16 autocast, AdamW (training/optim.py, fused on GPU) and the fp32 EMA, on
+training/model.py in bf16 autocast, AdamW (training/optim.py, torch's default implementation) and the fp32 EMA, on
 random tokens of the preset's shape. Each attention implementation is timed in the same run, one
 after the other, after --warmup steps (compilation and autotuning excluded). MFU is reported two ways:
   * 6N     : 6 x parameters per token, the conservative convention (no attention FLOPs);
   * 6N+attn: plus 12 * layers * d_model * seq_len (dense-equivalent attention, PaLM appendix B),
              which is what train_prior logs; the sparse layers do less attention work than that.
 Peak: the data-sheet dense bf16 figure of the GPU (training/harness/metrics.py). On a CPU it runs too
-(tiny preset, fp32, peak measured) so that the script is tested, but CPU figures mean little.
+(tiny preset, fp32, SDPA only, peak = a measured matmul rate), to check the script without a GPU; the
+CPU figures mean little.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def main() -> None:
         params = count_params(Prior(base))
     print(f"device={label} torch={torch.__version__} preset={name} params={params / 1e9:.2f}B layers={base.n_layer} "
           f"d_model={base.d_model} seq_len={base.seq_len} batch={batch} steps={args.steps} (after {args.warmup} warm-up) "
-          f"peak={peak / 1e12:.0f} TFLOP/s")
+          f"peak={peak / 1e12:.3g} TFLOP/s")
     six_n = 6 * params
     with_attn = flops_per_token(base)
     for impl in impls:
