@@ -11,7 +11,8 @@ foreground colours onto one or two codes (perplexity 2-6 of 512); the sweep is i
 The knobs (tau, width, codebook size, inits) are the ones that sweep varied. --kmeans-init sets the
 encoder's output conv so that its argmax is the nearest k-means centre of the first batch's features
 (argmin |h - c|^2 = argmax 2c.h - |c|^2, a 1x1 conv), the usual data-dependent codebook init of VQ
-models: perplexity starts at ~65 but training collapses it again (docs/tokens.md).
+models: perplexity starts at ~65 but training collapses it again (docs/tokens.md). --restart-every
+adds VQ-style dead-code restarts on top of it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,25 @@ def init_codebook_from_data(model, x: torch.Tensor, margin: float = 5.0, seed: i
     return {"kmeans_codes_used": float(used), "kmeans_scale": float(scale)}
 
 
+@torch.no_grad()
+def restart_dead_codes(model, x: torch.Tensor, scale: float, generator: torch.Generator) -> int:
+    """VQ-style dead-code restart: every code no position of `x` picks is pointed at the features of a
+    random position (encoder row 2s.h, bias -s|h|^2, the k-means form), and its decoder embedding is
+    copied from the code that position uses now, so the decode starts unchanged and can then diverge."""
+    feats = encoder_features(model, x)
+    blocks = model.encoder.blocks
+    assign = blocks.output.conv(feats[:, :, None, None]).flatten(1).argmax(1)
+    dead = torch.nonzero(torch.bincount(assign, minlength=model.cfg.vocab_size) == 0).flatten()
+    if len(dead) == 0:
+        return 0
+    pick = torch.randint(0, feats.shape[0], (len(dead),), generator=generator)
+    conv, dec = blocks.output.conv, model.decoder.blocks.input
+    conv.weight[dead] = (2 * scale * feats[pick])[:, :, None, None]
+    conv.bias[dead] = -scale * (feats[pick] ** 2).sum(1)
+    dec.weight[:, dead] = dec.weight[:, assign[pick]]
+    return len(dead)
+
+
 def load_images(dataset: str, limit: int, size: int) -> torch.Tensor:
     images = []
     for path in storage.listdir(storage.join(dataset, "shards"), ".parquet"):
@@ -108,6 +128,8 @@ def main() -> None:
     ap.add_argument("--kmeans-init", type=float, default=0.0,
                     help="k-means codebook init from the first batch with this logit margin (0: off)")
     ap.add_argument("--openai-init", action="store_true", help="dall_e's conv init instead of torch's default")
+    ap.add_argument("--restart-every", type=int, default=0,
+                    help="with --kmeans-init: restart dead codes every N updates (0: never)")
     ap.add_argument("--png", default="", help="write originals over reconstructions here")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -131,12 +153,19 @@ def main() -> None:
         from tokenize_images.dvae import map_pixels
 
         first = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:256]]
-        print(init_codebook_from_data(model, map_pixels(first.permute(0, 3, 1, 2).float() / 255), args.kmeans_init))
+        km = init_codebook_from_data(model, map_pixels(first.permute(0, 3, 1, 2).float() / 255), args.kmeans_init)
+        print(km)
     opt = make_optimizer(model, cfg)
     g = torch.Generator().manual_seed(0)
     started = time.perf_counter()
     for step in range(args.steps):
         train_step(model, opt, train[torch.randint(0, len(train), (args.batch,), generator=g)], step, cfg)
+        if args.kmeans_init and args.restart_every and (step + 1) % args.restart_every == 0 and step < args.steps * 0.8:
+            from tokenize_images.dvae import map_pixels
+
+            probe = train[torch.randint(0, len(train), (128,), generator=g)]
+            n = restart_dead_codes(model, map_pixels(probe.permute(0, 3, 1, 2).float() / 255), km["kmeans_scale"], g)
+            print(f"step {step + 1}: restarted {n} dead codes")
     model.eval()
     with torch.no_grad():
         x = val.permute(0, 3, 1, 2).float() / 255
