@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from training.config import OptimConfig  # noqa: E402
 from training.harness.metrics import peak_flops  # noqa: E402
 from training.harness.worker import ModelEMA  # noqa: E402
+from training.loop import optimizer_update  # noqa: E402
 from training.model import Prior, count_params, flops_per_token, prior_loss  # noqa: E402
 from training.optim import make_optimizer  # noqa: E402
 from training.presets import preset  # noqa: E402
@@ -48,10 +49,7 @@ def time_steps(shape, batch: int, steps: int, warmup: int, device: torch.device,
         with amp:
             out = prior_loss(*forward(text, image), text, image)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 4.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(model)
+        optimizer_update(model, optimizer, ema, 4.0)
 
     def sync() -> None:
         if device.type == "cuda":

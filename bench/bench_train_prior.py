@@ -32,6 +32,7 @@ def plain_loop(tokens_root: str, preset_name: str, batch: int, steps: int, threa
     from training.config import OptimConfig
     from training.data import CaptionEncoder, TokenSource
     from training.harness import ModelEMA
+    from training.loop import optimizer_update
     from training.model import Prior, prior_loss
     from training.optim import WarmupPlateauSchedule, make_optimizer
     from training.presets import preset
@@ -59,11 +60,7 @@ def plain_loop(tokens_root: str, preset_name: str, batch: int, steps: int, threa
         sched.apply()
         out = prior_loss(*model(text, image), text, image)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 4.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(model)
-        sched.step()
+        optimizer_update(model, opt, ema, 4.0, sched)
         times.append(time.perf_counter() - t)
     warm = times[steps // 6:]
     step_time = statistics.median(warm)

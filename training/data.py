@@ -25,6 +25,7 @@ import torch
 
 from common import storage
 from common.schemas import TOKEN_META_DVAE_SHA256, TOKEN_META_GRID, TOKEN_META_VOCAB, parse_grid
+from training.model import pad_text_ids
 
 
 @dataclass
@@ -91,11 +92,9 @@ class CaptionEncoder:
         self.text_len, self.text_vocab = text_len, text_vocab
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
-        out = torch.arange(self.text_len).add(self.text_vocab).repeat(len(captions), 1)
-        for i, enc in enumerate(self.tok.encode_batch([c.lower() for c in captions])):
-            ids = [t for t in enc.ids[: self.text_len] if t < self.text_vocab]
-            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return out
+        encoded = self.tok.encode_batch([c.lower() for c in captions])
+        ids = [[t for t in enc.ids[: self.text_len] if t < self.text_vocab] for enc in encoded]
+        return pad_text_ids(ids, self.text_len, self.text_vocab)
 
 
 def collate(encoder: CaptionEncoder, image_len: int):

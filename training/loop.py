@@ -98,6 +98,18 @@ def accumulate_gradients(forward, batches, n_micro: int, no_sync, autocast, time
     return (sums / n_micro).tolist()
 
 
+def optimizer_update(model, optimizer, ema: ModelEMA, grad_clip: float, schedule=None) -> torch.Tensor:
+    """After the backward passes: clip, AdamW step, clear grads, EMA, schedule. Returns the grad norm.
+    The benches (bench/bench_train_prior.py, bench/bench_prior_mfu.py) time this same update."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.update(model)
+    if schedule is not None:
+        schedule.step()
+    return grad_norm
+
+
 def train_fn(config: dict[str, Any]) -> None:
     import ray.train
 
@@ -153,11 +165,7 @@ def train_fn(config: dict[str, Any]) -> None:
             forward, batches, o.grad_accum, model.no_sync if ddp else None, ctx.autocast, timer, ctx.device,
             shape.seq_len, traced)
         with timer.compute():
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            ema.update(model)
-            schedule.step()
+            grad_norm = optimizer_update(model, optimizer, ema, o.grad_clip, schedule)
         step += 1
 
         if ctx.should_log(step):

@@ -57,6 +57,16 @@ class PriorShape:
         return self.text_len + self.image_len
 
 
+def pad_text_ids(ids: list[list[int]], text_len: int, text_vocab: int) -> torch.Tensor:
+    """BPE ids per caption -> [B, text_len], truncated, and padded with the per-position padding token
+    (id text_vocab + position) wherever the caption has ended. The one place this rule lives."""
+    out = torch.arange(text_len).add(text_vocab).repeat(len(ids), 1)
+    for i, row in enumerate(ids):
+        row = row[:text_len]
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
 class Attention(nn.Module):
     def __init__(self, s: PriorShape, kind: str):
         super().__init__()
@@ -138,12 +148,7 @@ class Prior(nn.Module):
 
     def pad_text(self, ids: list[list[int]]) -> torch.Tensor:
         """BPE ids (already truncated or not) -> [B, T] with per-position padding tokens."""
-        s = self.s
-        out = torch.arange(s.text_len).add(s.text_vocab).repeat(len(ids), 1)
-        for i, row in enumerate(ids):
-            row = row[: s.text_len]
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return out
+        return pad_text_ids(ids, self.s.text_len, self.s.text_vocab)
 
     def embed(self, text: torch.Tensor | None, image: torch.Tensor | None, image_start: int = 0) -> torch.Tensor:
         """Embeddings of a text chunk and/or an image chunk beginning at raster index image_start."""

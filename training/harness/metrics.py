@@ -31,21 +31,21 @@ class StepTimer:
         self.tokens = 0
         self._start = time.perf_counter()
 
-    @contextlib.contextmanager
     def wait(self):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.waiting_s += time.perf_counter() - t
+        """Time blocked on the data iterator."""
+        return self._timed("waiting_s")
+
+    def compute(self):
+        """Time spent in forward, backward and the optimiser."""
+        return self._timed("computing_s")
 
     @contextlib.contextmanager
-    def compute(self):
+    def _timed(self, attribute: str):
         t = time.perf_counter()
         try:
             yield
         finally:
-            self.computing_s += time.perf_counter() - t
+            setattr(self, attribute, getattr(self, attribute) + time.perf_counter() - t)
 
     def step(self, tokens: int) -> None:
         self.steps += 1
