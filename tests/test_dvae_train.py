@@ -5,11 +5,12 @@ import mlflow
 import numpy as np
 import torch
 
-from tokenize_images.config import DVAEModelConfig, DVAEOptimConfig, DVAETrainConfig, ScheduleConfig
+from tokenize_images.codebook_init import init_codebook_from_data
+from tokenize_images.config import CodebookConfig, DVAEModelConfig, DVAEOptimConfig, DVAETrainConfig, ScheduleConfig
 from tokenize_images.dvae import DVAE, load_checkpoint, preset
 from tokenize_images.preprocess import load_image
 from tokenize_images.synthetic import jpeg, shape_image, write_dataset
-from tokenize_images.train_dvae import make_optimizer, train_dvae, train_step
+from tokenize_images.train_dvae import make_optimizer, model_input, train_dvae, train_step
 from training.harness import HarnessConfig
 
 
@@ -26,6 +27,50 @@ def test_small_preset_loss_falls():
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
 
 
+COLOURS = [(220, 30, 30), (30, 180, 40), (40, 60, 220), (240, 220, 30), (160, 40, 200), (250, 140, 20),
+           (255, 255, 255), (0, 0, 0)]
+
+
+def test_kmeans_codebook_init_separates_flat_colours():
+    """At init the encoder gives flat colours shared codes (what collapses the demo dVAE's colours);
+    after the k-means init each colour's most common code is its own."""
+    torch.manual_seed(0)
+    model = DVAE(preset("small", vocab_size=32, image_size=32))
+    pixels = torch.tensor(COLOURS, dtype=torch.uint8)[:, None, None, :].expand(-1, 32, 32, -1).repeat(2, 1, 1, 1)
+    x = model_input(pixels)
+
+    def main_code_per_colour() -> list[int]:
+        tokens = model.encoder(x).argmax(1).reshape(2, len(COLOURS), -1).transpose(0, 1).flatten(1)
+        return [int(t.mode().values) for t in tokens]
+
+    assert len(set(main_code_per_colour())) < len(COLOURS)          # colours share codes at init
+    figures = init_codebook_from_data(model.encoder, x, margin=5.0)
+    assert len(set(main_code_per_colour())) == len(COLOURS), main_code_per_colour()
+    assert figures["kmeans_codes_used"] >= len(COLOURS) and figures["kmeans_scale"] > 0
+
+
+def test_frozen_encoder_and_code_embedding_lr():
+    """encoder_frozen_steps: the encoder does not move while the decoder does; then it trains.
+    code_embedding_lr_mult scales the decoder input conv's learning rate only."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cfg = DVAETrainConfig(schedule=ScheduleConfig(lr_start=1e-3, lr_end=1e-3),
+                          codebook=CodebookConfig(encoder_frozen_steps=2, code_embedding_lr_mult=10.0))
+    model = DVAE(preset("small", vocab_size=32, image_size=32))
+    pixels = torch.from_numpy(np.stack([load_image(jpeg(shape_image(rng, 40, 40)[0]), 32) for _ in range(4)]))
+    opt = make_optimizer(model, cfg)
+    snapshot = lambda module: [p.detach().clone() for p in module.parameters()]  # noqa: E731
+    changed = lambda module, before: any(not torch.equal(p, q) for p, q in zip(module.parameters(), before))  # noqa: E731
+    encoder, decoder = snapshot(model.encoder), snapshot(model.decoder)
+    for step in range(2):
+        train_step(model, opt, pixels, step, cfg)
+    assert not changed(model.encoder, encoder) and changed(model.decoder, decoder)
+    assert not any(p in opt.state for p in model.encoder.parameters())  # its Adam moments start when released
+    assert {g["name"]: g["lr"] for g in opt.param_groups} == {"encoder": 1e-3, "code_embeddings": 1e-2, "decoder": 1e-3}
+    train_step(model, opt, pixels, 2, cfg)
+    assert changed(model.encoder, encoder)
+
+
 def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     dataset = str(tmp_path / "ds")
@@ -35,6 +80,7 @@ def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, monkeypatch):
         model=DVAEModelConfig(preset="small", n_hid=16, vocab_size=64, image_size=32),
         schedule=ScheduleConfig(scale=0.001),
         optim=DVAEOptimConfig(batch_size=4, max_steps=6),
+        codebook=CodebookConfig(kmeans_margin=5.0, kmeans_images=8, encoder_frozen_steps=2),
         run=HarnessConfig(name="dvae-test", storage_path=str(tmp_path / "ray"), experiment="train_dvae",
                           num_workers=1, num_cpus=2, log_every=1, log_final_checkpoint=False))
     import ray
@@ -64,6 +110,8 @@ def _train_resume_and_reuse(cfg):
     assert sorted(m.step for m in history) == list(range(1, 10))     # 1..6 then 7..9, no step twice
     for name in ("beta", "tau", "lr", "nll", "kl", "codebook_perplexity", "codebook_used_fraction", "images_per_s", "mfu"):
         assert client.get_metric_history(first["run_id"], name), name
+    # The k-means init ran once, on the fresh start (8 images x 16 positions for 64 codes), not on resume.
+    assert [m.step for m in client.get_metric_history(first["run_id"], "kmeans_codes_used")] == [0]
     taus = [m.value for m in sorted(client.get_metric_history(first["run_id"], "tau"), key=lambda m: m.step)]
     assert taus[0] > taus[-1]                                        # scaled schedule: tau anneals within 9 steps
     grids = [a.path for a in client.list_artifacts(first["run_id"], "reconstructions")]

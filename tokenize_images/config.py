@@ -99,6 +99,23 @@ class DVAEOptimConfig:
 
 
 @dataclass
+class CodebookConfig:
+    """Aids for short runs against codebook collapse (tokenize_images/codebook_init.py); none is in the paper,
+    so all are off by default. configs/dvae_demo.toml turns them on: without them a 300-update CPU run maps
+    every foreground colour to one grey code (docs/tokens.md)."""
+    kmeans_margin: float = doc(0.0, "k-means codebook init of the encoder's output conv from the first images, "
+                                    "with this median logit margin between the nearest two codes (0 = off).")
+    kmeans_images: int = doc(256, "Images whose encoder features the k-means init clusters (on each worker; "
+                                  "DDP then starts every rank from rank 0's weights).")
+    encoder_frozen_steps: int = doc(0, "Updates at the start during which the encoder's learning rate is 0, so "
+                                       "the decoder learns what the initial codes mean before they can move.")
+    code_embedding_lr_mult: float = doc(1.0, "Learning-rate multiplier of the decoder's input 1x1 conv, the table "
+                                             "of code embeddings: each column is trained only by the positions "
+                                             "that pick its code, so under Adam it moves ~sqrt(usage) as fast as "
+                                             "the dense weights.")
+
+
+@dataclass
 class DVAETrainConfig:
     dataset: str = doc("", "Dataset root (build_dataset output) whose images train the dVAE.")
     output: str = doc("", "Where to export the trained dVAE (EMA weights, this project's checkpoint format).")
@@ -115,4 +132,5 @@ class DVAETrainConfig:
     model: DVAEModelConfig = doc(DVAEModelConfig, "Architecture.")
     schedule: ScheduleConfig = doc(ScheduleConfig, "beta, tau and learning-rate schedules (all cosine).")
     optim: DVAEOptimConfig = doc(DVAEOptimConfig, "Optimiser.")
+    codebook: CodebookConfig = doc(CodebookConfig, "Short-run aids against codebook collapse (off = the paper).")
     run: HarnessConfig = doc(HarnessConfig, "Ray Train harness settings (training/harness/config.py), shared with the prior.")

@@ -79,6 +79,17 @@ ENCODER_KERNELS = (3, 3, 3, 1)
 DECODER_KERNELS = (1, 3, 3, 3)
 
 
+def init_like_dall_e(module: nn.Module) -> nn.Module:
+    """dall_e's own Conv2d init: weights N(0, 1/fan_in), zero biases. torch's default (Kaiming-uniform with
+    a=sqrt(5)) has a third of that variance, which leaves the encoder's features nearly identical across
+    patches at init, so a data-dependent codebook init (tokenize_images/codebook_init.py) cannot separate them."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=m.weight[0].numel() ** -0.5)
+            nn.init.zeros_(m.bias)
+    return module
+
+
 def _group(widths_in_out: list[tuple[int, int]], n_layers: int, kernels, resample: nn.Module | None) -> nn.Sequential:
     layers = [(f"block_{i + 1}", ResBlock(a, b, n_layers, kernels)) for i, (a, b) in enumerate(widths_in_out)]
     if resample is not None:
@@ -100,6 +111,7 @@ class Encoder(nn.Module):
             *[(f"group_{g}", _group(widths(g), L, ENCODER_KERNELS, nn.MaxPool2d(2) if g < 4 else None)) for g in range(1, 5)],
             ("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(8 * h, cfg.vocab_size, 1))]))),
         ]))
+        init_like_dall_e(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) mapped pixels -> (B,V,S/8,S/8) logits."""
@@ -122,6 +134,7 @@ class Decoder(nn.Module):
             *[(f"group_{g}", _group(widths(g), L, DECODER_KERNELS, up() if g < 4 else None)) for g in range(1, 5)],
             ("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(h, 6, 1))]))),
         ]))
+        init_like_dall_e(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B,V,g,g) one-hots or relaxed one-hots -> (B,6,8g,8g) logit-Laplace statistics."""

@@ -82,13 +82,20 @@ def train_step(model, optimizer, pixels: torch.Tensor, step: int, cfg: DVAETrain
 
     s = schedules(step, cfg.schedule)
     for group in optimizer.param_groups:
-        group["lr"] = s["lr"]
-    x = map_pixels(pixels.permute(0, 3, 1, 2).float() / 255.0)
+        group["lr"] = s["lr"] * group["lr_mult"]
+    x = model_input(pixels)
     with autocast or contextlib.nullcontext():
         logits, stats = model(x, s["tau"])
     losses = elbo_loss(x, stats, logits, s["beta"])
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
+    if step < cfg.codebook.encoder_frozen_steps:
+        # Drop the encoder's gradients rather than run it under no_grad, which DDP would reject (it expects a
+        # gradient for every parameter): AdamW then skips it, and its moments start when it is released.
+        for group in optimizer.param_groups:
+            if group["name"] == "encoder":
+                for p in group["params"]:
+                    p.grad = None
     if cfg.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
     optimizer.step()
@@ -104,9 +111,46 @@ def ema_decay(step: int, decay: float) -> float:
 
 
 def make_optimizer(model, cfg: DVAETrainConfig) -> torch.optim.AdamW:
-    o = cfg.optim
-    return torch.optim.AdamW(model.parameters(), lr=cfg.schedule.lr_start, betas=tuple(o.betas), eps=o.eps,
+    """AdamW over three groups, so train_step can scale each one's lr (CodebookConfig): the encoder, the
+    decoder's code embeddings (its input 1x1 conv), and the rest of the decoder."""
+    from training.harness import unwrap
+
+    o, dvae = cfg.optim, unwrap(model)
+    codes = list(dvae.decoder.blocks.input.parameters())
+    rest = [p for p in dvae.decoder.parameters() if all(p is not c for c in codes)]
+    groups = [{"name": "encoder", "params": list(dvae.encoder.parameters()), "lr_mult": 1.0},
+              {"name": "code_embeddings", "params": codes, "lr_mult": cfg.codebook.code_embedding_lr_mult},
+              {"name": "decoder", "params": rest, "lr_mult": 1.0}]
+    return torch.optim.AdamW(groups, lr=cfg.schedule.lr_start, betas=tuple(o.betas), eps=o.eps,
                              weight_decay=o.weight_decay)
+
+
+def model_input(pixels: torch.Tensor) -> torch.Tensor:
+    """(B,S,S,3) uint8 -> (B,3,S,S) pixels mapped into the logit-Laplace's range."""
+    return map_pixels(pixels.permute(0, 3, 1, 2).float() / 255.0)
+
+
+def init_codebook(dvae: DVAE, stream, cfg: DVAETrainConfig, ctx) -> dict[str, float]:
+    """k-means codebook init (tokenize_images/codebook_init.py) from the stream's first images, then rank 0's
+    result on every rank (DDP would broadcast it too, FSDP2 would not). Training goes on from the next batch.
+    Clustering costs O(images x g^2 x codes): meant for small presets, where short runs need it."""
+    from tokenize_images.codebook_init import init_codebook_from_data
+
+    images, seen = [], 0
+    while seen < cfg.codebook.kmeans_images:
+        _, pixels = next(stream)
+        images.append(pixels)
+        seen += pixels.shape[0]
+    dvae.to(ctx.device)
+    figures = init_codebook_from_data(dvae.encoder, model_input(torch.cat(images).to(ctx.device)),
+                                      cfg.codebook.kmeans_margin, seed=cfg.optim.seed)
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        conv = dvae.encoder.blocks.output.conv
+        for tensor in (conv.weight.data, conv.bias.data):
+            dist.broadcast(tensor, src=0)
+    return figures
 
 
 def reconstruction_png(dvae: DVAE, pixels: torch.Tensor, count: int = 8) -> bytes:
@@ -139,11 +183,15 @@ def train_loop_per_worker(config: dict) -> None:
     if ctx.device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.optim.seed)  # same initial weights on every rank
-    model = prepare_model(DVAE(dvae_cfg), ctx)
+    dvae = DVAE(dvae_cfg)
+    shared, mine = load_checkpoint(ctx)
+    stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer)
+    if shared is None and cfg.codebook.kmeans_margin > 0:
+        ctx.logger.log_metrics(init_codebook(dvae, stream, cfg, ctx), 0)
+    model = prepare_model(dvae, ctx)
     optimizer = make_optimizer(model, cfg)
     ema = ModelEMA(model, cfg.optim.ema_decay)
     step = 0
-    shared, mine = load_checkpoint(ctx)
     if shared is not None:
         load_model_state_dict(model, shared["model"])
         load_optimizer_state_dict(model, optimizer, shared["optimizer"])
@@ -153,7 +201,6 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         torch.manual_seed(cfg.optim.seed + 1000 + ctx.rank)  # different Gumbel noise per rank
 
-    stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer)
     train_flops = flops_per_image(dvae_cfg, training=True)
     peak = peak_flops(ctx.device) if ctx.is_rank0 else 0.0  # CPU: a measured fp32 matmul rate
     timer = StepTimer()
