@@ -8,6 +8,8 @@ over 150k, lr 1e-4 -> 1.25e-6 over 1.2M; `schedule.scale` shrinks them for short
 (0.9, 0.999), eps 1e-8, wd 1e-4, parameter EMA 0.999 (with a warm-up, see ema_decay). Ray Data decodes and random-crops the images in
 CPU tasks; every worker trains on its shard of the stream. MLflow (rank 0, asynchronous): losses,
 beta, tau, lr, codebook perplexity and fraction used, images/s, MFU, data-wait share, reconstruction grids.
+Short runs can add a k-means codebook init, a frozen-encoder warm-up and a larger lr on the code embeddings
+(CodebookConfig; off by default, on in configs/dvae_demo.toml, why in docs/tokens.md).
 Rerunning with the same run.name resumes from the latest checkpoint; the EMA weights are exported to
 `output` in this project's dVAE checkpoint format (what encode_tokens reads).
 """
