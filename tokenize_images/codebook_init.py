@@ -30,7 +30,7 @@ def encoder_features(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def kmeans(points: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
     """k-means++ seeding, then Lloyd iterations: (N, C) -> (k, C) centres. An empty cluster keeps its centre."""
     n = points.shape[0]
-    centres = points[torch.randint(0, n, (1,), generator=generator)]
+    centres = points[torch.randint(0, n, (1,), generator=generator, device=points.device)]
     dist = torch.cdist(points, centres).squeeze(1) ** 2
     for _ in range(1, k):
         total = dist.sum()
@@ -58,7 +58,8 @@ def init_codebook_from_data(encoder: torch.nn.Module, x: torch.Tensor, margin: f
     if feats.shape[0] < vocab:
         raise ValueError(f"k-means codebook init needs at least {vocab} positions, got {feats.shape[0]}: "
                          f"give it more images")
-    centres = kmeans(feats, vocab, generator=torch.Generator().manual_seed(seed))
+    # The generator lives where the features do: torch.multinomial refuses a CPU generator for GPU tensors.
+    centres = kmeans(feats, vocab, generator=torch.Generator(device=feats.device).manual_seed(seed))
     d = torch.cdist(feats, centres) ** 2
     nearest_two = d.topk(2, dim=1, largest=False).values
     gap = (nearest_two[:, 1] - nearest_two[:, 0]).median().clamp_min(1e-6)
