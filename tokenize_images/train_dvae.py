@@ -119,7 +119,7 @@ def make_optimizer(model, cfg: DVAETrainConfig) -> torch.optim.AdamW:
 
     o, dvae = cfg.optim, unwrap(model)
     codes = list(dvae.decoder.blocks.input.parameters())
-    rest = [p for p in dvae.decoder.parameters() if all(p is not c for c in codes)]
+    rest = [p for name, m in dvae.decoder.blocks.named_children() if name != "input" for p in m.parameters()]
     groups = [{"name": "encoder", "params": list(dvae.encoder.parameters()), "lr_mult": 1.0},
               {"name": "code_embeddings", "params": codes, "lr_mult": cfg.codebook.code_embedding_lr_mult},
               {"name": "decoder", "params": rest, "lr_mult": 1.0}]
