@@ -9,7 +9,7 @@ after the other, after --warmup steps (compilation and autotuning excluded). MFU
   * 6N     : 6 x parameters per token, the conservative convention (no attention FLOPs);
   * 6N+attn: plus 12 * layers * d_model * seq_len (dense-equivalent attention, PaLM appendix B),
              which is what train_prior logs; the sparse layers do less attention work than that.
-Peak: the data-sheet dense bf16 figure of the GPU (training/harness/metrics.py). On a CPU it runs too
+Peak: the data-sheet dense bf16 figure of the GPU (harness/metrics.py). On a CPU it runs too
 (tiny preset, fp32, SDPA only, peak = a measured matmul rate), to check the script without a GPU; the
 CPU figures mean little.
 """
@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from training.config import OptimConfig  # noqa: E402
-from training.harness.metrics import peak_flops  # noqa: E402
-from training.harness.worker import ModelEMA  # noqa: E402
+from harness.metrics import peak_flops  # noqa: E402
+from harness.worker import ModelEMA  # noqa: E402
 from training.loop import optimizer_update  # noqa: E402
 from training.model import Prior, count_params, flops_per_token, prior_loss  # noqa: E402
 from training.optim import make_optimizer  # noqa: E402

@@ -31,7 +31,7 @@ from common import storage  # noqa: E402
 def plain_loop(tokens_root: str, preset_name: str, batch: int, steps: int, threads: int) -> dict[str, float]:
     from training.config import OptimConfig
     from training.data import CaptionEncoder, TokenSource
-    from training.harness import ModelEMA
+    from harness import ModelEMA
     from training.loop import optimizer_update
     from training.model import Prior, prior_loss
     from training.optim import WarmupPlateauSchedule, make_optimizer

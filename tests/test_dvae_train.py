@@ -11,7 +11,7 @@ from tokenize_images.dvae import DVAE, load_checkpoint, preset
 from tokenize_images.preprocess import load_image
 from tokenize_images.synthetic import jpeg, shape_image, write_dataset
 from tokenize_images.train_dvae import make_optimizer, model_input, train_dvae, train_step
-from training.harness import HarnessConfig
+from harness import HarnessConfig
 
 
 def test_small_preset_loss_falls():

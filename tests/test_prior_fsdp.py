@@ -7,7 +7,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from training.harness import ModelEMA, WorkerContext, model_state_dict, optimizer_state_dict, prepare_model
+from harness import ModelEMA, WorkerContext, model_state_dict, optimizer_state_dict, prepare_model
 from training.model import Prior, prior_loss
 from training.presets import preset
 

@@ -183,7 +183,7 @@ def test_gradient_accumulation_equals_one_large_batch():
     """grad_accum = 2 micro-batches of 3 gives the gradients and losses of one batch of 6."""
     import contextlib
 
-    from training.harness.metrics import StepTimer
+    from harness.metrics import StepTimer
     from training.loop import accumulate_gradients
 
     torch.manual_seed(0)

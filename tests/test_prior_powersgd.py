@@ -7,7 +7,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from training.harness import load_powersgd_state_dict, powersgd_state_dict
+from harness import load_powersgd_state_dict, powersgd_state_dict
 from training.loop import register_powersgd
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.config import doc
-from training.harness.config import HarnessConfig
+from harness.config import HarnessConfig
 
 
 @dataclass
@@ -133,4 +133,4 @@ class DVAETrainConfig:
     schedule: ScheduleConfig = doc(ScheduleConfig, "beta, tau and learning-rate schedules (all cosine).")
     optim: DVAEOptimConfig = doc(DVAEOptimConfig, "Optimiser.")
     codebook: CodebookConfig = doc(CodebookConfig, "Short-run aids against codebook collapse (off = the paper).")
-    run: HarnessConfig = doc(HarnessConfig, "Ray Train harness settings (training/harness/config.py), shared with the prior.")
+    run: HarnessConfig = doc(HarnessConfig, "Ray Train harness settings (harness/config.py), shared with the prior.")

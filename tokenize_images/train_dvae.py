@@ -1,4 +1,4 @@
-"""Stage 1 of DALL-E: train the dVAE on Ray Train, with the harness the prior uses (training/harness).
+"""Stage 1 of DALL-E: train the dVAE on Ray Train, with the harness the prior uses (harness).
 
     python tokenize_images/train_dvae.py --config configs/dvae_demo.toml --dataset DATASET --output dvae.pt
 
@@ -115,7 +115,7 @@ def ema_decay(step: int, decay: float) -> float:
 def make_optimizer(model, cfg: DVAETrainConfig) -> torch.optim.AdamW:
     """AdamW over three groups, so train_step can scale each one's lr (CodebookConfig): the encoder, the
     decoder's code embeddings (its input 1x1 conv), and the rest of the decoder."""
-    from training.harness import unwrap
+    from harness import unwrap
 
     o, dvae = cfg.optim, unwrap(model)
     codes = list(dvae.decoder.blocks.input.parameters())
@@ -175,7 +175,7 @@ def reconstruction_png(dvae: DVAE, pixels: torch.Tensor, count: int = 8) -> byte
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
-    from training.harness import (ModelEMA, StepTimer, load_checkpoint, load_model_state_dict,
+    from harness import (ModelEMA, StepTimer, load_checkpoint, load_model_state_dict,
                                   load_optimizer_state_dict, mfu, model_state_dict, optimizer_state_dict, peak_flops,
                                   prepare_model, rng_state, save_checkpoint, set_rng_state, worker_context)
 
@@ -249,7 +249,7 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
 
     from common.ray_cluster import init_ray
     from tokenize_images.dvae import checkpoint_info
-    from training.harness import launch
+    from harness import launch
 
     if not (cfg.dataset and cfg.output):
         raise ValueError("dataset and output are required")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.config import doc
-from training.harness import HarnessConfig
+from harness import HarnessConfig
 
 
 @dataclass

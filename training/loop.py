@@ -21,7 +21,7 @@ from common.config import from_dict
 from training.config import PriorTrainConfig
 from training.data import CaptionEncoder, DataPosition, collate, trace
 from training.decode import image_grid, load_decoder
-from training.harness import (ModelEMA, StepTimer, inject_failure, load_checkpoint, load_model_state_dict,
+from harness import (ModelEMA, StepTimer, inject_failure, load_checkpoint, load_model_state_dict,
                               load_optimizer_state_dict, load_powersgd_state_dict, mfu, model_state_dict,
                               optimizer_state_dict, peak_flops, powersgd_state_dict, prepare_model, rng_state,
                               save_checkpoint, set_rng_state, worker_context)

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from common import storage  # noqa: E402
 from training.decode import image_grid, load_decoder  # noqa: E402
-from training.harness.checkpoint import SHARED_FILE  # noqa: E402
+from harness.checkpoint import SHARED_FILE  # noqa: E402
 from training.model import Prior, PriorShape  # noqa: E402
 
 

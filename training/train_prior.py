@@ -23,8 +23,8 @@ from common.config import Flag, flatten, parse_cli, to_dict  # noqa: E402
 from common.ray_cluster import init_ray  # noqa: E402
 from training.config import PriorTrainConfig  # noqa: E402
 from training.data import TokenSource  # noqa: E402
-from training.harness import LaunchResult, launch  # noqa: E402
-from training.harness.launch import resolve_storage  # noqa: E402
+from harness import LaunchResult, launch  # noqa: E402
+from harness.launch import resolve_storage  # noqa: E402
 from training.loop import train_fn  # noqa: E402
 from training.model import PriorShape  # noqa: E402
 from training.presets import preset  # noqa: E402

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from training.harness.launch import HARNESS_KEY
-from training.harness.logger import AsyncRunLogger, NullLogger
+from harness.launch import HARNESS_KEY
+from harness.logger import AsyncRunLogger, NullLogger
 
 
 @dataclass

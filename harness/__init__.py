@@ -2,7 +2,7 @@
 
 Driver (entry script):
 
-    from training.harness import HarnessConfig, launch
+    from harness import HarnessConfig, launch
     result = launch(train_fn, {"my": "settings"}, run_cfg,          # run_cfg: HarnessConfig
                     params=flatten(cfg), tags={"tokens_manifest": ...},
                     datasets={"train": ds}, dataset_config=None)
@@ -17,7 +17,7 @@ Driver (entry script):
 
 Worker (train_fn(config)):
 
-    from training.harness import (worker_context, prepare_model, ModelEMA, StepTimer, mfu, peak_flops,
+    from harness import (worker_context, prepare_model, ModelEMA, StepTimer, mfu, peak_flops,
                                   save_checkpoint, load_checkpoint, model_state_dict, ...)
     ctx = worker_context(config)                 # rank, world_size, device, logger (async MLflow on rank 0)
     model = prepare_model(model, ctx)            # DDP (gloo/nccl) | FSDP2 fully_shard | none
@@ -30,21 +30,26 @@ Worker (train_fn(config)):
 See each module's docstring: config, launch, worker, checkpoint, logger, metrics.
 """
 
-from training.harness.checkpoint import (load_checkpoint, load_model_state_dict, load_optimizer_state_dict,
-                                         load_powersgd_state_dict, model_state_dict, optimizer_state_dict,
-                                         powersgd_state_dict, rng_state, save_checkpoint, set_rng_state,
-                                         wait_for_checkpoints, inject_failure)
-from training.harness.config import HarnessConfig
-from training.harness.launch import HARNESS_KEY, LaunchResult, launch, open_run
-from training.harness.logger import AsyncRunLogger, NullLogger
-from training.harness.metrics import StepTimer, measure_matmul_flops, mfu, peak_flops
-from training.harness.worker import ModelEMA, WorkerContext, prepare_model, unwrap, worker_context
+# Names are resolved lazily (PEP 562), so that `harness.config` (a pure dataclass, embedded in every
+# trainer's config) imports without torch or Ray: the entry scripts parse and validate config first.
+_EXPORTS = {
+    "harness.checkpoint": ["CheckpointManager", "load_checkpoint", "load_model_state_dict", "load_optimizer_state_dict",
+                           "load_powersgd_state_dict", "model_state_dict", "optimizer_state_dict",
+                           "powersgd_state_dict", "rng_state", "set_rng_state", "wait_for_checkpoints",
+                           "inject_failure"],
+    "harness.config": ["HarnessConfig"],
+    "harness.launch": ["HARNESS_KEY", "LaunchResult", "launch", "open_run", "resolve_storage"],
+    "harness.logger": ["AsyncRunLogger", "NullLogger"],
+    "harness.metrics": ["StepTimer", "measure_matmul_flops", "mfu", "peak_flops"],
+    "harness.worker": ["ModelEMA", "WorkerContext", "prepare_model", "unwrap", "worker_context"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
-__all__ = [
-    "HarnessConfig", "launch", "open_run", "LaunchResult", "HARNESS_KEY",
-    "worker_context", "WorkerContext", "prepare_model", "unwrap", "ModelEMA",
-    "save_checkpoint", "load_checkpoint", "model_state_dict", "load_model_state_dict",
-    "optimizer_state_dict", "load_optimizer_state_dict", "powersgd_state_dict", "load_powersgd_state_dict",
-    "rng_state", "set_rng_state", "wait_for_checkpoints", "inject_failure",
-    "AsyncRunLogger", "NullLogger", "StepTimer", "mfu", "peak_flops", "measure_matmul_flops",
-]
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

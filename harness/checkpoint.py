@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.harness.worker import WorkerContext, unwrap
+from harness.worker import WorkerContext, unwrap
 
 SHARED_FILE = "state.pt"
 

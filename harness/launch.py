@@ -19,7 +19,7 @@ from typing import Any, Callable
 from common import storage
 from common.ray_cluster import init_ray
 from common.tracking import ensure_experiment, find_run, tracking_uri
-from training.harness.config import HarnessConfig
+from harness.config import HarnessConfig
 
 HARNESS_KEY = "_harness"  # key of train_loop_config that carries the harness settings to workers
 
@@ -78,7 +78,7 @@ def launch(train_fn: Callable[[dict], None], train_loop_config: dict[str, Any], 
     """Run `train_fn(config)` on `run.num_workers` Ray Train workers, tracked in one MLflow run.
 
     train_fn reads its own settings from `config` and the harness settings through
-    `training.harness.worker_context(config)`. `datasets` (Ray Data) are handed to TorchTrainer;
+    `harness.worker_context(config)`. `datasets` (Ray Data) are handed to TorchTrainer;
     `init` runs after Ray is up (e.g. to build datasets lazily) and may be None.
     """
     import ray.train
