@@ -18,15 +18,17 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from bench.bench_download import server_process  # noqa: E402
-from pipeline.demo.source import write_demo_source  # noqa: E402
+from bench.bench_download import server_process
+from pipeline.demo.source import write_demo_source
 
 
 def run_build(sources: list[str], out: str, threads: int, env: dict[str, str]) -> tuple[float, dict]:

@@ -17,20 +17,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from common.schemas import row_key  # noqa: E402
-from pipeline.captions import CaptionPipeline  # noqa: E402
-from pipeline.config import CaptionFilterConfig  # noqa: E402
-from pipeline.filters.non_english import load_model  # noqa: E402
+from common.schemas import row_key
+from pipeline.captions import CaptionPipeline
+from pipeline.config import CaptionFilterConfig
+from pipeline.filters.non_english import load_model
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from language_band import default_sample  # noqa: E402
+from bench.language_band import default_sample
 
 
 def tables(captions: list[str], rows: int, batch: int) -> list[pa.Table]:

@@ -22,25 +22,27 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 import tempfile
 import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow as pa  # noqa: E402
+import pyarrow as pa
 
-from common import schemas  # noqa: E402
-from pipeline.config import DownloadConfig  # noqa: E402
-from pipeline.demo.source import write_demo_source  # noqa: E402
-from pipeline.download.shard_downloader import download_shard  # noqa: E402
+from common import schemas
+from pipeline.config import DownloadConfig
+from pipeline.demo.source import write_demo_source
+from pipeline.download.shard_downloader import download_shard
 
 
 @contextlib.contextmanager
 def server_process(root: str):
     os.makedirs(root, exist_ok=True)
     port_file = os.path.join(os.path.dirname(root), "port")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.demo.server", "--root", root, "--port", "0",
+    proc = subprocess.Popen([sys.executable, "orchestration/demo_server.py", "--root", root, "--port", "0",
                              "--port-file", port_file], stdout=subprocess.DEVNULL,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:

@@ -16,21 +16,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common import storage  # noqa: E402
-from tokenize_images.config import EncodeConfig, EncodeRunConfig, TokenizerConfig  # noqa: E402
-from tokenize_images.dvae import DVAE, flops_per_image, preset, save_checkpoint  # noqa: E402
-from tokenize_images.encode import encode_tokens  # noqa: E402
-from tokenize_images.encoder_actor import TokenEncoder  # noqa: E402
-from tokenize_images.preprocess import load_images  # noqa: E402
-from tokenize_images.synthetic import write_dataset  # noqa: E402
+from common import storage
+from tokenize_images.config import EncodeConfig, EncodeRunConfig, TokenizerConfig
+from tokenize_images.dvae import DVAE, flops_per_image, preset, save_checkpoint
+from tokenize_images.encode import encode_tokens
+from tokenize_images.encoder_actor import TokenEncoder
+from tokenize_images.preprocess import load_images
+from tokenize_images.synthetic import write_dataset
 
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 

@@ -19,19 +19,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from training.config import OptimConfig  # noqa: E402
-from harness.metrics import peak_flops  # noqa: E402
-from harness.worker import ModelEMA  # noqa: E402
-from training.loop import optimizer_update  # noqa: E402
-from training.model import Prior, count_params, flops_per_token, prior_loss  # noqa: E402
-from training.optim import make_optimizer  # noqa: E402
-from training.presets import preset  # noqa: E402
+from training.config import OptimConfig
+from harness.metrics import peak_flops
+from harness.worker import ModelEMA
+from training.loop import optimizer_update
+from training.model import Prior, count_params, flops_per_token, prior_loss
+from training.optim import make_optimizer
+from training.presets import preset
 
 
 def time_steps(shape, batch: int, steps: int, warmup: int, device: torch.device, compile_model: bool) -> dict:

@@ -17,15 +17,17 @@ import argparse
 import os
 import statistics
 import sys
+from pathlib import Path
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common import storage  # noqa: E402
+from common import storage
 
 
 def plain_loop(tokens_root: str, preset_name: str, batch: int, steps: int, threads: int) -> dict[str, float]:
@@ -73,7 +75,7 @@ def ray_loop(tokens_root: str, preset_name: str, batch: int, steps: int, threads
 
     from common.config import parse_cli
     from training.config import PriorTrainConfig
-    from training.train_prior import train
+    from training.driver import train
 
     log_every = max(steps // 6, 1)
     cfg = parse_cli(PriorTrainConfig, [

@@ -21,21 +21,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common import storage  # noqa: E402
-from common.config import Flag, parse_cli  # noqa: E402
-from tokenize_images.codebook_init import encoder_features, init_codebook_from_data  # noqa: E402
-from tokenize_images.config import DVAETrainConfig  # noqa: E402
-from tokenize_images.dvae import DVAE  # noqa: E402
-from tokenize_images.objective import codebook_usage  # noqa: E402
-from tokenize_images.preprocess import load_image  # noqa: E402
-from tokenize_images.train_dvae import make_optimizer, model_config, model_input, train_step  # noqa: E402
+from common import storage
+from common.config import Flag, parse_cli
+from tokenize_images.codebook_init import encoder_features, init_codebook_from_data
+from tokenize_images.config import DVAETrainConfig
+from tokenize_images.dvae import DVAE
+from tokenize_images.objective import codebook_usage
+from tokenize_images.preprocess import load_image
+from tokenize_images.dvae_training import make_optimizer, model_config, model_input, train_step
 
 HELD_OUT = 64
 
@@ -113,10 +115,10 @@ def main() -> None:
     if args.png:
         from PIL import Image
 
-        from tokenize_images.encode_report import image_grid
+        from common.images import comparison_rows
 
         as_hwc = lambda t: (t[:8].clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
-        Image.fromarray(image_grid([as_hwc(x), as_hwc(recon)])).save(args.png)
+        Image.fromarray(comparison_rows([as_hwc(x), as_hwc(recon)])).save(args.png)
 
 
 if __name__ == "__main__":

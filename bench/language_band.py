@@ -14,14 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow.parquet as pq
 
-from pipeline.filters.non_english import EN, LangDetect, load_model  # noqa: E402
-from pipeline.filters.normalize import Normalizer  # noqa: E402
+from pipeline.filters.non_english import EN, LangDetect, load_model
+from pipeline.filters.normalize import Normalizer
 
 # Hand labels for the shared sample (row index -> language), made by reading every caption with
 # fastText P(en) < 0.5 and every caption where langdetect disagreed with fastText. Every other

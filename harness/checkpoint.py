@@ -5,8 +5,14 @@ Layout of one checkpoint directory (Ray merges every worker's directory into one
     rank-<r>.pt     written by every rank: state that differs per rank (PowerSGD error feedback,
                     this rank's data position, RNG)
 
-    save_checkpoint(ctx, step, metrics, shared={...}, rank_state={...})   # EVERY rank calls it
-    shared, mine = load_checkpoint(ctx)                                    # (None, None) on a fresh start
+A trainer hands its state objects to one CheckpointManager (in the spirit of torchtitan's
+CheckpointManager(states)), which saves and restores them the same way for every trainer:
+
+    ckpt = CheckpointManager(ctx, model, optimizer, ema=ema, schedule=schedule, meta={"shape": ...})
+    step, mine = ckpt.restore()          # (0, {}) on a fresh start; RNG restored; mine = this rank's extras
+    ckpt.save(step, {"loss": ...}, rank_state={"data": data.state()})      # EVERY rank calls it
+
+The lower-level save_checkpoint / load_checkpoint below are what it is built on.
 
 Files are plain torch.save of tensors and Python primitives, read back with weights_only=True:
 no pickled code is ever executed when resuming. Model/optimiser state dicts are full (unsharded)
@@ -26,6 +32,44 @@ import torch
 from harness.worker import WorkerContext, unwrap
 
 SHARED_FILE = "state.pt"
+
+
+class CheckpointManager:
+    """Model, optimiser, EMA and schedule (rank 0's file), RNG and any per-rank extras (data position,
+    PowerSGD memories: every rank's file), saved and restored in one place for every trainer.
+    `meta` is static information saved with each checkpoint (model shape, token root, ...)."""
+
+    def __init__(self, ctx: WorkerContext, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 ema: Any = None, schedule: Any = None, meta: dict[str, Any] | None = None):
+        self.ctx, self.model, self.optimizer, self.ema, self.schedule = ctx, model, optimizer, ema, schedule
+        self.meta = dict(meta or {})
+        self.resumed = False
+
+    def restore(self) -> tuple[int, dict[str, Any]]:
+        """(step, this rank's extras) of the latest checkpoint, its state loaded into the live objects;
+        (0, {}) on a fresh start. Collective under FSDP2."""
+        shared, mine = load_checkpoint(self.ctx)
+        mine = mine or {}
+        if shared is None:
+            return 0, mine
+        load_model_state_dict(self.model, shared["model"])
+        load_optimizer_state_dict(self.model, self.optimizer, shared["optimizer"])
+        for name, obj in (("ema", self.ema), ("schedule", self.schedule)):
+            if obj is not None:
+                obj.load_state_dict(shared[name])
+        set_rng_state(mine.get("rng"))
+        self.resumed = True
+        return int(shared["step"]), mine
+
+    def save(self, step: int, metrics: dict[str, Any], rank_state: dict[str, Any] | None = None) -> None:
+        """Report `metrics` with a checkpoint. Collective: every rank calls it at the same step (the
+        full state dicts gather under FSDP2)."""
+        shared = {"model": model_state_dict(self.model), "optimizer": optimizer_state_dict(self.model, self.optimizer),
+                  **self.meta}
+        for name, obj in (("ema", self.ema), ("schedule", self.schedule)):
+            if obj is not None:
+                shared[name] = obj.state_dict()
+        save_checkpoint(self.ctx, step, metrics, shared, {"rng": rng_state(), **(rank_state or {})})
 
 
 def rank_file(rank: int) -> str:

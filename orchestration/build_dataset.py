@@ -9,13 +9,15 @@ starts a private local Ray. All logic lives in pipeline.build; see --help for ev
 
 import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runnable as a script
+if __package__ in (None, ""):  # `python orchestration/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.config import Flag, parse_cli  # noqa: E402
-from common.tracking import ui_command  # noqa: E402
-from pipeline.build import build  # noqa: E402
-from pipeline.config import BuildConfig  # noqa: E402
+from common.config import Flag, parse_cli
+from common.tracking import ui_command
+from pipeline.build import build
+from pipeline.config import BuildConfig
 
 FLAGS = [
     Flag("--source", "sources", "FORMAT:PATH_OR_GLOB input (repeatable)", kind="append"),

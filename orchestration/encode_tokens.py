@@ -4,14 +4,15 @@
         [--config configs/encode_openai.toml] [--run.batch_size 128 ...]
 """
 
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # `python orchestration/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.config import Flag, parse_cli  # noqa: E402
-from tokenize_images.config import EncodeConfig  # noqa: E402
-from tokenize_images.encode import encode_tokens  # noqa: E402
+from common.config import Flag, parse_cli
+from tokenize_images.config import EncodeConfig
+from tokenize_images.encode import encode_tokens
 
 FLAGS = [Flag("--dataset", "dataset", "dataset root (build_dataset output)"),
          Flag("--dvae", "dvae", "dVAE checkpoint"),

@@ -10,12 +10,13 @@ encode_tokens loads with weights_only=True.
 """
 
 import argparse
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # `python orchestration/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenize_images.import_openai import import_openai_pickles  # noqa: E402
+from tokenize_images.import_openai import import_openai_pickles
 
 
 def main(argv=None) -> None:

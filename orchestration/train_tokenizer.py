@@ -3,14 +3,15 @@
     python orchestration/train_tokenizer.py --dataset DATASET_ROOT --output TOKENS_ROOT [--tokenizer.vocab_size N]
 """
 
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # `python orchestration/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.config import Flag, parse_cli  # noqa: E402
-from tokenize_images.config import TrainTokenizerConfig  # noqa: E402
-from tokenize_images.text_tokenizer import train_tokenizer_from_dataset  # noqa: E402
+from common.config import Flag, parse_cli
+from tokenize_images.config import TrainTokenizerConfig
+from tokenize_images.text_tokenizer import train_tokenizer_from_dataset
 
 
 def main(argv=None) -> None:

@@ -36,7 +36,7 @@ if [ -s "$DEMO/source/expected.json" ]; then
   PORT=$(python -c "import json, urllib.parse; print(urllib.parse.urlparse(json.load(open('$DEMO/source/expected.json'))['base_url']).port or 0)")
 fi
 start_server() {
-  python -m pipeline.demo.server --root "$DEMO/source/www" --port "$1" --port-file "$DEMO/server.port" \
+  python orchestration/demo_server.py --root "$DEMO/source/www" --port "$1" --port-file "$DEMO/server.port" \
     > "$DEMO/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do
@@ -53,7 +53,7 @@ if ! start_server "$PORT"; then
 fi
 pids+=("$server_pid")
 BASE_URL="http://127.0.0.1:$(cat "$DEMO/server.port")"
-python -m pipeline.demo.source --out "$DEMO/source" --base-url "$BASE_URL" --n "${DEMO_GOOD:-1000}" > /dev/null
+python orchestration/demo_source.py --out "$DEMO/source" --base-url "$BASE_URL" --n "${DEMO_GOOD:-1000}" > /dev/null
 SOURCES=$(python -c "import json; print(' '.join('--source ' + s for s in json.load(open('$DEMO/source/expected.json'))['sources']))")
 
 # 2. a private Ray head: every port free-chosen so it never collides with another cluster ---------
@@ -94,14 +94,14 @@ submit() {  # ray job submit; fails the demo unless the job succeeded
 submit python orchestration/build_dataset.py --config configs/demo.toml --output "$DEMO/dataset" $SOURCES
 
 # 4. stage 2: dVAE (trained once, then reused), text tokenizer, token shards -------------------------
-submit python tokenize_images/demo.py --dataset "$DEMO/dataset" --work "$DEMO/stage2"
+submit python orchestration/demo_stage2.py --dataset "$DEMO/dataset" --work "$DEMO/stage2"
 
 # 5. stage 3: the prior, with sample grids decoded by the dVAE ---------------------------------------
 submit python training/train_prior.py --config configs/prior_demo.toml --data.tokens "$DEMO/stage2/tokens" \
   --run.storage_path "$DEMO/ray_results" --train.dvae "$DEMO/stage2/dvae_demo.pt"
 CKPT=$(find "$DEMO/ray_results/prior-demo" -name state.pt -printf '%T@ %h\n' | sort -n | tail -1 | cut -d' ' -f2)
 PROMPT="a large red circle on a white background"
-python training/sample.py --checkpoint "$CKPT" --prompt "$PROMPT" --n 8 --out "$DEMO/sample.png" \
+python orchestration/sample_prior.py --checkpoint "$CKPT" --prompt "$PROMPT" --n 8 --out "$DEMO/sample.png" \
   --dvae "$DEMO/stage2/dvae_demo.pt"
 
 # 6. summary --------------------------------------------------------------------------------------

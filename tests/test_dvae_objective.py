@@ -72,7 +72,7 @@ def test_codebook_usage():
 
 
 def test_ema_decay_warms_up_to_the_paper_value():
-    from tokenize_images.train_dvae import ema_decay
+    from tokenize_images.dvae_training import ema_decay
 
     assert ema_decay(0, 0.999) == 0.1
     assert ema_decay(290, 0.999) == pytest.approx(291 / 300)

@@ -10,7 +10,7 @@ from tokenize_images.config import CodebookConfig, DVAEModelConfig, DVAEOptimCon
 from tokenize_images.dvae import DVAE, load_checkpoint, preset
 from tokenize_images.preprocess import load_image
 from tokenize_images.synthetic import jpeg, shape_image, write_dataset
-from tokenize_images.train_dvae import make_optimizer, model_input, train_dvae, train_step
+from tokenize_images.dvae_training import make_optimizer, model_input, train_dvae, train_step
 from harness import HarnessConfig
 
 

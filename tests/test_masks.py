@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.masks import cached_mask, dense_mask, layer_kinds, main
+from orchestration.print_mask import main
+from training.masks import cached_mask, dense_mask, layer_kinds
 
 TEXT = [  # text rows: causal over the 6 text tokens, no image keys
     "1000000000000000000000",
@@ -82,7 +83,7 @@ def test_cli_prints_fig11(kind, image_rows, capsys):
 
 
 def test_cli_runs_as_a_module():
-    out = subprocess.run([sys.executable, "-m", "training.masks", "--kind", "conv", "--text-len", "6", "--grid", "4",
+    out = subprocess.run([sys.executable, "-m", "orchestration.print_mask", "--kind", "conv", "--text-len", "6", "--grid", "4",
                           "--kernel", "3"], capture_output=True, text=True, check=True).stdout.split()
     assert out == TEXT + CONV
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tokenize_images.dvae import DVAE, preset, save_checkpoint
-from training.decode import load_decoder
+from tokenize_images.grid_decoder import load_decoder
 
 
 def test_dvae_decoder_gives_the_dvae_pixels(tmp_path):

@@ -34,7 +34,7 @@ def config(tmp, max_steps):
 def runs(tmp_path_factory):
     import ray
 
-    from training.train_prior import train
+    from training.driver import train
 
     tmp = tmp_path_factory.mktemp("prior_e2e")
     write_synthetic_tokens(str(tmp / "tokens"), n_shards=4, rows_per_shard=128)
@@ -142,7 +142,7 @@ def test_rerun_resumes_same_run(runs):
 def test_sample_cli_on_the_trained_checkpoint(runs, tmp_path):
     from PIL import Image
 
-    from training.sample import main
+    from orchestration.sample_prior import main
 
     _, _, second = runs
     out = tmp_path / "grid.png"

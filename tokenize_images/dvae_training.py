@@ -1,6 +1,7 @@
-"""Stage 1 of DALL-E: train the dVAE on Ray Train, with the harness the prior uses (harness).
+"""Stage 2 of this pipeline (the first stage of DALL-E's training): train the dVAE on Ray Train, with
+the harness the prior uses (harness/). The command is orchestration/train_dvae.py:
 
-    python tokenize_images/train_dvae.py --config configs/dvae_demo.toml --dataset DATASET --output dvae.pt
+    python orchestration/train_dvae.py --config configs/dvae_demo.toml --dataset DATASET --output dvae.pt
 
 Objective (tokenize_images/objective.py): Gumbel-softmax relaxation, logit-Laplace reconstruction NLL,
 beta * KL to the uniform prior. Schedules (cosine, paper): beta 0 -> 6.6 over 5k updates, tau 1 -> 1/16
@@ -19,16 +20,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import sys
-
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import torch
 
 from common import storage
-from common.config import Flag, flatten, from_dict, parse_cli, to_dict
+from common.config import flatten, from_dict, to_dict
 from tokenize_images.config import DVAETrainConfig
 from tokenize_images.dvae import DVAE, DVAEConfig, flops_per_image, map_pixels, preset, save_checkpoint
 from tokenize_images.objective import codebook_usage, elbo_loss, schedules
@@ -159,14 +156,14 @@ def reconstruction_png(dvae: DVAE, pixels: torch.Tensor, count: int = 8) -> byte
     """Originals (top) and decoder(argmax tokens) (bottom), as PNG bytes."""
     from PIL import Image
 
-    from tokenize_images.encode_report import image_grid
+    from common.images import comparison_rows
 
     originals = pixels[:count].cpu()
     device = next(dvae.parameters()).device
     recon = dvae.decode_tokens(dvae.encode_tokens(originals.permute(0, 3, 1, 2).float().to(device) / 255.0))
     recon = (recon.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(image_grid([originals.numpy(), recon])).save(buf, format="PNG")
+    Image.fromarray(comparison_rows([originals.numpy(), recon])).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -175,9 +172,7 @@ def reconstruction_png(dvae: DVAE, pixels: torch.Tensor, count: int = 8) -> byte
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
-    from harness import (ModelEMA, StepTimer, load_checkpoint, load_model_state_dict,
-                                  load_optimizer_state_dict, mfu, model_state_dict, optimizer_state_dict, peak_flops,
-                                  prepare_model, rng_state, save_checkpoint, set_rng_state, worker_context)
+    from harness import CheckpointManager, ModelEMA, StepTimer, mfu, peak_flops, prepare_model, worker_context
 
     cfg = from_dict(DVAETrainConfig, config["cfg"])
     dvae_cfg = DVAEConfig(**config["dvae"])
@@ -186,21 +181,16 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.optim.seed)  # same initial weights on every rank
     dvae = DVAE(dvae_cfg)
-    shared, mine = load_checkpoint(ctx)
+    fresh = ctx.attempt_checkpoint is None
     stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer)
-    if shared is None and cfg.codebook.kmeans_margin > 0:
+    if fresh and cfg.codebook.kmeans_margin > 0:
         ctx.logger.log_metrics(init_codebook(dvae, stream, cfg, ctx), 0)
     model = prepare_model(dvae, ctx)
     optimizer = make_optimizer(model, cfg)
     ema = ModelEMA(model, cfg.optim.ema_decay)
-    step = 0
-    if shared is not None:
-        load_model_state_dict(model, shared["model"])
-        load_optimizer_state_dict(model, optimizer, shared["optimizer"])
-        ema.load_state_dict(shared["ema"])
-        step = int(shared["step"])
-        set_rng_state((mine or {}).get("rng"))
-    else:
+    ckpt = CheckpointManager(ctx, model, optimizer, ema=ema, meta={"dvae": config["dvae"]})
+    step, _ = ckpt.restore()
+    if not ckpt.resumed:
         torch.manual_seed(cfg.optim.seed + 1000 + ctx.rank)  # different Gumbel noise per rank
 
     train_flops = flops_per_image(dvae_cfg, training=True)
@@ -226,10 +216,7 @@ def train_loop_per_worker(config: dict) -> None:
             ctx.logger.log_artifact_bytes(reconstruction_png(ema.module, pixels), f"step_{step:07d}.png",
                                           "reconstructions")
         if step % cfg.checkpoint_every == 0 or step == cfg.optim.max_steps:
-            save_checkpoint(ctx, step, {"loss": metrics["loss"]},
-                            shared={"model": model_state_dict(model), "optimizer": optimizer_state_dict(model, optimizer),
-                                    "ema": ema.state_dict(), "dvae": config["dvae"]},
-                            rank_state={"rng": rng_state()})
+            ckpt.save(step, {"loss": metrics["loss"]})
     ctx.close()
 
 
@@ -274,13 +261,3 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
     return {"checkpoint": cfg.output, "sha256": sha, "reused": False, "run_id": result.run_id,
             "resumed": result.resumed, "metrics": result.metrics}
 
-
-def main(argv=None) -> None:
-    cfg = parse_cli(DVAETrainConfig, argv, description=__doc__,
-                    flags=[Flag("--dataset", "dataset", "dataset root"), Flag("--output", "output", "dVAE checkpoint to write")])
-    out = train_dvae(cfg)
-    print(f"dVAE {'reused' if out['reused'] else 'trained'}: {out['checkpoint']} (sha256 {out['sha256']})")
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,7 @@ import numpy as np
 
 from common import storage
 from common.config import flatten
-from common.images import image_grid as grid
+from common.images import comparison_rows
 from common.tracking import ensure_experiment, log_params
 
 
@@ -31,10 +31,6 @@ def usage_figure(code_counts: np.ndarray, path: str) -> None:
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
-
-def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
-    """rows of (N,S,S,3) uint8 -> one image, a row per list entry."""
-    return grid(np.concatenate(rows), ncols=rows[0].shape[0], pad=pad)
 
 
 def reconstruction_grid(cfg, plans, count: int) -> np.ndarray | None:
@@ -65,7 +61,7 @@ def reconstruction_grid(cfg, plans, count: int) -> np.ndarray | None:
         with torch.no_grad():
             recon = model.decode_tokens(codes.view(-1, g, g))
         recon = (recon.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        return image_grid([originals, recon])
+        return comparison_rows([originals, recon])
     return None
 
 

@@ -1,10 +1,13 @@
-"""Image tokens -> pixels for sample grids. THE HOOK FOR THE dVAE DECODER IS `load_decoder`.
+"""Image tokens -> pixels for the prior's sample grids. THE HOOK FOR THE dVAE DECODER IS `load_decoder`.
+
+It lives in stage 2 (the dVAE's package) and stage 3 imports it: training -> tokenize_images, never the
+reverse.
 
 A decoder is any callable `decode_tokens(tokens: LongTensor[B, H·W]) -> uint8 array [B, h, w, 3]`.
   * train.dvae = ''   -> `token_map_decoder`: each code drawn as a colour-coded cell (a fixed
                          pseudo-random colour per code). Not pixels, but it shows whether samples
                          differ by caption and have spatial structure.
-  * train.dvae = PATH -> the stage-2 dVAE decoder (tokenize_images.dvae): real pixels.
+  * train.dvae = PATH -> the stage-2 dVAE decoder (tokenize_images/dvae.py): real pixels.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.images import image_grid as grid
-from common.images import png_bytes
+from tokenize_images.dvae import load_checkpoint
+
 
 DecodeFn = Callable[[torch.Tensor], np.ndarray]
 
@@ -33,8 +36,6 @@ def token_map_decoder(grid_h: int, grid_w: int, image_vocab: int, cell: int = 8)
 
 def dvae_decoder(path: str, grid_h: int, grid_w: int, image_vocab: int) -> DecodeFn:
     """Pixels from the stage-2 dVAE checkpoint (loaded with weights_only=True)."""
-    from tokenize_images.dvae import load_checkpoint
-
     model, _ = load_checkpoint(path, with_decoder=True)
     if (model.cfg.vocab_size, model.cfg.grid, model.cfg.grid) != (image_vocab, grid_h, grid_w):
         raise ValueError(f"dVAE {path} makes {model.cfg.grid}x{model.cfg.grid} grids of {model.cfg.vocab_size} codes; "
@@ -54,7 +55,3 @@ def load_decoder(dvae: str, grid_h: int, grid_w: int, image_vocab: int) -> Decod
         return token_map_decoder(grid_h, grid_w, image_vocab)
     return dvae_decoder(dvae, grid_h, grid_w, image_vocab)
 
-
-def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> bytes:
-    """[N, h, w, 3] uint8 -> PNG bytes of a grid (one caption per row when ncols = samples per caption)."""
-    return png_bytes(grid(images, ncols, pad))

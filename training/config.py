@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from common.config import doc
 from harness import HarnessConfig
@@ -13,15 +14,20 @@ from harness import HarnessConfig
 
 @dataclass
 class ModelConfig:
-    preset: str = doc("tiny", "Shape preset: tiny (tests), demo (CPU demo), 12b (the paper's). See training/presets.py.")
+    # The names of training/presets.PRESETS (tests/test_config_choices.py keeps the two equal).
+    preset: Literal["tiny", "demo", "1b", "12b"] = doc(
+        "tiny", "Shape preset: tiny (tests), demo (CPU demo), 1b (GPU MFU bench), 12b (the paper's). "
+                "See training/presets.py.")
     n_layer: int = doc(0, "Override the preset's layer count (0 = keep).")
     n_head: int = doc(0, "Override the preset's head count (0 = keep).")
     head_dim: int = doc(0, "Override the preset's head width (0 = keep).")
     text_len: int = doc(0, "Override the text length in BPE tokens (0 = keep; paper: 256).")
-    attention: str = doc("sparse", "'sparse' = the paper's row/column/conv layer pattern; 'full' = causal everywhere.")
-    attn_impl: str = doc("sdpa", "'sdpa' = scaled_dot_product_attention with masks cached once per shape "
-                                 "(works everywhere); 'flex' = FlexAttention block masks, which skip masked "
-                                 "blocks (GPU only: torch has no FlexAttention backward on CPU; set compile).")
+    attention: Literal["sparse", "full"] = doc("sparse", "'sparse' = the paper's row/column/conv layer pattern; "
+                                                         "'full' = causal everywhere.")
+    attn_impl: Literal["sdpa", "flex"] = doc("sdpa", "'sdpa' = scaled_dot_product_attention with masks cached "
+                                                     "once per shape (works everywhere); 'flex' = FlexAttention "
+                                                     "block masks, which skip masked blocks (GPU only: torch has "
+                                                     "no FlexAttention backward on CPU; set compile).")
     compile: bool = doc(False, "torch.compile the training forward (GPU; FlexAttention is slow uncompiled).")
     conv_kernel: int = doc(0, "Override the conv attention window K (0 = keep; paper: 11).")
     dropout: float = doc(0.0, "Residual/attention dropout (the paper uses none).")

@@ -18,14 +18,13 @@ from typing import Any
 import torch
 
 from common.config import from_dict
+from common.images import grid_png
 from training.config import PriorTrainConfig
 from training.data import CaptionEncoder, DataPosition, collate, trace
-from training.decode import image_grid, load_decoder
-from harness import (ModelEMA, StepTimer, inject_failure, load_checkpoint, load_model_state_dict,
-                              load_optimizer_state_dict, load_powersgd_state_dict, mfu, model_state_dict,
-                              optimizer_state_dict, peak_flops, powersgd_state_dict, prepare_model, rng_state,
-                              save_checkpoint, set_rng_state, worker_context)
+from harness import (CheckpointManager, ModelEMA, StepTimer, inject_failure, load_powersgd_state_dict, mfu,
+                     peak_flops, powersgd_state_dict, prepare_model, worker_context)
 from training.model import Prior, PriorShape, flops_per_token, prior_loss
+from tokenize_images.grid_decoder import load_decoder
 from training.optim import WarmupPlateauSchedule, make_optimizer
 
 
@@ -72,7 +71,7 @@ def sample_grid(ema: ModelEMA, shape: PriorShape, encoder: CaptionEncoder, capti
     text = encoder([c for c in captions for _ in range(per_caption)]).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     tokens = ema.module.to(device).generate(text, top_k=top_k, generator=gen)
-    return image_grid(decode(tokens), ncols=per_caption)
+    return grid_png(decode(tokens), ncols=per_caption)
 
 
 def accumulate_gradients(forward, batches, n_micro: int, no_sync, autocast, timer: StepTimer, device,
@@ -130,17 +129,11 @@ def train_fn(config: dict[str, Any]) -> None:
     optimizer = make_optimizer(model, o)
     schedule = WarmupPlateauSchedule(optimizer, o)
 
-    step, shared, mine = 0, *load_checkpoint(ctx)
-    if shared is not None:
-        load_model_state_dict(model, shared["model"])
-        load_optimizer_state_dict(model, optimizer, shared["optimizer"])
-        schedule.load_state_dict(shared["schedule"])
-        ema.load_state_dict(shared["ema"])
-        step = int(shared["step"])
-    mine = mine or {}
+    ckpt = CheckpointManager(ctx, model, optimizer, ema=ema, schedule=schedule,
+                             meta={"shape": config["shape"], "tokens_root": cfg.data.tokens})
+    step, mine = ckpt.restore()
     if psgd is not None:
         load_powersgd_state_dict(psgd, mine.get("powersgd"))
-    set_rng_state(mine.get("rng"))
 
     text_vocab = shape.text_vocab
     train_encoder = CaptionEncoder(config["tokenizer_json"], shape.text_len, text_vocab, cfg.data.bpe_dropout)
@@ -183,11 +176,7 @@ def train_fn(config: dict[str, Any]) -> None:
                               decode, ctx.device, cfg.data.seed)
             ctx.logger.log_artifact_bytes(png, f"samples_step{step:07d}.png", "samples")
         if step % t.checkpoint_every == 0 or step == t.max_steps:
-            shared_state = {"model": model_state_dict(model), "optimizer": optimizer_state_dict(model, optimizer),
-                            "schedule": schedule.state_dict(), "ema": ema.state_dict(), "shape": config["shape"],
-                            "tokens_root": cfg.data.tokens}
-            rank_state = {"data": data.state(), "rng": rng_state(),
-                          "powersgd": powersgd_state_dict(psgd) if psgd is not None else None}
-            save_checkpoint(ctx, step, {"loss": loss}, shared_state, rank_state)
+            ckpt.save(step, {"loss": loss}, rank_state={"data": data.state(),
+                                                        "powersgd": powersgd_state_dict(psgd) if psgd is not None else None})
         inject_failure(ctx, step, t.fail_at_step, marker)
     ctx.close()

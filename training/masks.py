@@ -17,12 +17,11 @@ that SDPA takes (`cached_mask`, built once per (kind, shape, device), never per 
 also the `mask_mod` of FlexAttention block masks (`flex_block_mask`).
 
 Inspect a mask (one row per query, one column per key):
-    python -m training.masks --kind conv --text-len 6 --grid 4 --kernel 3
+    python orchestration/print_mask.py --kind conv --text-len 6 --grid 4 --kernel 3
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 
 import torch
@@ -95,20 +94,3 @@ def flex_block_mask(kind: str, text_len: int, grid_h: int, grid_w: int, kernel: 
 
 def format_mask(mask: torch.Tensor) -> str:
     return "\n".join("".join("1" if v else "0" for v in row) for row in mask.tolist())
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print a DALL-E prior attention mask as rows of 0/1 "
-                                                 "(one row per query, one column per key).")
-    parser.add_argument("--kind", choices=KINDS, required=True)
-    parser.add_argument("--text-len", type=int, default=6)
-    parser.add_argument("--grid", type=str, default="4", help="G for a G×G grid, or HxW")
-    parser.add_argument("--kernel", type=int, default=11, help="conv window size K (odd)")
-    args = parser.parse_args(argv)
-    h, _, w = args.grid.lower().partition("x")
-    grid_h, grid_w = int(h), int(w or h)
-    print(format_mask(dense_mask(args.kind, args.text_len, grid_h, grid_w, args.kernel)))
-
-
-if __name__ == "__main__":
-    main()

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from training.masks import cached_mask, flex_block_mask, layer_kinds
 
+ATTENTIONS = ("sparse", "full")   # = training.config.ModelConfig's Literals (tests/test_config_choices.py)
+ATTN_IMPLS = ("sdpa", "flex")
 TEXT_LOSS_WEIGHT = 1.0 / 8.0
 IMAGE_LOSS_WEIGHT = 7.0 / 8.0
 
@@ -43,6 +45,13 @@ class PriorShape:
     attn_impl: str = "sdpa"    # "sdpa" (cached boolean masks) | "flex" (FlexAttention block masks)
     mlp_ratio: int = 4
     dropout: float = 0.0
+
+    def __post_init__(self):
+        # Attention.forward and layer_kinds treat anything but "flex" / "full" as the default: refuse here.
+        for name, value, allowed in (("attention", self.attention, ATTENTIONS),
+                                     ("attn_impl", self.attn_impl, ATTN_IMPLS)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
 
     @property
     def d_model(self) -> int:

@@ -1,33 +1,29 @@
-"""Sample images for a prompt from a train_prior checkpoint and write a PNG grid.
-
-    python training/sample.py --checkpoint ray_results/prior-demo/checkpoint_... \
-        --prompt "a red circle" --n 8 --out grid.png [--temperature 1.0] [--top-k 0] [--dvae PATH]
-
-Uses the EMA weights (what the paper samples from) unless --no-ema. Without --dvae the grid shows
-colour-coded token maps (see training/decode.py); with it, pixels from the dVAE decoder.
+"""Sampling from a train_prior checkpoint: load the prior (EMA weights by default), draw image tokens for
+a prompt, decode them into a PNG grid. The command is orchestration/sample_prior.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from common import storage  # noqa: E402
-from training.decode import image_grid, load_decoder  # noqa: E402
-from harness.checkpoint import SHARED_FILE  # noqa: E402
-from training.model import Prior, PriorShape  # noqa: E402
+from common import storage
+from common.images import grid_png
+from harness.checkpoint import SHARED_FILE
+from tokenize_images.grid_decoder import load_decoder
+from training.model import Prior, PriorShape
 
 
-def load_prior(checkpoint: str, ema: bool = True) -> Prior:
-    """The prior saved in a train_prior checkpoint directory (or its state.pt), in eval mode."""
+def load_state(checkpoint: str) -> dict:
+    """The rank-0 state of a train_prior checkpoint directory (or its state.pt), read with weights_only."""
     path = checkpoint if checkpoint.endswith(".pt") else os.path.join(checkpoint, SHARED_FILE)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_prior(checkpoint: str | dict, ema: bool = True) -> Prior:
+    """The prior saved in a train_prior checkpoint (a path, or its loaded state), in eval mode."""
+    state = load_state(checkpoint) if isinstance(checkpoint, str) else checkpoint
     model = Prior(PriorShape(**state["shape"]))
     model.load_state_dict(state["ema"] if ema else state["model"])
     return model.eval()
@@ -48,32 +44,17 @@ def sample(model: Prior, tokenizer_json: str, prompt: str, n: int, temperature: 
     return model.generate(text, temperature=temperature, top_k=top_k, generator=gen)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory of train_prior (or its state.pt)")
-    p.add_argument("--tokens", default="", help="token root with tokenizer.json (default: the run's, from the checkpoint)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--out", default="grid.png")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dvae", default="", help="dVAE checkpoint for pixels ('' = colour-coded token maps)")
-    p.add_argument("--no-ema", action="store_true", help="sample from the live weights instead of the EMA")
-    p.add_argument("--cols", type=int, default=0, help="grid columns (0 = n)")
-    args = p.parse_args(argv)
-
+def write_sample_grid(checkpoint: str, prompt: str, out: str, n: int = 8, tokens_root: str = "",
+                      temperature: float = 1.0, top_k: int = 0, seed: int = 0, dvae: str = "", ema: bool = True,
+                      cols: int = 0) -> None:
+    """`n` samples for `prompt` -> a PNG grid at `out` (local or s3://). The tokenizer comes from
+    `tokens_root`, or from the token root the checkpoint records."""
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    model = load_prior(args.checkpoint, ema=not args.no_ema)
-    state_path = args.checkpoint if args.checkpoint.endswith(".pt") else os.path.join(args.checkpoint, SHARED_FILE)
-    tokens_root = args.tokens or torch.load(state_path, map_location="cpu", weights_only=True).get("tokens_root", "")
+    state = load_state(checkpoint)
+    model = load_prior(state, ema=ema)
+    tokens_root = tokens_root or state.get("tokens_root", "")
     if not tokens_root:
-        p.error("--tokens is required: this checkpoint does not record its token root")
-    tokens = sample(model, load_tokenizer_json(tokens_root), args.prompt, args.n, args.temperature, args.top_k, args.seed)
-    decode = load_decoder(args.dvae, model.s.grid_h, model.s.grid_w, model.s.image_vocab)
-    storage.write_bytes_atomic(args.out, image_grid(decode(tokens), ncols=args.cols or args.n))
-    print(f"wrote {args.out}: {args.n} samples for {args.prompt!r}")
-
-
-if __name__ == "__main__":
-    main()
+        raise ValueError("--tokens is required: this checkpoint does not record its token root")
+    tokens = sample(model, load_tokenizer_json(tokens_root), prompt, n, temperature, top_k, seed)
+    decode = load_decoder(dvae, model.s.grid_h, model.s.grid_w, model.s.image_vocab)
+    storage.write_bytes_atomic(out, grid_png(decode(tokens), ncols=cols or n))

@@ -16,12 +16,11 @@ Routes (PATH is a file under --root):
     /status/CODE               an empty response with that status
     anything else              404
 
-    python -m pipeline.demo.server --root DIR --port 0 --port-file F    # foreground; Ctrl-C/SIGTERM stops
+    python orchestration/demo_server.py --root DIR --port 0 --port-file F    # foreground; Ctrl-C/SIGTERM stops
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import mimetypes
 import os
@@ -174,15 +173,12 @@ def serve(root: str, port: int = 0) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, help="directory to serve")
-    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
-    parser.add_argument("--port-file", default="", help="write the bound port here (atomically) once listening")
-    args = parser.parse_args(argv)
-    server = DemoServer(args.root, args.port)
-    if args.port_file:
-        storage.write_bytes_atomic(args.port_file, str(server.server_address[1]).encode())
+def serve_until_stopped(root: str, port: int = 0, port_file: str = "") -> None:
+    """Serve `root` on 127.0.0.1:`port` in the foreground until Ctrl-C or SIGTERM. The bound port is
+    written atomically to `port_file` once listening (scripts wait for that file)."""
+    server = DemoServer(root, port)
+    if port_file:
+        storage.write_bytes_atomic(port_file, str(server.server_address[1]).encode())
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     print(f"serving {server.root} at {server.base_url}", flush=True)
     try:
@@ -191,7 +187,3 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         server.server_close()
-
-
-if __name__ == "__main__":
-    main()

@@ -16,12 +16,11 @@ Layout of OUT:
     demo_laion.parquet    LAION style: SAMPLE_ID, URL, TEXT, WIDTH, HEIGHT (laion:OUT/demo_laion.parquet)
     expected.json
 
-    python -m pipeline.demo.source --out DIR --base-url http://127.0.0.1:PORT --n 200
+    python orchestration/demo_source.py --out DIR --base-url http://127.0.0.1:PORT --n 200
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -273,20 +272,3 @@ def _write_hostile(w: _Writer, rng: random.Random, unique_scene, good_urls, max_
 
 def _file_of(w: _Writer, url: str) -> str:
     return next(f for f, rows in w.rows.items() if any(r["url"] == url for r in rows))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--base-url", required=True, help="the demo server, e.g. http://127.0.0.1:8765")
-    parser.add_argument("--n", type=int, default=200, help="good (kept) synthetic images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-bytes", type=int, default=20_000_000, help="download.max_bytes of the build")
-    parser.add_argument("--no-hostile", action="store_true", help="good rows only")
-    args = parser.parse_args(argv)
-    src = write_demo_source(args.out, args.base_url, args.n, args.seed, args.max_bytes, hostile=not args.no_hostile)
-    print(json.dumps({"sources": src.sources, "www": src.www_dir, "expected_counts": src.expected_counts}, indent=1))
-
-
-if __name__ == "__main__":
-    main()
