@@ -68,10 +68,6 @@ def time_steps(shape, batch: int, steps: int, warmup: int, device: torch.device,
     sync()
     step_s = (time.perf_counter() - t) / steps
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    del model, ema, optimizer, forward
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
     return {"step_s": step_s, "tokens_per_s": batch * shape.seq_len / step_s, "warmup_s": warmup_s,
             "max_mem_gib": memory}
 
@@ -104,6 +100,9 @@ def main() -> None:
         shape = preset(name, attn_impl=impl)
         # FlexAttention is only fast compiled; the model is compiled whole for it (the mask_mod is traced in).
         r = time_steps(shape, batch, args.steps, args.warmup, device, args.compile or impl == "flex")
+        if device.type == "cuda":  # the model of this run is gone with time_steps' frame: free it for the next
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         print(f"attn={impl:4s} compiled={args.compile or impl == 'flex'!s:5s}: step {r['step_s'] * 1e3:8.1f} ms  "
               f"tokens/s {r['tokens_per_s']:10.0f}  MFU(6N) {six_n * r['tokens_per_s'] / peak:.3f}  "
               f"MFU(6N+attn) {with_attn * r['tokens_per_s'] / peak:.3f}  warm-up {r['warmup_s']:.0f} s  "
