@@ -8,6 +8,8 @@ default and its explanation live side by side. `parse_cli()` builds an argparse 
     --help                      lists every field with its default and documentation
 
 Unknown keys, in TOML or on the command line, are errors: a typo must never be silently ignored.
+A field annotated `Literal["a", "b"]` accepts only those values (exactly, case included): a wrong
+choice stops the command before any work instead of reaching a dispatch that would pick a default.
 """
 
 from __future__ import annotations
@@ -38,9 +40,38 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def choices(tp: Any) -> tuple[Any, ...]:
+    """The allowed values of a Literal annotation (also inside Optional[...] or list[...]); () if none."""
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    for arg in typing.get_args(tp):
+        if found := choices(arg):
+            return found
+    return ()
+
+
+def _choose(allowed: tuple[Any, ...], value: Any, where: str) -> Any:
+    """The member of `allowed` that `value` (a TOML value or command-line string) spells, else ValueError."""
+    if isinstance(value, bool) and str(value).lower() in allowed:
+        return str(value).lower()  # TOML `use_gpu = true` means the choice "true"
+    for kind in dict.fromkeys(type(a) for a in allowed):
+        if isinstance(value, bool) and kind is not bool:
+            continue  # int(True) == 1: a TOML boolean must not pass for the choice 1
+        try:
+            candidate = _coerce(kind, value, where)
+        except (ValueError, TypeError):
+            continue
+        # type() too: True == 1, so a bool must not pass for an int choice (or the reverse)
+        if any(candidate == a and type(candidate) is type(a) for a in allowed):
+            return candidate
+    raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Convert a TOML or command-line value to the annotated type."""
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return _choose(typing.get_args(tp), value, where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -131,8 +162,10 @@ def _field_docs(cls: type, prefix: str = "") -> list[tuple[str, Any, str, Any]]:
 def describe(cls: type) -> str:
     """Human-readable list of every field, its default and its documentation."""
     lines = []
-    for name, default, help_text, _ in _field_docs(cls):
-        lines.append(f"  --{name} (default: {default!r})\n      {help_text}")
+    for name, default, help_text, tp in _field_docs(cls):
+        allowed = choices(tp)
+        one_of = f"one of {', '.join(map(repr, allowed))}; " if allowed else ""
+        lines.append(f"  --{name} ({one_of}default: {default!r})\n      {help_text}")
     return "\n".join(lines)
 
 

@@ -7,8 +7,13 @@ same TOML keys mean the same thing everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from common.config import doc
+
+# The choices the harness dispatches on (launch.use_gpu, worker.prepare_model), named once.
+Parallel = Literal["ddp", "fsdp2", "none"]
+UseGpu = Literal["auto", "true", "false"]
 
 
 @dataclass
@@ -19,9 +24,9 @@ class HarnessConfig:
                                            "a relative path is made absolute.")
     experiment: str = doc("train", "MLflow experiment name.")
     num_workers: int = doc(2, "Ray Train workers (one process per GPU, or per CPU slot).")
-    use_gpu: str = doc("auto", "'auto' = use GPUs when the Ray cluster has any; 'true' / 'false' to force.")
+    use_gpu: UseGpu = doc("auto", "'auto' = use GPUs when the Ray cluster has any; 'true' / 'false' to force.")
     cpus_per_worker: float = doc(1.0, "CPUs reserved per worker. Leave some CPUs free for Ray Data reads.")
-    parallel: str = doc("ddp", "'ddp' (DistributedDataParallel), 'fsdp2' (torch fully_shard per block) "
+    parallel: Parallel = doc("ddp", "'ddp' (DistributedDataParallel), 'fsdp2' (torch fully_shard per block) "
                                "or 'none' (no wrapper, single worker).")
     max_failures: int = doc(0, "Worker-group restarts from the last checkpoint before the run fails "
                                "(-1 = unlimited).")

@@ -44,6 +44,8 @@ def use_gpu(setting: str) -> bool:
         return True
     if setting.lower() in ("false", "0", "no"):
         return False
+    if setting.lower() != "auto":  # a typo must not quietly mean "auto"
+        raise ValueError(f"unknown use_gpu {setting!r}; allowed: 'auto', 'true', 'false'")
     return ray.cluster_resources().get("GPU", 0) > 0
 
 

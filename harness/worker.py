@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, get_args
 
 import torch
 
+from harness.config import Parallel
 from harness.launch import HARNESS_KEY
 from harness.logger import AsyncRunLogger, NullLogger
 
@@ -77,6 +78,8 @@ def prepare_model(model: torch.nn.Module, ctx: WorkerContext, *,
                   ddp_kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
     """Wrap `model` for data parallel training (see module docstring). Units default to the
     model's `blocks` attribute, the transformer layers, which is where sharding and recompute pay."""
+    if ctx.parallel not in get_args(Parallel):  # else it would fall through to "none" and silently not shard
+        raise ValueError(f"unknown parallel {ctx.parallel!r}; allowed: {', '.join(map(repr, get_args(Parallel)))}")
     units = fsdp_units or (lambda m: getattr(m, "blocks", []))
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing

@@ -7,6 +7,7 @@ Loaded from configs/*.toml and overridden on the command line (common/config.py)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from common.config import doc
 from harness.config import HarnessConfig
@@ -28,16 +29,20 @@ class EncodeRunConfig:
     batch_size: int = doc(64, "Images per encoder forward pass (per actor).")
     read_batch_rows: int = doc(128, "Rows per block read from a dataset shard and decoded (a 256 px row is 192 KiB "
                                     "of pixels, so 128 rows make 24 MiB blocks).")
-    device: str = doc("auto", "'auto' (GPU actors when the cluster has GPUs), 'cuda' or 'cpu'.")
+    device: Literal["auto", "cuda", "cpu"] = doc("auto", "'auto' (GPU actors when the cluster has GPUs), "
+                                                         "'cuda' or 'cpu'.")
     num_encoders: int = doc(0, "Encoder actors (0 = one per GPU, or on CPU: cluster CPUs minus reserve_cpus).")
     cpus_per_encoder: float = doc(1.0, "CPUs per CPU encoder actor (also its torch threads).")
     reserve_cpus: float = doc(1.0, "CPUs kept free of encoder actors for reading, decoding and writing: an "
                                    "actor pool that takes every CPU starves the read tasks and hangs.")
     encoder_memory_mb: int = doc(1024, "Host memory Ray reserves per encoder actor (must be > 0: it also keeps Ray "
                                        "Data from fusing the decode tasks into the actors).")
-    amp_dtype: str = doc("bfloat16", "GPU autocast dtype: bfloat16, float16, or float32 (no autocast).")
+    # The keys of encoder_actor.AMP_DTYPES and preprocess.FILTERS (tests/test_config_choices.py checks).
+    amp_dtype: Literal["bfloat16", "float16", "float32"] = doc(
+        "bfloat16", "GPU autocast dtype: bfloat16, float16, or float32 (no autocast).")
     channels_last: bool = doc(True, "GPU: channels_last memory format (faster convolutions on tensor cores).")
-    resample: str = doc("lanczos", "Pillow filter for the short-side resize: lanczos, bicubic, bilinear, box.")
+    resample: Literal["lanczos", "bicubic", "bilinear", "box"] = doc(
+        "lanczos", "Pillow filter for the short-side resize: lanczos, bicubic, bilinear, box.")
     grid_images: int = doc(8, "Originals and reconstructions in the MLflow grid.")
     ray_address: str = doc("", "Ray cluster to connect to ('' = RAY_ADDRESS, else a private local instance).")
     num_cpus: int = doc(0, "CPUs for a private local Ray instance (0 = all).")
@@ -65,7 +70,8 @@ class TrainTokenizerConfig:
 
 @dataclass
 class DVAEModelConfig:
-    preset: str = doc("small", "Architecture preset: 'openai' (n_hid 256, 2 blocks, 8192 codes, 256 px) or 'small'.")
+    preset: Literal["openai", "small"] = doc("small", "Architecture preset: 'openai' (n_hid 256, 2 blocks, 8192 "
+                                                      "codes, 256 px) or 'small'. See tokenize_images/dvae.py.")
     n_hid: int = doc(0, "Override the preset's n_hid (0 = keep).")
     n_blk_per_group: int = doc(0, "Override the preset's resblocks per group (0 = keep).")
     vocab_size: int = doc(0, "Override the preset's codebook size (0 = keep).")

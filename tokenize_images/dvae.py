@@ -46,6 +46,8 @@ PRESETS = {
 
 
 def preset(name: str, **overrides) -> DVAEConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown dVAE preset {name!r}; allowed: {', '.join(map(repr, PRESETS))}")
     return dataclasses.replace(PRESETS[name], **overrides)
 
 

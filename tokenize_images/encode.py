@@ -147,6 +147,8 @@ def _check_existing(plan: ShardPlan, sha: str) -> None:
 
 def _pool(cfg: EncodeConfig) -> tuple[str, int, dict]:
     """(device, actors, ray resources per actor), leaving CPUs for reading and writing."""
+    if cfg.run.device not in ("auto", "cuda", "cpu"):  # else e.g. "mps" would get the CPU pool's resources
+        raise ValueError(f"unknown run.device {cfg.run.device!r}; allowed: 'auto', 'cuda', 'cpu'")
     import ray
 
     res = ray.cluster_resources()

@@ -22,6 +22,8 @@ class TokenEncoder:
 
     def __init__(self, checkpoint: str, device: str = "cpu", amp_dtype: str = "bfloat16", channels_last: bool = True,
                  threads: int = 1):
+        if amp_dtype not in AMP_DTYPES:  # checked on CPU too, where the dtype is unused: a typo fails everywhere
+            raise ValueError(f"unknown amp_dtype {amp_dtype!r}; allowed: {', '.join(map(repr, AMP_DTYPES))}")
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)

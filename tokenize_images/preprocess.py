@@ -20,6 +20,12 @@ FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICU
            "bilinear": Image.Resampling.BILINEAR, "box": Image.Resampling.BOX}
 
 
+def resample_filter(name: str) -> Image.Resampling:
+    if name not in FILTERS:
+        raise ValueError(f"unknown resample {name!r}; allowed: {', '.join(map(repr, FILTERS))}")
+    return FILTERS[name]
+
+
 def load_image(data: bytes, size: int, resample: str = "lanczos", rng: np.random.Generator | None = None) -> np.ndarray:
     """Decode and crop. Raises (any exception) on undecodable bytes; callers count that as decode_error.
 
@@ -31,13 +37,14 @@ def load_image(data: bytes, size: int, resample: str = "lanczos", rng: np.random
     fx, fy = (rng.uniform(), rng.uniform()) if rng is not None else (0.5, 0.5)
     left, top = (w - m) * fx, (h - m) * fy
     box = (left, top, left + m, top + m)
-    out = img.resize((size, size), FILTERS[resample], box=box)
+    out = img.resize((size, size), resample_filter(resample), box=box)
     return np.asarray(out, dtype=np.uint8)
 
 
 def load_images(blobs: list[bytes | None], size: int, resample: str = "lanczos",
                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[str]]:
     """A batch: (N,S,S,3) uint8 (zeros where decoding failed) and, per row, '' or the failure reason."""
+    resample_filter(resample)  # before the per-row try: a bad filter is a config error, not every row's reject
     pixels = np.zeros((len(blobs), size, size, 3), dtype=np.uint8)
     errors = []
     for i, data in enumerate(blobs):
