@@ -2,7 +2,8 @@
 
 Driver (entry script):
 
-    from harness import HarnessConfig, launch
+    from harness.launch import launch      # (a submodule of the same name: import it from there)
+    from harness import HarnessConfig
     result = launch(train_fn, {"my": "settings"}, run_cfg,          # run_cfg: HarnessConfig
                     params=flatten(cfg), tags={"tokens_manifest": ...},
                     datasets={"train": ds}, dataset_config=None)
@@ -38,7 +39,7 @@ _EXPORTS = {
                            "powersgd_state_dict", "rng_state", "set_rng_state", "wait_for_checkpoints",
                            "inject_failure"],
     "harness.config": ["HarnessConfig"],
-    "harness.launch": ["HARNESS_KEY", "LaunchResult", "launch", "open_run", "resolve_storage"],
+    "harness.launch": ["HARNESS_KEY", "LaunchResult", "open_run", "resolve_storage"],  # launch: see above
     "harness.logger": ["AsyncRunLogger", "NullLogger"],
     "harness.metrics": ["StepTimer", "measure_matmul_flops", "mfu", "peak_flops"],
     "harness.worker": ["ModelEMA", "WorkerContext", "prepare_model", "unwrap", "worker_context"],
@@ -48,6 +49,8 @@ __all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str):
+    # Called only for names the package does not have yet. A name that equals a submodule's (launch)
+    # would be shadowed by that submodule once it is imported, so it is not exported here.
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'harness' has no attribute {name!r}")
     import importlib

@@ -79,3 +79,13 @@ def test_entry_scripts_run_by_path_and_as_modules(script, tmp_path):
     assert as_module.returncode == 0, as_module.stderr
     summary = ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
     assert summary in by_path.stdout and summary in as_module.stdout
+
+
+def test_every_harness_export_resolves_to_its_object():
+    """harness/__init__ resolves names lazily; none may be shadowed by a submodule of the same name."""
+    import types
+
+    import harness
+
+    for name in harness.__all__:
+        assert not isinstance(getattr(harness, name), types.ModuleType), name

@@ -236,7 +236,7 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
 
     from common.ray_cluster import init_ray
     from tokenize_images.dvae import checkpoint_info
-    from harness import launch
+    from harness.launch import launch
 
     if not (cfg.dataset and cfg.output):
         raise ValueError("dataset and output are required")

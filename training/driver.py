@@ -10,8 +10,7 @@ from dataclasses import asdict
 
 from common.config import flatten, to_dict
 from common.ray_cluster import init_ray
-from harness import LaunchResult, launch
-from harness.launch import resolve_storage
+from harness.launch import LaunchResult, launch, resolve_storage
 from training.config import PriorTrainConfig
 from training.data import TokenSource
 from training.loop import train_fn
