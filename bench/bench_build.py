@@ -18,9 +18,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 import tempfile
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
@@ -32,9 +32,21 @@ from pipeline.demo.source import write_demo_source
 
 
 def run_build(sources: list[str], out: str, threads: int, env: dict[str, str]) -> tuple[float, dict]:
-    cmd = [sys.executable, os.path.join(ROOT, "orchestration", "build_dataset.py"), "--output", out,
-           "--allow-private-networks", "--run.num_cpus", "2", "--run.shard_size", "1000",
-           "--run.dedup_partitions", "4", "--download.thread_count", str(threads)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "orchestration", "build_dataset.py"),
+        "--output",
+        out,
+        "--allow-private-networks",
+        "--run.num_cpus",
+        "2",
+        "--run.shard_size",
+        "1000",
+        "--run.dedup_partitions",
+        "4",
+        "--download.thread_count",
+        str(threads),
+    ]
     for spec in sources:
         cmd += ["--source", spec]
     start = time.perf_counter()
@@ -45,11 +57,39 @@ def run_build(sources: list[str], out: str, threads: int, env: dict[str, str]) -
 
 
 def run_img2dataset(url_list: str, out: str, threads: int) -> tuple[float, int]:
-    cmd = ["img2dataset", "--url_list", url_list, "--input_format", "tsv", "--url_col", "url",
-           "--caption_col", "caption", "--output_folder", out, "--output_format", "parquet",
-           "--processes_count", "2", "--thread_count", str(threads), "--number_sample_per_shard", "1000",
-           "--resize_mode", "keep_ratio", "--image_size", "256", "--resize_only_if_bigger", "True",
-           "--encode_format", "jpg", "--encode_quality", "95", "--compute_hash", "sha256"]
+    cmd = [
+        "img2dataset",
+        "--url_list",
+        url_list,
+        "--input_format",
+        "tsv",
+        "--url_col",
+        "url",
+        "--caption_col",
+        "caption",
+        "--output_folder",
+        out,
+        "--output_format",
+        "parquet",
+        "--processes_count",
+        "2",
+        "--thread_count",
+        str(threads),
+        "--number_sample_per_shard",
+        "1000",
+        "--resize_mode",
+        "keep_ratio",
+        "--image_size",
+        "256",
+        "--resize_only_if_bigger",
+        "True",
+        "--encode_format",
+        "jpg",
+        "--encode_quality",
+        "95",
+        "--compute_hash",
+        "sha256",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
@@ -78,10 +118,14 @@ def main() -> None:
     phase = report["rates"]["images_per_s"]
     print(f"URL list: {rows} rows ({url_list}); threads {args.threads}; 2 CPUs each")
     print(f"  img2dataset CLI            {i2d_ok:6d} images in {i2d_s:6.1f} s = {rows / i2d_s:7.1f} images/s")
-    print(f"  build_dataset end to end   {report['kept']:6d} images in {ours_s:6.1f} s = {rows / ours_s:7.1f} images/s"
-          f"   ratio {i2d_s / ours_s:.2f} (goal >= 0.9)")
-    print(f"  build_dataset download phase only                 = {phase:7.1f} images/s"
-          f"   ratio {phase / (rows / i2d_s):.2f}")
+    print(
+        f"  build_dataset end to end   {report['kept']:6d} images in {ours_s:6.1f} s = {rows / ours_s:7.1f} images/s"
+        f"   ratio {i2d_s / ours_s:.2f} (goal >= 0.9)"
+    )
+    print(
+        f"  build_dataset download phase only                 = {phase:7.1f} images/s"
+        f"   ratio {phase / (rows / i2d_s):.2f}"
+    )
     print(f"  build phases (s): {json.dumps({k: round(v, 1) for k, v in report['timings_s'].items()})}")
 
 

@@ -15,10 +15,9 @@ Goal (issue): pipeline captions/s >= 0.5 x bare fastText.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,12 +25,11 @@ if __package__ in (None, ""):  # `python bench/x.py`: make the repository import
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.language_band import default_sample
 from common.schemas import row_key
 from pipeline.captions import CaptionPipeline
 from pipeline.config import CaptionFilterConfig
 from pipeline.filters.non_english import load_model
-
-from bench.language_band import default_sample
 
 
 def tables(captions: list[str], rows: int, batch: int) -> list[pa.Table]:
@@ -39,15 +37,19 @@ def tables(captions: list[str], rows: int, batch: int) -> list[pa.Table]:
     for start in range(0, rows, batch):
         n = min(batch, rows - start)
         urls = [f"https://img.example.com/{start + i}.jpg" for i in range(n)]
-        out.append(pa.table({
-            "key": [row_key("laion", u, start + i) for i, u in enumerate(urls)],
-            "source": ["laion"] * n,
-            "url": urls,
-            "caption": [captions[(start + i) % len(captions)] for i in range(n)],
-            "width": pa.nulls(n, pa.int64()),
-            "height": pa.nulls(n, pa.int64()),
-            "malformed": pa.nulls(n, pa.string()),
-        }))
+        out.append(
+            pa.table(
+                {
+                    "key": [row_key("laion", u, start + i) for i, u in enumerate(urls)],
+                    "source": ["laion"] * n,
+                    "url": urls,
+                    "caption": [captions[(start + i) % len(captions)] for i in range(n)],
+                    "width": pa.nulls(n, pa.int64()),
+                    "height": pa.nulls(n, pa.int64()),
+                    "malformed": pa.nulls(n, pa.string()),
+                }
+            )
+        )
     return out
 
 
@@ -126,21 +128,30 @@ def main() -> None:
             value["dropped"] = round(value["dropped"] * args.rows / band_n)
 
     n = args.rows
-    print(f"{n} captions ({len(captions)} real LAION captions repeated), tables of {args.batch}; "
-          f"threshold {cfg.english_threshold}, band {cfg.uncertain_band}; best of {args.repeats} interleaved rounds "
-          f"(band on: {band_n} rows, scaled)")
+    print(
+        f"{n} captions ({len(captions)} real LAION captions repeated), tables of {args.batch}; "
+        f"threshold {cfg.english_threshold}, band {cfg.uncertain_band}; best of {args.repeats} interleaved rounds "
+        f"(band on: {band_n} rows, scaled)"
+    )
     print(f"{'':44s}{'captions/s':>12s}{'ratio':>8s}{'kept':>8s}")
     print(f"{'bare fastText multilinePredict (C++ list)':44s}{n / multiline_s:12,.0f}{bare_s / multiline_s:8.2f}")
     print(f"{'bare fastText model.predict(str) loop':44s}{n / predict_s:12,.0f}{bare_s / predict_s:8.2f}")
-    print(f"{'CaptionPipeline, band ' + str(cfg.uncertain_band):44s}{n / seconds:12,.0f}{bare_s / seconds:8.2f}"
-          f"{kept / n:8.1%}   langdetect calls: {stats['langdetect_calls']} ({stats['langdetect_calls'] / n:.1%})")
+    print(
+        f"{'CaptionPipeline, band ' + str(cfg.uncertain_band):44s}{n / seconds:12,.0f}{bare_s / seconds:8.2f}"
+        f"{kept / n:8.1%}   langdetect calls: {stats['langdetect_calls']} ({stats['langdetect_calls'] / n:.1%})"
+    )
     print(f"{'CaptionPipeline, band off':44s}{n / off_seconds:12,.0f}{bare_s / off_seconds:8.2f}{off_kept / n:8.1%}")
     print("\nper stage (band on / band off), microseconds per input caption:")
     for name in stats:
         if name != "langdetect_calls":
-            print(f"  {name:14s} {stats[name]['seconds'] / n * 1e6:9.1f} {off_stats[name]['seconds'] / n * 1e6:9.1f}"
-                  f"   dropped {stats[name]['dropped']:>7} {off_stats[name]['dropped']:>7}")
-    print(f"\ngoal: pipeline >= 0.5 x bare fastText -> band on {bare_s / seconds:.2f}, band off {bare_s / off_seconds:.2f}")
+            print(
+                f"  {name:14s} {stats[name]['seconds'] / n * 1e6:9.1f} {off_stats[name]['seconds'] / n * 1e6:9.1f}"
+                f"   dropped {stats[name]['dropped']:>7} {off_stats[name]['dropped']:>7}"
+            )
+    print(
+        f"\ngoal: pipeline >= 0.5 x bare fastText -> band on {bare_s / seconds:.2f}, "
+        f"band off {bare_s / off_seconds:.2f}"
+    )
 
 
 if __name__ == "__main__":

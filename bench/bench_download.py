@@ -22,9 +22,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
@@ -42,9 +42,11 @@ from pipeline.download.shard_downloader import download_shard
 def server_process(root: str):
     os.makedirs(root, exist_ok=True)
     port_file = os.path.join(os.path.dirname(root), "port")
-    proc = subprocess.Popen([sys.executable, "orchestration/demo_server.py", "--root", root, "--port", "0",
-                             "--port-file", port_file], stdout=subprocess.DEVNULL,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(
+        [sys.executable, "orchestration/demo_server.py", "--root", root, "--port", "0", "--port-file", port_file],
+        stdout=subprocess.DEVNULL,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     try:
         for _ in range(300):
             if os.path.exists(port_file):
@@ -65,11 +67,39 @@ def ours(rows: pa.Table, threads: int, work: str) -> tuple[float, int]:
 
 
 def theirs(url_list: str, n: int, threads: int, out: str) -> tuple[float, float, int]:
-    cmd = ["img2dataset", "--url_list", url_list, "--input_format", "tsv", "--url_col", "url",
-           "--caption_col", "caption", "--output_format", "parquet", "--output_folder", out,
-           "--processes_count", "1", "--thread_count", str(threads), "--resize_mode", "keep_ratio",
-           "--image_size", "256", "--resize_only_if_bigger", "True", "--number_sample_per_shard", str(n),
-           "--extract_exif", "False", "--timeout", "10", "--encode_quality", "95"]
+    cmd = [
+        "img2dataset",
+        "--url_list",
+        url_list,
+        "--input_format",
+        "tsv",
+        "--url_col",
+        "url",
+        "--caption_col",
+        "caption",
+        "--output_format",
+        "parquet",
+        "--output_folder",
+        out,
+        "--processes_count",
+        "1",
+        "--thread_count",
+        str(threads),
+        "--resize_mode",
+        "keep_ratio",
+        "--image_size",
+        "256",
+        "--resize_only_if_bigger",
+        "True",
+        "--number_sample_per_shard",
+        str(n),
+        "--extract_exif",
+        "False",
+        "--timeout",
+        "10",
+        "--encode_quality",
+        "95",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -93,24 +123,39 @@ def main() -> None:
             out = csv.writer(f, delimiter="\t", lineterminator="\n")
             out.writerow(["url", "caption"])
             out.writerows(urls)
-        rows = pa.table({"key": [f"{i:08d}" for i in range(len(urls))], "source": ["bench"] * len(urls),
-                         "url": [u for u, _ in urls], "caption": [c for _, c in urls],
-                         "width": pa.nulls(len(urls), pa.int64()), "height": pa.nulls(len(urls), pa.int64())},
-                        schema=schemas.CANDIDATE)
+        rows = pa.table(
+            {
+                "key": [f"{i:08d}" for i in range(len(urls))],
+                "source": ["bench"] * len(urls),
+                "url": [u for u, _ in urls],
+                "caption": [c for _, c in urls],
+                "width": pa.nulls(len(urls), pa.int64()),
+                "height": pa.nulls(len(urls), pa.int64()),
+            },
+            schema=schemas.CANDIDATE,
+        )
         ours(rows.slice(0, 100), args.threads, os.path.join(tmp, "warm"))  # server cache, imports
         best_ours, best_shard, best_wall = float("inf"), float("inf"), float("inf")
         for r in range(args.repeats):  # interleaved, so that load from other tenants hits both sides
             seconds, kept = ours(rows, args.threads, os.path.join(tmp, f"ours{r}"))
             wall, shard, ok = theirs(url_list, len(urls), args.threads, os.path.join(tmp, f"theirs{r}"))
-            print(f"repeat {r}: ours {kept} images in {seconds:.2f}s; img2dataset {ok} images, "
-                  f"shard {shard:.2f}s, CLI wall {wall:.2f}s")
+            print(
+                f"repeat {r}: ours {kept} images in {seconds:.2f}s; img2dataset {ok} images, "
+                f"shard {shard:.2f}s, CLI wall {wall:.2f}s"
+            )
             assert kept == ok == len(urls), "both sides must deliver every image"
             best_ours, best_shard, best_wall = min(best_ours, seconds), min(best_shard, shard), min(best_wall, wall)
         n = len(urls)
         print(f"\nimages: {n}, threads: {args.threads}, best of {args.repeats}")
         print(f"  ours (download_shard)          {n / best_ours:8.1f} images/s")
-        print(f"  img2dataset shard (stats file) {n / best_shard:8.1f} images/s   ratio ours/theirs {best_shard / best_ours:.2f}")
-        print(f"  img2dataset CLI wall           {n / best_wall:8.1f} images/s   ratio ours/theirs {best_wall / best_ours:.2f}")
+        print(
+            f"  img2dataset shard (stats file) {n / best_shard:8.1f} images/s   "
+            f"ratio ours/theirs {best_shard / best_ours:.2f}"
+        )
+        print(
+            f"  img2dataset CLI wall           {n / best_wall:8.1f} images/s   "
+            f"ratio ours/theirs {best_wall / best_ours:.2f}"
+        )
 
 
 if __name__ == "__main__":

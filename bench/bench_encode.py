@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 import tempfile
 import time
+from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,7 +48,7 @@ def bare_loop(ckpt: str, dataset: str, size: int, batch: int, device: str, threa
         torch.cuda.synchronize()
     t = time.perf_counter()
     for i in range(0, len(pixels), batch):
-        enc.encode(pixels[i:i + batch])  # returns host uint16: includes the device->host copy
+        enc.encode(pixels[i : i + batch])  # returns host uint16: includes the device->host copy
     return len(pixels) / (time.perf_counter() - t)
 
 
@@ -61,8 +61,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--num_cpus", type=int, default=0)
-    ap.add_argument("--bare-only", action="store_true",
-                    help="time the bare encoder loop alone (a GPU box without Ray: the encode figure of README)")
+    ap.add_argument(
+        "--bare-only",
+        action="store_true",
+        help="time the bare encoder loop alone (a GPU box without Ray: the encode figure of README)",
+    )
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = EncodeRunConfig(batch_size=args.batch, num_cpus=args.num_cpus, mlflow=False)
@@ -82,26 +85,42 @@ def main() -> None:
             bare.append(bare_loop(ckpt, dataset, cfg_dvae.image_size, args.batch, device, threads))
             if args.bare_only:
                 continue
-            cfg = EncodeConfig(dataset=dataset, dvae=ckpt, output=os.path.join(tmp, f"tokens{r}"), run=run,
-                               tokenizer=TokenizerConfig(train_if_missing=False))
+            cfg = EncodeConfig(
+                dataset=dataset,
+                dvae=ckpt,
+                output=os.path.join(tmp, f"tokens{r}"),
+                run=run,
+                tokenizer=TokenizerConfig(train_if_missing=False),
+            )
             m = encode_tokens(cfg)["run"]
             e2e.append(m["images_per_s"])
             steady.append(m["steady_images_per_s"])
         b, e, s = max(bare), max(e2e, default=0.0), max(steady, default=0.0)
-        print(f"device={device} preset={args.preset} image_size={cfg_dvae.image_size} images={args.images} "
-              f"batch={args.batch} encoder_threads={threads or 'gpu'} repeats={args.repeats} (best of) "
-              f"torch={torch.__version__}")
+        print(
+            f"device={device} preset={args.preset} image_size={cfg_dvae.image_size} images={args.images} "
+            f"batch={args.batch} encoder_threads={threads or 'gpu'} repeats={args.repeats} (best of) "
+            f"torch={torch.__version__}"
+        )
         print(f"bare encoder loop      : {b:9.1f} images/s   (all: {', '.join(f'{x:.1f}' for x in bare)})")
         if not args.bare_only:
-            print(f"pipeline, steady state : {s:9.1f} images/s   ratio {s / b:.2f}   (all: {', '.join(f'{x:.1f}' for x in steady)})")
-            print(f"pipeline, end to end   : {e:9.1f} images/s   ratio {e / b:.2f}   (all: {', '.join(f'{x:.1f}' for x in e2e)})")
+            print(
+                f"pipeline, steady state : {s:9.1f} images/s   ratio {s / b:.2f}   "
+                f"(all: {', '.join(f'{x:.1f}' for x in steady)})"
+            )
+            print(
+                f"pipeline, end to end   : {e:9.1f} images/s   ratio {e / b:.2f}   "
+                f"(all: {', '.join(f'{x:.1f}' for x in e2e)})"
+            )
         if device == "cuda":
             flops = flops_per_image(cfg_dvae)
             name = torch.cuda.get_device_name()
             peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), 0.0)
-            print(f"encoder GFLOP/image: {flops / 1e9:.1f}; GPU {name}; fraction of bf16 peak: "
-                  f"bare {b * flops / peak:.3f}" + (f", pipeline {s * flops / peak:.3f}" if s else "")
-                  if peak else "unknown peak")
+            print(
+                f"encoder GFLOP/image: {flops / 1e9:.1f}; GPU {name}; fraction of bf16 peak: "
+                f"bare {b * flops / peak:.3f}" + (f", pipeline {s * flops / peak:.3f}" if s else "")
+                if peak
+                else "unknown peak"
+            )
         else:
             print(f"encoder GFLOP/image: {flops_per_image(cfg_dvae) / 1e9:.2f}")
 

@@ -34,11 +34,17 @@ def make_input(out_dir: str, rows: int, rows_per_file: int) -> str:
     for f, start in enumerate(range(0, rows, rows_per_file)):
         n = min(rows_per_file, rows - start)
         idx = range(start, start + n)
-        pq.write_table(pa.table({
-            "URL": [f"http://127.0.0.1:9/img/{i}.jpg" for i in idx],
-            "TEXT": [captions[i % len(captions)] for i in idx],
-            "WIDTH": [320] * n, "HEIGHT": [240] * n,
-        }), os.path.join(out_dir, f"part-{f:05d}.parquet"))
+        pq.write_table(
+            pa.table(
+                {
+                    "URL": [f"http://127.0.0.1:9/img/{i}.jpg" for i in idx],
+                    "TEXT": [captions[i % len(captions)] for i in idx],
+                    "WIDTH": [320] * n,
+                    "HEIGHT": [240] * n,
+                }
+            ),
+            os.path.join(out_dir, f"part-{f:05d}.parquet"),
+        )
     return os.path.join(out_dir, "*.parquet")
 
 
@@ -100,9 +106,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000, help="rows at 1x")
     ap.add_argument("--rows-per-file", type=int, default=50_000)
     ap.add_argument("--scale", type=int, default=10)
-    ap.add_argument("--band-off", action="store_true",
-                    help="captions.uncertain_band=[0,0]: ~25x faster caption stage, same memory profile "
-                         "(langdetect's profiles are loaded once per worker either way)")
+    ap.add_argument(
+        "--band-off",
+        action="store_true",
+        help="captions.uncertain_band=[0,0]: ~25x faster caption stage, same memory profile "
+        "(langdetect's profiles are loaded once per worker either way)",
+    )
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench-mem-")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "PYTHONPATH": ROOT}
@@ -110,16 +119,30 @@ def main() -> None:
     results = {}
     for label, rows in (("1x", args.rows), (f"{args.scale}x", args.rows * args.scale)):
         src = make_input(os.path.join(tmp, f"in-{label}"), rows, args.rows_per_file)
-        cmd = [sys.executable, os.path.join(ROOT, "orchestration", "build_dataset.py"), "--captions-only",
-               "--source", f"laion:{src}", "--output", os.path.join(tmp, f"out-{label}"), "--run.num_cpus", "2"]
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, "orchestration", "build_dataset.py"),
+            "--captions-only",
+            "--source",
+            f"laion:{src}",
+            "--output",
+            os.path.join(tmp, f"out-{label}"),
+            "--run.num_cpus",
+            "2",
+        ]
         if args.band_off:
             cmd += ["--captions.uncertain_band", "[0, 0]"]
         results[label] = (rows, *peak_rss(cmd, env))
-        print(f"{label:>4}: {rows:>9,} rows  {results[label][1]:7.1f} s  peak process {results[label][2]:7.0f} MiB"
-              f"  peak tree {results[label][3]:7.0f} MiB", flush=True)
+        print(
+            f"{label:>4}: {rows:>9,} rows  {results[label][1]:7.1f} s  peak process {results[label][2]:7.0f} MiB"
+            f"  peak tree {results[label][3]:7.0f} MiB",
+            flush=True,
+        )
     one, big = results["1x"], results[f"{args.scale}x"]
-    print(f"ratio {args.scale}x/1x: peak process {big[2] / one[2]:.2f}x, peak tree {big[3] / one[3]:.2f}x "
-          f"(goal <= 1.2x); throughput {big[0] / big[1]:,.0f} vs {one[0] / one[1]:,.0f} rows/s end to end")
+    print(
+        f"ratio {args.scale}x/1x: peak process {big[2] / one[2]:.2f}x, peak tree {big[3] / one[3]:.2f}x "
+        f"(goal <= 1.2x); throughput {big[0] / big[1]:,.0f} vs {one[0] / one[1]:,.0f} rows/s end to end"
+    )
 
 
 if __name__ == "__main__":

@@ -17,19 +17,18 @@ CPU figures mean little.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from training.config import OptimConfig
 from harness.metrics import peak_flops
 from harness.worker import ModelEMA
+from training.config import OptimConfig
 from training.loop import optimizer_update
 from training.model import Prior, count_params, flops_per_token, prior_loss
 from training.optim import make_optimizer
@@ -68,8 +67,12 @@ def time_steps(shape, batch: int, steps: int, warmup: int, device: torch.device,
     sync()
     step_s = (time.perf_counter() - t) / steps
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    return {"step_s": step_s, "tokens_per_s": batch * shape.seq_len / step_s, "warmup_s": warmup_s,
-            "max_mem_gib": memory}
+    return {
+        "step_s": step_s,
+        "tokens_per_s": batch * shape.seq_len / step_s,
+        "warmup_s": warmup_s,
+        "max_mem_gib": memory,
+    }
 
 
 def main() -> None:
@@ -78,8 +81,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="sequences per step (default: 8 on GPU, 4 on CPU)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--attn", nargs="+", default=None, choices=["sdpa", "flex"],
-                    help="implementations to time (default: both on GPU; sdpa on CPU, which has no flex backward)")
+    ap.add_argument(
+        "--attn",
+        nargs="+",
+        default=None,
+        choices=["sdpa", "flex"],
+        help="implementations to time (default: both on GPU; sdpa on CPU, which has no flex backward)",
+    )
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (flex is compiled anyway)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,9 +99,11 @@ def main() -> None:
     base = preset(name)
     with torch.device("meta"):
         params = count_params(Prior(base))
-    print(f"device={label} torch={torch.__version__} preset={name} params={params / 1e9:.2f}B layers={base.n_layer} "
-          f"d_model={base.d_model} seq_len={base.seq_len} batch={batch} steps={args.steps} (after {args.warmup} warm-up) "
-          f"peak={peak / 1e12:.3g} TFLOP/s")
+    print(
+        f"device={label} torch={torch.__version__} preset={name} params={params / 1e9:.2f}B layers={base.n_layer} "
+        f"d_model={base.d_model} seq_len={base.seq_len} batch={batch} steps={args.steps} (after {args.warmup} warm-up) "
+        f"peak={peak / 1e12:.3g} TFLOP/s"
+    )
     six_n = 6 * params
     with_attn = flops_per_token(base)
     for impl in impls:
@@ -103,10 +113,12 @@ def main() -> None:
         if device.type == "cuda":  # the model of this run is gone with time_steps' frame: free it for the next
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        print(f"attn={impl:4s} compiled={args.compile or impl == 'flex'!s:5s}: step {r['step_s'] * 1e3:8.1f} ms  "
-              f"tokens/s {r['tokens_per_s']:10.0f}  MFU(6N) {six_n * r['tokens_per_s'] / peak:.3f}  "
-              f"MFU(6N+attn) {with_attn * r['tokens_per_s'] / peak:.3f}  warm-up {r['warmup_s']:.0f} s  "
-              f"max mem {r['max_mem_gib']:.1f} GiB")
+        print(
+            f"attn={impl:4s} compiled={args.compile or impl == 'flex'!s:5s}: step {r['step_s'] * 1e3:8.1f} ms  "
+            f"tokens/s {r['tokens_per_s']:10.0f}  MFU(6N) {six_n * r['tokens_per_s'] / peak:.3f}  "
+            f"MFU(6N+attn) {with_attn * r['tokens_per_s'] / peak:.3f}  warm-up {r['warmup_s']:.0f} s  "
+            f"max mem {r['max_mem_gib']:.1f} GiB"
+        )
 
 
 if __name__ == "__main__":

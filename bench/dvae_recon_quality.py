@@ -19,10 +19,9 @@ dead-code restarts every N updates, after a k-means init).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,9 +34,9 @@ from common.config import Flag, parse_cli
 from tokenize_images.codebook_init import encoder_features, init_codebook_from_data
 from tokenize_images.config import DVAETrainConfig
 from tokenize_images.dvae import DVAE
+from tokenize_images.dvae_training import make_optimizer, model_config, model_input, train_step
 from tokenize_images.objective import codebook_usage
 from tokenize_images.preprocess import load_image
-from tokenize_images.dvae_training import make_optimizer, model_config, model_input, train_step
 
 HELD_OUT = 64
 
@@ -74,7 +73,9 @@ def main() -> None:
     ap.add_argument("--png", default="", help="write originals over reconstructions here")
     ap.add_argument("--torch-init", action="store_true", help="torch's default conv init instead of dall_e's")
     ap.add_argument("--decoder-input-std", type=float, default=0.0, help="re-initialise the code embeddings")
-    ap.add_argument("--restart-every", type=int, default=0, help="dead-code restarts every N updates (k-means init only)")
+    ap.add_argument(
+        "--restart-every", type=int, default=0, help="dead-code restarts every N updates (k-means init only)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args, rest = ap.parse_known_args()
     cfg = parse_cli(DVAETrainConfig, rest, description=__doc__, flags=[Flag("--dataset", "dataset", "dataset root")])
@@ -93,7 +94,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(cfg.optim.seed)
     scale = 0.0
     if cfg.codebook.kmeans_margin:
-        first = train[torch.randperm(len(train), generator=g)[:cfg.codebook.kmeans_images]]
+        first = train[torch.randperm(len(train), generator=g)[: cfg.codebook.kmeans_images]]
         figures = init_codebook_from_data(model.encoder, model_input(first), cfg.codebook.kmeans_margin, cfg.optim.seed)
         scale = figures["kmeans_scale"]
         print(figures)
@@ -109,9 +110,11 @@ def main() -> None:
     tokens = model.encode_tokens(x)
     recon = model.decode_tokens(tokens)
     usage = codebook_usage(tokens.flatten(), model.cfg.vocab_size)
-    print(f"{cfg.optim.max_steps} updates of batch {cfg.optim.batch_size}, codebook {cfg.codebook}: argmax "
-          f"reconstruction MSE {((recon - x) ** 2).mean().item():.4f}, perplexity {usage['perplexity']:.1f}, "
-          f"codes used {usage['used_fraction']:.1%} ({time.perf_counter() - started:.0f} s)")
+    print(
+        f"{cfg.optim.max_steps} updates of batch {cfg.optim.batch_size}, codebook {cfg.codebook}: argmax "
+        f"reconstruction MSE {((recon - x) ** 2).mean().item():.4f}, perplexity {usage['perplexity']:.1f}, "
+        f"codes used {usage['used_fraction']:.1%} ({time.perf_counter() - started:.0f} s)"
+    )
     if args.png:
         from PIL import Image
 

@@ -12,10 +12,11 @@ Run:  python bench/language_band.py [--sample PATH]
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,10 +30,36 @@ from pipeline.filters.normalize import Normalizer
 # fastText P(en) < 0.5 and every caption where langdetect disagreed with fastText. Every other
 # row was read as English. Mixed-language rows (an English product name in a foreign sentence,
 # or a caption with its own translation) are left out of the scoring.
-NON_ENGLISH = {44: "es", 48: "nl", 63: "fr", 105: "fr", 146: "de", 163: "de", 203: "fi", 251: "pt", 264: "es",
-               326: "fr", 395: "fr", 442: "de", 446: "de", 551: "fr", 570: "de", 577: "pl", 593: "ru", 614: "es",
-               624: "de", 634: "fr", 768: "ja", 820: "nl", 825: "fr", 863: "fr", 872: "fr", 919: "it", 964: "fr",
-               977: "sv"}
+NON_ENGLISH = {
+    44: "es",
+    48: "nl",
+    63: "fr",
+    105: "fr",
+    146: "de",
+    163: "de",
+    203: "fi",
+    251: "pt",
+    264: "es",
+    326: "fr",
+    395: "fr",
+    442: "de",
+    446: "de",
+    551: "fr",
+    570: "de",
+    577: "pl",
+    593: "ru",
+    614: "es",
+    624: "de",
+    634: "fr",
+    768: "ja",
+    820: "nl",
+    825: "fr",
+    863: "fr",
+    872: "fr",
+    919: "it",
+    964: "fr",
+    977: "sv",
+}
 MIXED = {213, 282, 311, 423, 467, 604, 654, 673, 683, 765, 837, 895, 923, 957, 975, 996}
 
 
@@ -74,8 +101,10 @@ def main() -> None:
     for t in texts:
         model.f.predict(t + "\n", 1, 0.0, "replace")
     ft_seconds = time.perf_counter() - t0
-    print(f"{n} captions; langdetect {ld_seconds / n * 1e6:.0f} us/caption, fastText top-1 "
-          f"{ft_seconds / n * 1e6:.1f} us/caption: langdetect is {ld_seconds / ft_seconds:.0f}x slower\n")
+    print(
+        f"{n} captions; langdetect {ld_seconds / n * 1e6:.0f} us/caption, fastText top-1 "
+        f"{ft_seconds / n * 1e6:.1f} us/caption: langdetect is {ld_seconds / ft_seconds:.0f}x slower\n"
+    )
 
     scored = [i for i in range(n) if i not in MIXED]
     english = [i for i in scored if i not in NON_ENGLISH]
@@ -87,7 +116,7 @@ def main() -> None:
         print(f"== fastText input lower-casing: {lower}")
         print("   P(en) bucket   share  langdetect=en  non-English(labels)  langdetect right  fastText@0.4 right")
         edges = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0001]
-        for a, b in zip(edges, edges[1:]):
+        for a, b in itertools.pairwise(edges):
             rows = [i for i in range(n) if a <= p[i] < b]
             if rows:
                 agree = sum(second[i] == "en" for i in rows) / len(rows)
@@ -95,8 +124,10 @@ def main() -> None:
                 labelled = [i for i in rows if i not in MIXED]
                 ld_right = sum((second[i] == "en") == (i not in NON_ENGLISH) for i in labelled) / max(1, len(labelled))
                 ft_right = sum((p[i] >= 0.4) == (i not in NON_ENGLISH) for i in labelled) / max(1, len(labelled))
-                print(f"   [{a:.2f}, {min(b, 1):.2f})  {len(rows) / n:6.1%}  {agree:12.0%}  {nonen:5d}"
-                      f"  {ld_right:20.0%}  {ft_right:16.0%}")
+                print(
+                    f"   [{a:.2f}, {min(b, 1):.2f})  {len(rows) / n:6.1%}  {agree:12.0%}  {nonen:5d}"
+                    f"  {ld_right:20.0%}  {ft_right:16.0%}"
+                )
 
         def score(keep) -> tuple[float, float, float]:
             kept_en = sum(keep(i) for i in english) / len(english)
@@ -105,15 +136,30 @@ def main() -> None:
 
         print("   rule                              English kept  non-English dropped  to langdetect")
         for thr in (0.1, 0.2, 0.3, 0.4, 0.5):
-            ke, df = score(lambda i: p[i] >= thr)
+            ke, df = score(lambda i, p=p, thr=thr: p[i] >= thr)
             print(f"   fastText >= {thr:<4}                   {ke:7.1%}          {df:7.1%}            0.0%")
-        for low, high in ((0.1, 0.5), (0.2, 0.5), (0.3, 0.5), (0.1, 0.3), (0.2, 0.3), (0.2, 0.4), (0.1, 0.4),
-                          (0.15, 0.4), (0.25, 0.4), (0.3, 0.4), (0.2, 0.45)):
-            def keep(i, low=low, high=high):
+        for low, high in (
+            (0.1, 0.5),
+            (0.2, 0.5),
+            (0.3, 0.5),
+            (0.1, 0.3),
+            (0.2, 0.3),
+            (0.2, 0.4),
+            (0.1, 0.4),
+            (0.15, 0.4),
+            (0.25, 0.4),
+            (0.3, 0.4),
+            (0.2, 0.45),
+        ):
+
+            def keep(i, low=low, high=high, p=p):
                 return second[i] == "en" if low <= p[i] < high else p[i] >= high
+
             ke, df = score(keep)
             share = sum(low <= p[i] < high for i in range(n)) / n
-            print(f"   >= {high} , band [{low}, {high}) langdetect   {ke:7.1%}          {df:7.1%}          {share:6.1%}")
+            print(
+                f"   >= {high} , band [{low}, {high}) langdetect   {ke:7.1%}          {df:7.1%}          {share:6.1%}"
+            )
         print()
 
 

@@ -30,7 +30,9 @@ def doc(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors 
     """A dataclass field with a default and its documentation. Lists/dicts get a default_factory."""
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(default_factory=lambda: json.loads(json.dumps(value)), metadata={"help": help}, **kwargs)
+        return dataclasses.field(
+            default_factory=lambda: json.loads(json.dumps(value)), metadata={"help": help}, **kwargs
+        )
     if dataclasses.is_dataclass(default) and isinstance(default, type):
         return dataclasses.field(default_factory=default, metadata={"help": help}, **kwargs)
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
@@ -115,7 +117,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(unknown)} in [{where or cls.__name__}]; known: {sorted(names)}")
+        raise ValueError(
+            f"unknown config key(s) {sorted(unknown)} in [{where or cls.__name__}]; known: {sorted(names)}"
+        )
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}".strip(".")) for k, v in data.items()}
     return cls(**kwargs)
 

@@ -14,7 +14,7 @@ def tile_images(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
     canvas = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, ncols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     return canvas
 
 

@@ -29,6 +29,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
         return False
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     os.environ["PYTHONPATH"] = pythonpath
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": {**env_vars, "PYTHONPATH": pythonpath}})
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        runtime_env={"env_vars": {**env_vars, "PYTHONPATH": pythonpath}},
+    )
     return True

@@ -14,53 +14,78 @@ import pyarrow as pa
 # --- Stage 1: what a reader yields for each input row -------------------------------------------
 # `malformed` is null for a usable row, otherwise the reason detail (the row is rejected as
 # `malformed` with that detail; it is still counted as input).
-SOURCE_ROW = pa.schema([
-    ("url", pa.string()),
-    ("caption", pa.string()),
-    ("width", pa.int64()),    # original width from source metadata, null if unknown
-    ("height", pa.int64()),   # original height from source metadata, null if unknown
-    ("malformed", pa.string()),
-])
+SOURCE_ROW = pa.schema(
+    [
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("width", pa.int64()),  # original width from source metadata, null if unknown
+        ("height", pa.int64()),  # original height from source metadata, null if unknown
+        ("malformed", pa.string()),
+    ]
+)
 
 # --- Stage 1: a row that passed the caption filters and waits for download ----------------------
-CANDIDATE = pa.schema([
-    ("key", pa.string()),
-    ("source", pa.string()),
-    ("url", pa.string()),
-    ("caption", pa.string()),
-    ("width", pa.int64()),
-    ("height", pa.int64()),
-])
+CANDIDATE = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+    ]
+)
 
 # --- Stage 1 output: one dataset shard ----------------------------------------------------------
-DATASET_SHARD = pa.schema([
-    ("key", pa.string()),              # stable: hash of (source, url), see row_key()
-    ("url", pa.string()),
-    ("caption", pa.string()),          # normalised caption
-    ("image", pa.binary()),            # JPEG bytes, short side resized to download.image_size
-    ("width", pa.int32()),             # of `image`
-    ("height", pa.int32()),
-    ("original_width", pa.int32()),    # as downloaded, before resizing
-    ("original_height", pa.int32()),
-    ("sha256", pa.string()),           # of the downloaded bytes (exact-duplicate detection)
-    ("source", pa.string()),           # source spec name, e.g. "laion" or "cc3m:0"
-])
+DATASET_SHARD = pa.schema(
+    [
+        ("key", pa.string()),  # stable: hash of (source, url), see row_key()
+        ("url", pa.string()),
+        ("caption", pa.string()),  # normalised caption
+        ("image", pa.binary()),  # JPEG bytes, short side resized to download.image_size
+        ("width", pa.int32()),  # of `image`
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),  # as downloaded, before resizing
+        ("original_height", pa.int32()),
+        ("sha256", pa.string()),  # of the downloaded bytes (exact-duplicate detection)
+        ("source", pa.string()),  # source spec name, e.g. "laion" or "cc3m:0"
+    ]
+)
 
 # --- Stage 1 output: rejected rows, one file per task, for auditing every filter ----------------
-REJECTED = pa.schema([
-    ("key", pa.string()),
-    ("url", pa.string()),
-    ("caption", pa.string()),
-    ("source", pa.string()),
-    ("reason", pa.string()),   # one of REASONS
-    ("detail", pa.string()),   # free text: HTTP status, language and score, matched pattern...
-])
+REJECTED = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("source", pa.string()),
+        ("reason", pa.string()),  # one of REASONS
+        ("detail", pa.string()),  # free text: HTTP status, language and score, matched pattern...
+    ]
+)
 
 # Reason codes, in the order rows meet them. Caption-side reasons cost no bandwidth.
-CAPTION_REASONS = ("malformed", "invalid_url", "too_short", "boilerplate", "non_english", "aspect_ratio",
-                   "duplicate_url")
-IMAGE_REASONS = ("download_error", "blocked_address", "robots_disallowed", "too_large", "decode_error",
-                 "too_many_pixels", "too_small", "aspect_ratio", "duplicate_image", "shard_failed")
+CAPTION_REASONS = (
+    "malformed",
+    "invalid_url",
+    "too_short",
+    "boilerplate",
+    "non_english",
+    "aspect_ratio",
+    "duplicate_url",
+)
+IMAGE_REASONS = (
+    "download_error",
+    "blocked_address",
+    "robots_disallowed",
+    "too_large",
+    "decode_error",
+    "too_many_pixels",
+    "too_small",
+    "aspect_ratio",
+    "duplicate_image",
+    "shard_failed",
+)
 REASONS = tuple(dict.fromkeys(CAPTION_REASONS + IMAGE_REASONS))
 
 
@@ -84,11 +109,17 @@ def rejected_from(rows: pa.Table, reason: str, details: list[str] | str) -> pa.T
     """REJECTED rows for `rows` (which carry key, url, caption, source), all with one reason."""
     if isinstance(details, str):
         details = [details] * rows.num_rows
-    return pa.table({
-        "key": rows.column("key"), "url": rows.column("url"), "caption": rows.column("caption"),
-        "source": rows.column("source"), "reason": pa.array([reason] * rows.num_rows, pa.string()),
-        "detail": pa.array(details, pa.string()),
-    }, schema=REJECTED)
+    return pa.table(
+        {
+            "key": rows.column("key"),
+            "url": rows.column("url"),
+            "caption": rows.column("caption"),
+            "source": rows.column("source"),
+            "reason": pa.array([reason] * rows.num_rows, pa.string()),
+            "detail": pa.array(details, pa.string()),
+        },
+        schema=REJECTED,
+    )
 
 
 def empty(schema: pa.Schema) -> pa.Table:
@@ -97,20 +128,24 @@ def empty(schema: pa.Schema) -> pa.Table:
 
 # --- Stage 2 output: token shards --------------------------------------------------------------
 TOKEN_META_DVAE_SHA256 = "dvae_sha256"
-TOKEN_META_GRID = "grid"              # "HxW", e.g. "32x32"
+TOKEN_META_GRID = "grid"  # "HxW", e.g. "32x32"
 TOKEN_META_VOCAB = "image_vocab_size"
 TOKEN_META_IMAGE_SIZE = "image_size"
 
 
 def token_shard_schema(grid_h: int, grid_w: int) -> pa.Schema:
-    return pa.schema([
-        ("key", pa.string()),
-        ("caption", pa.string()),
-        ("image_tokens", pa.list_(pa.uint16(), grid_h * grid_w)),  # row-major argmax codes
-    ])
+    return pa.schema(
+        [
+            ("key", pa.string()),
+            ("caption", pa.string()),
+            ("image_tokens", pa.list_(pa.uint16(), grid_h * grid_w)),  # row-major argmax codes
+        ]
+    )
 
 
-def token_shard_metadata(dvae_sha256: str, grid_h: int, grid_w: int, vocab_size: int, image_size: int) -> dict[str, str]:
+def token_shard_metadata(
+    dvae_sha256: str, grid_h: int, grid_w: int, vocab_size: int, image_size: int
+) -> dict[str, str]:
     return {
         TOKEN_META_DVAE_SHA256: dvae_sha256,
         TOKEN_META_GRID: f"{grid_h}x{grid_w}",

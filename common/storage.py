@@ -63,8 +63,11 @@ def glob(pattern: str) -> list[str]:
     if not any(c in inner for c in "*?["):
         info = fs.get_file_info(inner)
         if info.type == pafs.FileType.Directory:
-            return sorted(_rebuild(pattern, i.path) for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-                          if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith((".", "_")))
+            return sorted(
+                _rebuild(pattern, i.path)
+                for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+                if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith((".", "_"))
+            )
         return [pattern] if info.type == pafs.FileType.File else []
     parts = inner.split("/")
     base_parts = []
@@ -76,8 +79,11 @@ def glob(pattern: str) -> list[str]:
     recursive = "**" in inner or len(base_parts) < len(parts) - 1
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
     regex_pattern = inner.replace("**/", "*")  # fnmatch's * already spans "/"
-    return sorted(_rebuild(pattern, i.path) for i in infos
-                  if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, regex_pattern))
+    return sorted(
+        _rebuild(pattern, i.path)
+        for i in infos
+        if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, regex_pattern)
+    )
 
 
 def exists(path: str) -> bool:
@@ -89,9 +95,11 @@ def listdir(path: str, suffix: str = "") -> list[str]:
     """Sorted visible files directly under `path` (temp and hidden files excluded)."""
     fs, inner = resolve(path)
     infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
-    return sorted(_rebuild(path, i.path) for i in infos
-                  if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith(".")
-                  and i.path.endswith(suffix))
+    return sorted(
+        _rebuild(path, i.path)
+        for i in infos
+        if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith(".") and i.path.endswith(suffix)
+    )
 
 
 def makedirs(path: str) -> None:
@@ -128,8 +136,12 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, inner)
 
 
-def parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None, compression: str = "zstd",
-                  row_group_size: int | None = None) -> bytes:
+def parquet_bytes(
+    table: pa.Table,
+    metadata: dict[str, str] | None = None,
+    compression: str = "zstd",
+    row_group_size: int | None = None,
+) -> bytes:
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): v.encode() for k, v in metadata.items()})
@@ -158,8 +170,13 @@ def grouped_parquet_bytes(table: pa.Table, group_column: str, compression: str =
     return sink.getvalue().to_pybytes()
 
 
-def write_parquet_atomic(path: str, table: pa.Table, metadata: dict[str, str] | None = None,
-                         compression: str = "zstd", row_group_size: int | None = None) -> None:
+def write_parquet_atomic(
+    path: str,
+    table: pa.Table,
+    metadata: dict[str, str] | None = None,
+    compression: str = "zstd",
+    row_group_size: int | None = None,
+) -> None:
     write_bytes_atomic(path, parquet_bytes(table, metadata, compression, row_group_size))
 
 
@@ -168,7 +185,9 @@ def read_parquet(path: str, columns: list[str] | None = None, filters: Any = Non
     return pq.read_table(inner, filesystem=fs, columns=columns, filters=filters)
 
 
-def iter_parquet_batches(path: str, columns: list[str] | None = None, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+def iter_parquet_batches(
+    path: str, columns: list[str] | None = None, batch_size: int = 8192
+) -> Iterator[pa.RecordBatch]:
     """Stream a parquet file batch by batch: memory stays bounded by the batch, not the file."""
     fs, inner = resolve(path)
     with fs.open_input_file(inner) as fh:

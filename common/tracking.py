@@ -27,7 +27,7 @@ def artifact_root(uri: str | None = None) -> str | None:
     """Local artifact folder beside a sqlite store; None lets a tracking server decide."""
     uri = uri or tracking_uri()
     if uri.startswith("sqlite:///"):
-        db_path = uri[len("sqlite:///"):]
+        db_path = uri[len("sqlite:///") :]
         return "file://" + os.path.join(os.path.dirname(os.path.abspath(db_path)), ARTIFACT_DIR)
     if uri.startswith("file:") or "://" not in uri:
         return None
@@ -86,4 +86,4 @@ def log_params(params: dict[str, Any]) -> None:
     todo = {k: v for k, v in clean.items() if k not in existing}
     items = list(todo.items())
     for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
-        mlflow.log_params(dict(items[i:i + 90]))
+        mlflow.log_params(dict(items[i : i + 90]))

@@ -34,10 +34,22 @@ See each module's docstring: config, launch, worker, checkpoint, logger, metrics
 # Names are resolved lazily (PEP 562), so that `harness.config` (a pure dataclass, embedded in every
 # trainer's config) imports without torch or Ray: the entry scripts parse and validate config first.
 _EXPORTS = {
-    "harness.checkpoint": ["SHARED_FILE", "CheckpointManager", "save_checkpoint", "load_checkpoint", "load_model_state_dict", "load_optimizer_state_dict",
-                           "load_powersgd_state_dict", "model_state_dict", "optimizer_state_dict",
-                           "powersgd_state_dict", "rng_state", "set_rng_state", "wait_for_checkpoints",
-                           "inject_failure"],
+    "harness.checkpoint": [
+        "SHARED_FILE",
+        "CheckpointManager",
+        "save_checkpoint",
+        "load_checkpoint",
+        "load_model_state_dict",
+        "load_optimizer_state_dict",
+        "load_powersgd_state_dict",
+        "model_state_dict",
+        "optimizer_state_dict",
+        "powersgd_state_dict",
+        "rng_state",
+        "set_rng_state",
+        "wait_for_checkpoints",
+        "inject_failure",
+    ],
     "harness.config": ["HarnessConfig"],
     "harness.launch": ["HARNESS_KEY", "LaunchResult", "open_run", "resolve_storage"],  # launch: see above
     "harness.logger": ["AsyncRunLogger", "NullLogger"],

@@ -39,8 +39,15 @@ class CheckpointManager:
     PowerSGD memories: every rank's file), saved and restored in one place for every trainer.
     `meta` is static information saved with each checkpoint (model shape, token root, ...)."""
 
-    def __init__(self, ctx: WorkerContext, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 ema: Any = None, schedule: Any = None, meta: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: Any = None,
+        schedule: Any = None,
+        meta: dict[str, Any] | None = None,
+    ):
         self.ctx, self.model, self.optimizer, self.ema, self.schedule = ctx, model, optimizer, ema, schedule
         self.meta = dict(meta or {})
         self.resumed = False
@@ -64,8 +71,11 @@ class CheckpointManager:
     def save(self, step: int, metrics: dict[str, Any], rank_state: dict[str, Any] | None = None) -> None:
         """Report `metrics` with a checkpoint. Collective: every rank calls it at the same step (the
         full state dicts gather under FSDP2)."""
-        shared = {"model": model_state_dict(self.model), "optimizer": optimizer_state_dict(self.model, self.optimizer),
-                  **self.meta}
+        shared = {
+            "model": model_state_dict(self.model),
+            "optimizer": optimizer_state_dict(self.model, self.optimizer),
+            **self.meta,
+        }
         for name, obj in (("ema", self.ema), ("schedule", self.schedule)):
             if obj is not None:
                 shared[name] = obj.state_dict()
@@ -76,8 +86,13 @@ def rank_file(rank: int) -> str:
     return f"rank-{rank}.pt"
 
 
-def save_checkpoint(ctx: WorkerContext, step: int, metrics: dict[str, Any], shared: dict[str, Any] | None,
-                    rank_state: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    ctx: WorkerContext,
+    step: int,
+    metrics: dict[str, Any],
+    shared: dict[str, Any] | None,
+    rank_state: dict[str, Any] | None = None,
+) -> None:
     """Report `metrics` with a checkpoint. Collective: every rank must call it at the same step."""
     import ray.train
 
@@ -149,8 +164,9 @@ def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimize
         _reshard(model)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     return optimizer.state_dict()
 
 
@@ -177,8 +193,13 @@ def powersgd_state_dict(state: Any) -> dict[str, Any]:
     """PowerSGDState as tensors and primitives (its numpy RNG would need a trusted pickle)."""
     out = {slot: getattr(state, slot) for slot in state.__slots__ if slot not in ("process_group", "rng")}
     name, keys, pos, has_gauss, cached = state.rng.get_state()
-    out["rng"] = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)}
+    out["rng"] = {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
     return out
 
 
@@ -188,8 +209,15 @@ def load_powersgd_state_dict(state: Any, saved: dict[str, Any] | None) -> None:
         return
     for slot, value in saved.items():
         if slot == "rng":
-            state.rng.set_state((value["name"], value["keys"].numpy().astype(np.uint32), value["pos"],
-                                 value["has_gauss"], value["cached"]))
+            state.rng.set_state(
+                (
+                    value["name"],
+                    value["keys"].numpy().astype(np.uint32),
+                    value["pos"],
+                    value["has_gauss"],
+                    value["cached"],
+                )
+            )
         elif slot in state.__slots__ and slot != "process_group":
             setattr(state, slot, value)
 

@@ -27,9 +27,9 @@ HARNESS_KEY = "_harness"  # key of train_loop_config that carries the harness se
 @dataclass
 class LaunchResult:
     run_id: str
-    checkpoint_path: str | None   # the final (latest) checkpoint, None if none was reported
-    metrics: dict[str, Any]       # last metrics reported with a checkpoint
-    resumed: bool                 # True when an earlier MLflow run with this name was reopened
+    checkpoint_path: str | None  # the final (latest) checkpoint, None if none was reported
+    metrics: dict[str, Any]  # last metrics reported with a checkpoint
+    resumed: bool  # True when an earlier MLflow run with this name was reopened
 
 
 def resolve_storage(path: str) -> str:
@@ -67,16 +67,23 @@ def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[
     existing = client.get_run(run_id).data.params
     todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
     for i in range(0, len(todo), 90):  # MLflow caps a batch at 100 params
-        client.log_batch(run_id, params=todo[i:i + 90])
+        client.log_batch(run_id, params=todo[i : i + 90])
     if tags:
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     return run_id, resumed
 
 
-def launch(train_fn: Callable[[dict], None], train_loop_config: dict[str, Any], run: HarnessConfig, *,
-           params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
-           datasets: dict[str, Any] | None = None, dataset_config: Any = None,
-           init: Callable[[], None] | None = None) -> LaunchResult:
+def launch(
+    train_fn: Callable[[dict], None],
+    train_loop_config: dict[str, Any],
+    run: HarnessConfig,
+    *,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+    datasets: dict[str, Any] | None = None,
+    dataset_config: Any = None,
+    init: Callable[[], None] | None = None,
+) -> LaunchResult:
     """Run `train_fn(config)` on `run.num_workers` Ray Train workers, tracked in one MLflow run.
 
     train_fn reads its own settings from `config` and the harness settings through
@@ -98,14 +105,20 @@ def launch(train_fn: Callable[[dict], None], train_loop_config: dict[str, Any], 
     client = MlflowClient(tracking_uri())
 
     config = dict(train_loop_config)
-    config[HARNESS_KEY] = {"run_id": run_id, "tracking_uri": tracking_uri(), "log_every": run.log_every,
-                           "parallel": run.parallel, "use_gpu": gpu}
+    config[HARNESS_KEY] = {
+        "run_id": run_id,
+        "tracking_uri": tracking_uri(),
+        "log_every": run.log_every,
+        "parallel": run.parallel,
+        "use_gpu": gpu,
+    }
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=run.num_workers, use_gpu=gpu,
-                                               resources_per_worker=None if gpu else {"CPU": run.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=run.num_workers, use_gpu=gpu, resources_per_worker=None if gpu else {"CPU": run.cpus_per_worker}
+        ),
         run_config=ray.train.RunConfig(
             name=run.name,
             storage_path=storage_path,

@@ -88,7 +88,7 @@ def measure_matmul_flops(n: int = 512, repeats: int = 5) -> float:
         t = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:

@@ -65,17 +65,29 @@ def worker_context(config: dict[str, Any], bf16: bool = True) -> WorkerContext:
     tc = ray.train.get_context()
     rank = tc.get_world_rank()
     logger = AsyncRunLogger(h["run_id"], h["tracking_uri"]) if rank == 0 and h.get("run_id") else NullLogger()
-    return WorkerContext(rank=rank, world_size=tc.get_world_size(), local_rank=tc.get_local_rank(),
-                         device=ray.train.torch.get_device(), parallel=h["parallel"], log_every=h["log_every"],
-                         run_id=h.get("run_id", ""), logger=logger, bf16=bf16,
-                         attempt_checkpoint=ray.train.get_checkpoint())
+    return WorkerContext(
+        rank=rank,
+        world_size=tc.get_world_size(),
+        local_rank=tc.get_local_rank(),
+        device=ray.train.torch.get_device(),
+        parallel=h["parallel"],
+        log_every=h["log_every"],
+        run_id=h.get("run_id", ""),
+        logger=logger,
+        bf16=bf16,
+        attempt_checkpoint=ray.train.get_checkpoint(),
+    )
 
 
-def prepare_model(model: torch.nn.Module, ctx: WorkerContext, *,
-                  fsdp_units: Callable[[torch.nn.Module], Iterable[torch.nn.Module]] | None = None,
-                  activation_checkpointing: bool = False,
-                  checkpoint_units: Callable[[torch.nn.Module], Iterable[torch.nn.Module]] | None = None,
-                  ddp_kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
+def prepare_model(
+    model: torch.nn.Module,
+    ctx: WorkerContext,
+    *,
+    fsdp_units: Callable[[torch.nn.Module], Iterable[torch.nn.Module]] | None = None,
+    activation_checkpointing: bool = False,
+    checkpoint_units: Callable[[torch.nn.Module], Iterable[torch.nn.Module]] | None = None,
+    ddp_kwargs: dict[str, Any] | None = None,
+) -> torch.nn.Module:
     """Wrap `model` for data parallel training (see module docstring). Units default to the
     model's `blocks` attribute, the transformer layers, which is where sharding and recompute pay."""
     if ctx.parallel not in get_args(Parallel):  # else it would fall through to "none" and silently not shard
@@ -94,8 +106,11 @@ def prepare_model(model: torch.nn.Module, ctx: WorkerContext, *,
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         model.to(ctx.device)
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if ctx.device.type == "cuda" and ctx.bf16 else MixedPrecisionPolicy()
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if ctx.device.type == "cuda" and ctx.bf16
+            else MixedPrecisionPolicy()
+        )
         for unit in units(model):
             fully_shard(unit, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
@@ -105,7 +120,11 @@ def prepare_model(model: torch.nn.Module, ctx: WorkerContext, *,
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The user's module under a DDP wrapper (FSDP2 shards in place, nothing to unwrap)."""
-    return model.module if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return (
+        model.module
+        if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        else model
+    )
 
 
 class ModelEMA:
@@ -123,7 +142,7 @@ class ModelEMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         """Collective under FSDP2 (sharded parameters are gathered): every rank must call it."""
-        for ema, live in zip(self.module.parameters(), unwrap(model).parameters()):
+        for ema, live in zip(self.module.parameters(), unwrap(model).parameters(), strict=True):
             data = live.detach()
             if hasattr(data, "full_tensor"):  # FSDP2 DTensor shard -> full parameter
                 data = data.full_tensor()

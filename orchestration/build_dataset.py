@@ -23,8 +23,12 @@ FLAGS = [
     Flag("--source", "sources", "FORMAT:PATH_OR_GLOB input (repeatable)", kind="append"),
     Flag("--output", "output", "dataset root, local or s3://"),
     Flag("--captions-only", "captions_only", "run only the caption filters; write kept and rejected rows", kind="true"),
-    Flag("--allow-private-networks", "download.allow_private_networks",
-         "allow URLs resolving to loopback/private/link-local addresses (demo, tests)", kind="true"),
+    Flag(
+        "--allow-private-networks",
+        "download.allow_private_networks",
+        "allow URLs resolving to loopback/private/link-local addresses (demo, tests)",
+        kind="true",
+    ),
 ]
 
 

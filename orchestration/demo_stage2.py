@@ -20,13 +20,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--work", required=True)
-    ap.add_argument("--dvae", default="", help="dVAE checkpoint path; reused when it exists (default WORK/dvae_demo.pt)")
+    ap.add_argument(
+        "--dvae", default="", help="dVAE checkpoint path; reused when it exists (default WORK/dvae_demo.pt)"
+    )
     args, rest = ap.parse_known_args(argv)
     out = run_stage2(args.dataset, args.work, args.dvae, overrides=rest)
     run = out["manifest"]["run"]
     print(f"dVAE {'reused' if out['dvae']['reused'] else 'trained'}: {out['dvae']['checkpoint']}")
-    print(f"tokenizer: {out['tokenizer']['vocab_size']} tokens; encoded {run['encoded']} images "
-          f"({run['rejected']} rejected) at {run['images_per_s']:.1f} images/s -> {out['tokens']}")
+    print(
+        f"tokenizer: {out['tokenizer']['vocab_size']} tokens; encoded {run['encoded']} images "
+        f"({run['rejected']} rejected) at {run['images_per_s']:.1f} images/s -> {out['tokens']}"
+    )
 
 
 if __name__ == "__main__":

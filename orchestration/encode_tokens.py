@@ -14,17 +14,21 @@ from common.config import Flag, parse_cli
 from tokenize_images.config import EncodeConfig
 from tokenize_images.encode import encode_tokens
 
-FLAGS = [Flag("--dataset", "dataset", "dataset root (build_dataset output)"),
-         Flag("--dvae", "dvae", "dVAE checkpoint"),
-         Flag("--output", "output", "tokens root")]
+FLAGS = [
+    Flag("--dataset", "dataset", "dataset root (build_dataset output)"),
+    Flag("--dvae", "dvae", "dVAE checkpoint"),
+    Flag("--output", "output", "tokens root"),
+]
 
 
 def main(argv=None) -> None:
     cfg = parse_cli(EncodeConfig, argv, description=__doc__, flags=FLAGS)
     manifest = encode_tokens(cfg)
     run = manifest["run"]
-    print(f"encoded {run['encoded']} images, rejected {run['rejected']}, {run['images_per_s']:.1f} images/s "
-          f"({run['shards_written']} shards written, {run['shards_skipped']} already done) -> {cfg.output}")
+    print(
+        f"encoded {run['encoded']} images, rejected {run['rejected']}, {run['images_per_s']:.1f} images/s "
+        f"({run['shards_written']} shards written, {run['shards_skipped']} already done) -> {cfg.output}"
+    )
 
 
 if __name__ == "__main__":

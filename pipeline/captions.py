@@ -30,8 +30,13 @@ from pipeline.filters.too_short import TooShortFilter
 
 MALFORMED = "malformed"
 NORMALIZE = "normalize"  # a stage, not a reason: it drops nothing, but its time is reported
-FILTER_ORDER: tuple[type[CaptionFilter], ...] = (InvalidUrlFilter, TooShortFilter, BoilerplateFilter, NonEnglishFilter,
-                                                 AspectRatioFilter)
+FILTER_ORDER: tuple[type[CaptionFilter], ...] = (
+    InvalidUrlFilter,
+    TooShortFilter,
+    BoilerplateFilter,
+    NonEnglishFilter,
+    AspectRatioFilter,
+)
 INPUT_COLUMNS = ("key", "source", "url", "caption", "width", "height", "malformed")
 
 
@@ -43,7 +48,8 @@ class CaptionPipeline:
         unknown = {f.name for f in self.filters} - set(CAPTION_REASONS)
         assert not unknown, f"filters with reason codes outside CAPTION_REASONS: {unknown}"
         self._stats: dict[str, dict[str, float]] = {
-            name: {"dropped": 0, "seconds": 0.0} for name in (MALFORMED, NORMALIZE, *[f.name for f in self.filters])}
+            name: {"dropped": 0, "seconds": 0.0} for name in (MALFORMED, NORMALIZE, *[f.name for f in self.filters])
+        }
 
     def process(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
         missing = [c for c in INPUT_COLUMNS if c not in table.column_names]
@@ -85,22 +91,25 @@ class CaptionPipeline:
             if dropped:
                 for j in dropped:
                     reject(alive[j], captions[j], flt.name, decisions[j])
-                alive = [i for i, detail in zip(alive, decisions) if detail is None]
-                captions = [c for c, detail in zip(captions, decisions) if detail is None]
+                alive = [i for i, detail in zip(alive, decisions, strict=True) if detail is None]
+                captions = [c for c, detail in zip(captions, decisions, strict=True) if detail is None]
             if flt.rewrites:
                 captions = flt.rewrite_batch(captions)
             stats = self._stats[flt.name]
             stats["dropped"] += len(dropped)
             stats["seconds"] += time.perf_counter() - start
 
-        kept = pa.Table.from_pydict({
-            "key": [keys[i] for i in alive],
-            "source": [sources[i] for i in alive],
-            "url": [urls[i] for i in alive],
-            "caption": captions,
-            "width": [widths[i] for i in alive],
-            "height": [heights[i] for i in alive],
-        }, schema=CANDIDATE)
+        kept = pa.Table.from_pydict(
+            {
+                "key": [keys[i] for i in alive],
+                "source": [sources[i] for i in alive],
+                "url": [urls[i] for i in alive],
+                "caption": captions,
+                "width": [widths[i] for i in alive],
+                "height": [heights[i] for i in alive],
+            },
+            schema=CANDIDATE,
+        )
         return kept, pa.Table.from_pydict(rejected, schema=REJECTED)
 
     def stats(self) -> dict[str, Any]:

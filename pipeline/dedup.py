@@ -37,35 +37,47 @@ def url_dedup_task(partition: int, cfg: BuildConfig, part_paths: list[str]) -> d
         winner_key.append(keys[i] if is_first else winner_key[-1])
     mask = pa.array(first, pa.bool_())
     losers = table.filter(pc.invert(mask))
-    loser_details = [f"same URL as {w}" for w, f in zip(winner_key, first) if not f]
-    storage.write_parquet_atomic(layout.rejected("duplicate_url", f"p{partition:05d}"),
-                                 schemas.rejected_from(losers, "duplicate_url", loser_details))
+    loser_details = [f"same URL as {w}" for w, f in zip(winner_key, first, strict=True) if not f]
+    storage.write_parquet_atomic(
+        layout.rejected("duplicate_url", f"p{partition:05d}"),
+        schemas.rejected_from(losers, "duplicate_url", loser_details),
+    )
     kept = table.filter(mask).sort_by([("file_id", "ascending"), ("row", "ascending")]).select(schemas.CANDIDATE.names)
     names = []
     for k, start in enumerate(range(0, kept.num_rows, cfg.run.shard_size)):
         name = f"p{partition:05d}-{k:05d}"
         storage.write_parquet_atomic(layout.candidates(name), kept.slice(start, cfg.run.shard_size))
         names.append({"name": name, "rows": min(cfg.run.shard_size, kept.num_rows - start)})
-    stats = {"partition": partition, "input": table.num_rows, "kept": kept.num_rows,
-             "duplicate_url": losers.num_rows, "lists": names}
+    stats = {
+        "partition": partition,
+        "input": table.num_rows,
+        "kept": kept.num_rows,
+        "duplicate_url": losers.num_rows,
+        "lists": names,
+    }
     storage.write_json_atomic(done, stats)
     return stats
 
 
 # --- duplicate_image ---------------------------------------------------------------------------
-HASH_SCHEMA = pa.schema([("partition", pa.int32()), ("sha256", pa.string()), ("key", pa.string()),
-                         ("shard", pa.string())])
+HASH_SCHEMA = pa.schema(
+    [("partition", pa.int32()), ("sha256", pa.string()), ("key", pa.string()), ("shard", pa.string())]
+)
 DUPS_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("winner", pa.string())])
 
 
 def write_image_hashes(layout: Layout, shard: str, kept: pa.Table, partitions: int) -> None:
     """Side file of a downloaded shard: (sha256, key) sorted by hash partition, one row group each."""
     shas = kept.column("sha256").to_pylist()
-    table = pa.table({
-        "partition": pa.array([schemas.stable_partition(s, partitions) for s in shas], pa.int32()),
-        "sha256": kept.column("sha256"), "key": kept.column("key"),
-        "shard": pa.array([shard] * kept.num_rows, pa.string()),
-    }, schema=HASH_SCHEMA).sort_by([("partition", "ascending"), ("sha256", "ascending")])
+    table = pa.table(
+        {
+            "partition": pa.array([schemas.stable_partition(s, partitions) for s in shas], pa.int32()),
+            "sha256": kept.column("sha256"),
+            "key": kept.column("key"),
+            "shard": pa.array([shard] * kept.num_rows, pa.string()),
+        },
+        schema=HASH_SCHEMA,
+    ).sort_by([("partition", "ascending"), ("sha256", "ascending")])
     storage.write_bytes_atomic(layout.image_hashes(shard), storage.grouped_parquet_bytes(table, "partition"))
 
 
@@ -77,8 +89,12 @@ def image_dedup_task(partition: int, cfg: BuildConfig, hash_paths: list[str]) ->
         return {"partition": partition, "duplicates": storage.parquet_num_rows(out), "skipped": True}
     if hash_paths:
         fs, _ = storage.resolve(hash_paths[0])
-        table = pq.read_table([storage.resolve(p)[1] for p in hash_paths], filesystem=fs, schema=HASH_SCHEMA,
-                              filters=pc.field("partition") == partition)
+        table = pq.read_table(
+            [storage.resolve(p)[1] for p in hash_paths],
+            filesystem=fs,
+            schema=HASH_SCHEMA,
+            filters=pc.field("partition") == partition,
+        )
     else:
         table = schemas.empty(HASH_SCHEMA)
     table = table.sort_by([("sha256", "ascending"), ("key", "ascending")])
@@ -103,6 +119,7 @@ def losers_of_shard(layout: Layout, shard: str, partitions: int) -> dict[str, st
     """{loser key: winner key} for one shard, read from every image-dup partition (row groups pruned)."""
     paths = [layout.image_dups(p) for p in range(partitions)]
     fs, _ = storage.resolve(paths[0])
-    table = pq.read_table([storage.resolve(p)[1] for p in paths], filesystem=fs, schema=DUPS_SCHEMA,
-                          filters=pc.field("shard") == shard)
-    return dict(zip(table.column("key").to_pylist(), table.column("winner").to_pylist()))
+    table = pq.read_table(
+        [storage.resolve(p)[1] for p in paths], filesystem=fs, schema=DUPS_SCHEMA, filters=pc.field("shard") == shard
+    )
+    return dict(zip(table.column("key").to_pylist(), table.column("winner").to_pylist(), strict=True))

@@ -36,8 +36,9 @@ def download_task(name: str, cfg: BuildConfig) -> dict[str, Any]:
     rows = storage.read_parquet(layout.candidates(name))
     work_dir = tempfile.mkdtemp(prefix=f"dl-{name}-")
     try:
-        kept, rejected = download_shard(rows, cfg.download, cfg.captions.min_aspect_ratio,
-                                        cfg.captions.max_aspect_ratio, work_dir)
+        kept, rejected = download_shard(
+            rows, cfg.download, cfg.captions.min_aspect_ratio, cfg.captions.max_aspect_ratio, work_dir
+        )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     if kept.num_rows + rejected.num_rows != rows.num_rows:
@@ -45,9 +46,13 @@ def download_task(name: str, cfg: BuildConfig) -> dict[str, Any]:
     storage.write_parquet_atomic(layout.rejected("download", name), rejected)
     write_image_hashes(layout, name, kept, cfg.run.dedup_partitions)
     storage.write_parquet_atomic(layout.staged(name), kept, row_group_size=512)
-    return {"name": name, "input": rows.num_rows, "kept": kept.num_rows,
-            "bytes": int(pc.sum(pc.binary_length(kept.column("image"))).as_py() or 0),
-            "seconds": time.monotonic() - started}
+    return {
+        "name": name,
+        "input": rows.num_rows,
+        "kept": kept.num_rows,
+        "bytes": int(pc.sum(pc.binary_length(kept.column("image"))).as_py() or 0),
+        "seconds": time.monotonic() - started,
+    }
 
 
 def give_up_on_list(layout: Layout, cfg: BuildConfig, name: str, error: str) -> None:
@@ -71,8 +76,9 @@ def finalize_task(name: str, cfg: BuildConfig) -> dict[str, Any]:
     if losers:
         is_loser = pc.is_in(table.column("key"), pa.array(list(losers), pa.string()))
         dup = table.filter(is_loser)
-        rejected = schemas.rejected_from(dup, "duplicate_image",
-                                         [f"same image as {losers[k]}" for k in dup.column("key").to_pylist()])
+        rejected = schemas.rejected_from(
+            dup, "duplicate_image", [f"same image as {losers[k]}" for k in dup.column("key").to_pylist()]
+        )
         storage.write_parquet_atomic(layout.rejected("duplicate_image", name), rejected)
         table = table.filter(pc.invert(is_loser))
     if table.num_rows == 0:

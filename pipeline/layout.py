@@ -1,12 +1,12 @@
 """Where every file of a dataset root lives. One place, so resume logic and readers agree.
 
-    <root>/manifest.json                 written last: its presence means the build is complete
-    <root>/captions_manifest.json        same, for a --captions-only run
-    <root>/shards/<name>.parquet         dataset shards (common.schemas.DATASET_SHARD)
-    <root>/candidates/<name>.parquet     rows that passed caption filters + URL dedup (CANDIDATE)
-    <root>/rejected/<stage>-<id>.parquet rejected rows with reasons (REJECTED)
-    <root>/report/                       filter report, examples, histograms
-    <root>/_work/                        resumable intermediate state (safe to delete after a build)
+<root>/manifest.json                 written last: its presence means the build is complete
+<root>/captions_manifest.json        same, for a --captions-only run
+<root>/shards/<name>.parquet         dataset shards (common.schemas.DATASET_SHARD)
+<root>/candidates/<name>.parquet     rows that passed caption filters + URL dedup (CANDIDATE)
+<root>/rejected/<stage>-<id>.parquet rejected rows with reasons (REJECTED)
+<root>/report/                       filter report, examples, histograms
+<root>/_work/                        resumable intermediate state (safe to delete after a build)
 """
 
 from __future__ import annotations

@@ -23,14 +23,16 @@ def _examples_needed(examples: dict, reason: str, source: str, k: int) -> bool:
     return len(examples[reason][source]) < k
 
 
-def build_report(layout: Layout, input_by_source: dict[str, int], kept_dir: str, examples_per_reason: int) -> dict[str, Any]:
+def build_report(
+    layout: Layout, input_by_source: dict[str, int], kept_dir: str, examples_per_reason: int
+) -> dict[str, Any]:
     """kept_dir: "shards" for a full build, "candidates" for --captions-only."""
     rejected_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     examples: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for path in storage.listdir(layout.path("rejected"), ".parquet"):
         for batch in storage.iter_parquet_batches(path, ["key", "url", "caption", "source", "reason", "detail"]):
             cols = batch.to_pydict()
-            for i, (source, reason) in enumerate(zip(cols["source"], cols["reason"])):
+            for i, (source, reason) in enumerate(zip(cols["source"], cols["reason"], strict=True)):
                 rejected_counts[source][reason] += 1
                 if _examples_needed(examples, reason, source, examples_per_reason):
                     examples[reason][source].append({k: cols[k][i] for k in ("key", "url", "caption", "detail")})
@@ -46,7 +48,7 @@ def build_report(layout: Layout, input_by_source: dict[str, int], kept_dir: str,
                 kept_counts[source] += 1
             words = np.array([len((c or "").split()) for c in cols["caption"]])
             words_hist += np.histogram(np.clip(words, 0, WORD_BINS[-1] - 1), WORD_BINS)[0]
-            sizes = [(w, h) for w, h in zip(cols[width_col], cols[height_col]) if w and h]
+            sizes = [(w, h) for w, h in zip(cols[width_col], cols[height_col], strict=True) if w and h]
             if sizes:
                 ratios = np.array([w / h for w, h in sizes])
                 aspect_hist += np.histogram(np.clip(ratios, ASPECT_BINS[0], ASPECT_BINS[-1]), ASPECT_BINS)[0]
@@ -55,8 +57,12 @@ def build_report(layout: Layout, input_by_source: dict[str, int], kept_dir: str,
     by_source = {}
     for s in sources:
         rej = dict(sorted(rejected_counts[s].items()))
-        by_source[s] = {"input": input_by_source.get(s, 0), "kept": kept_counts.get(s, 0), "rejected": rej,
-                        "accounted": input_by_source.get(s, 0) == kept_counts.get(s, 0) + sum(rej.values())}
+        by_source[s] = {
+            "input": input_by_source.get(s, 0),
+            "kept": kept_counts.get(s, 0),
+            "rejected": rej,
+            "accounted": input_by_source.get(s, 0) == kept_counts.get(s, 0) + sum(rej.values()),
+        }
     by_reason: dict[str, int] = defaultdict(int)
     for s in sources:
         for reason, n in rejected_counts[s].items():
@@ -65,14 +71,18 @@ def build_report(layout: Layout, input_by_source: dict[str, int], kept_dir: str,
     total_kept = sum(kept_counts.values())
     total_rej = sum(by_reason.values())
     return {
-        "input": total_in, "kept": total_kept, "rejected": total_rej,
+        "input": total_in,
+        "kept": total_kept,
+        "rejected": total_rej,
         "kept_fraction": total_kept / total_in if total_in else 0.0,
         "accounted": total_in == total_kept + total_rej and all(v["accounted"] for v in by_source.values()),
         "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
         "by_source": by_source,
         "examples": {r: dict(v) for r, v in sorted(examples.items())},
-        "histograms": {"caption_words": {"bins": WORD_BINS.tolist(), "counts": words_hist.tolist()},
-                       "aspect_ratio": {"bins": ASPECT_BINS.tolist(), "counts": aspect_hist.tolist()}},
+        "histograms": {
+            "caption_words": {"bins": WORD_BINS.tolist(), "counts": words_hist.tolist()},
+            "aspect_ratio": {"bins": ASPECT_BINS.tolist(), "counts": aspect_hist.tolist()},
+        },
     }
 
 
@@ -84,8 +94,9 @@ def summary_text(report: dict[str, Any]) -> str:
     for reason, n in report["rejected_by_reason"].items():
         lines.append(f"{reason:<20}{n:>12,}{n / total:>9.1%}")
     lines.append("-" * 41)
-    lines.append(f"{'input':<20}{report['input']:>12,}  kept + rejected = input: "
-                 f"{'yes' if report['accounted'] else 'NO'}")
+    lines.append(
+        f"{'input':<20}{report['input']:>12,}  kept + rejected = input: {'yes' if report['accounted'] else 'NO'}"
+    )
     return "\n".join(lines)
 
 
@@ -110,8 +121,10 @@ def write_report_files(layout: Layout, report: dict[str, Any]) -> list[str]:
         md.append("")
     storage.write_bytes_atomic(layout.report("examples.md"), "\n".join(md).encode())
     paths.append(layout.report("examples.md"))
-    for name, xlabel, log_x in (("caption_words", "caption length (words)", False),
-                                ("aspect_ratio", "width / height (original)", True)):
+    for name, xlabel, log_x in (
+        ("caption_words", "caption length (words)", False),
+        ("aspect_ratio", "width / height (original)", True),
+    ):
         hist = report["histograms"][name]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         edges = np.array(hist["bins"])

@@ -47,7 +47,9 @@ def kmeans(points: torch.Tensor, k: int, iters: int = 10, generator: torch.Gener
 
 
 @torch.no_grad()
-def init_codebook_from_data(encoder: torch.nn.Module, x: torch.Tensor, margin: float, seed: int = 0) -> dict[str, float]:
+def init_codebook_from_data(
+    encoder: torch.nn.Module, x: torch.Tensor, margin: float, seed: int = 0
+) -> dict[str, float]:
     """Point the encoder's output conv at k-means centres of `x`'s features (see the module docstring).
 
     `x`: (B,3,S,S) mapped pixels, B*g*g >= the codebook size. Returns figures worth logging: the codes the
@@ -56,8 +58,9 @@ def init_codebook_from_data(encoder: torch.nn.Module, x: torch.Tensor, margin: f
     vocab = conv.out_channels
     feats = encoder_features(encoder, x).float()
     if feats.shape[0] < vocab:
-        raise ValueError(f"k-means codebook init needs at least {vocab} positions, got {feats.shape[0]}: "
-                         f"give it more images")
+        raise ValueError(
+            f"k-means codebook init needs at least {vocab} positions, got {feats.shape[0]}: give it more images"
+        )
     # The generator lives where the features do: torch.multinomial refuses a CPU generator for GPU tensors.
     centres = kmeans(feats, vocab, generator=torch.Generator(device=feats.device).manual_seed(seed))
     d = torch.cdist(feats, centres) ** 2
@@ -65,5 +68,5 @@ def init_codebook_from_data(encoder: torch.nn.Module, x: torch.Tensor, margin: f
     gap = (nearest_two[:, 1] - nearest_two[:, 0]).median().clamp_min(1e-6)
     scale = margin / gap
     conv.weight.copy_((2 * scale * centres)[:, :, None, None].to(conv.weight.dtype))
-    conv.bias.copy_((-scale * (centres ** 2).sum(1)).to(conv.bias.dtype))
+    conv.bias.copy_((-scale * (centres**2).sum(1)).to(conv.bias.dtype))
     return {"kmeans_codes_used": float(torch.unique(d.argmin(1)).numel()), "kmeans_scale": float(scale)}

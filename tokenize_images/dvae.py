@@ -25,12 +25,12 @@ LOGIT_LAPLACE_EPS = 0.1  # pixels live in [eps, 1-eps] so that logit(x) stays fi
 
 @dataclass
 class DVAEConfig:
-    n_hid: int = 256           # width of the first group; groups are 1, 2, 4, 8 x n_hid
+    n_hid: int = 256  # width of the first group; groups are 1, 2, 4, 8 x n_hid
     n_blk_per_group: int = 2
     vocab_size: int = 8192
-    image_size: int = 256      # the encoder downsamples by 8: 256 px -> 32x32 tokens
-    n_init: int = 128          # decoder: width after the 1x1 input conv on one-hots
-    group_count: int = 4       # fixed by the architecture; kept for post_gain = 1 / n_layers^2
+    image_size: int = 256  # the encoder downsamples by 8: 256 px -> 32x32 tokens
+    n_init: int = 128  # decoder: width after the 1x1 input conv on one-hots
+    group_count: int = 4  # fixed by the architecture; kept for post_gain = 1 / n_layers^2
 
     @property
     def grid(self) -> int:
@@ -70,7 +70,10 @@ class ResBlock(nn.Module):
         widths = [n_in, n_hid, n_hid, n_hid, n_out]
         layers = []
         for i, k in enumerate(kernels):
-            layers += [(f"relu_{i + 1}", nn.ReLU()), (f"conv_{i + 1}", nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2))]
+            layers += [
+                (f"relu_{i + 1}", nn.ReLU()),
+                (f"conv_{i + 1}", nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2)),
+            ]
         self.res_path = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,11 +111,23 @@ class Encoder(nn.Module):
         def widths(g: int) -> list[tuple[int, int]]:
             return [((mults[g - 1] if i == 0 else mults[g]) * h, mults[g] * h) for i in range(n)]
 
-        self.blocks = nn.Sequential(OrderedDict([
-            ("input", nn.Conv2d(3, h, 7, padding=3)),
-            *[(f"group_{g}", _group(widths(g), L, ENCODER_KERNELS, nn.MaxPool2d(2) if g < 4 else None)) for g in range(1, 5)],
-            ("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(8 * h, cfg.vocab_size, 1))]))),
-        ]))
+        self.blocks = nn.Sequential(
+            OrderedDict(
+                [
+                    ("input", nn.Conv2d(3, h, 7, padding=3)),
+                    *[
+                        (f"group_{g}", _group(widths(g), L, ENCODER_KERNELS, nn.MaxPool2d(2) if g < 4 else None))
+                        for g in range(1, 5)
+                    ],
+                    (
+                        "output",
+                        nn.Sequential(
+                            OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(8 * h, cfg.vocab_size, 1))])
+                        ),
+                    ),
+                ]
+            )
+        )
         init_like_dall_e(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,11 +146,18 @@ class Decoder(nn.Module):
             return [(ins[g - 1] if i == 0 else outs[g - 1], outs[g - 1]) for i in range(n)]
 
         up = lambda: nn.Upsample(scale_factor=2, mode="nearest")  # noqa: E731
-        self.blocks = nn.Sequential(OrderedDict([
-            ("input", nn.Conv2d(cfg.vocab_size, cfg.n_init, 1)),
-            *[(f"group_{g}", _group(widths(g), L, DECODER_KERNELS, up() if g < 4 else None)) for g in range(1, 5)],
-            ("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(h, 6, 1))]))),
-        ]))
+        self.blocks = nn.Sequential(
+            OrderedDict(
+                [
+                    ("input", nn.Conv2d(cfg.vocab_size, cfg.n_init, 1)),
+                    *[
+                        (f"group_{g}", _group(widths(g), L, DECODER_KERNELS, up() if g < 4 else None))
+                        for g in range(1, 5)
+                    ],
+                    ("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(h, 6, 1))]))),
+                ]
+            )
+        )
         init_like_dall_e(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -213,9 +235,15 @@ def flops_per_image(cfg: DVAEConfig, training: bool = False) -> float:
 
 # --- checkpoints --------------------------------------------------------------------------------
 
+
 def checkpoint_dict(model: DVAE, extra: dict | None = None) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(model.cfg),
-            "encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(), **(extra or {})}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": dataclasses.asdict(model.cfg),
+        "encoder": model.encoder.state_dict(),
+        "decoder": model.decoder.state_dict(),
+        **(extra or {}),
+    }
 
 
 def save_checkpoint(model: DVAE, path: str, extra: dict | None = None) -> str:

@@ -6,8 +6,9 @@ the harness the prior uses (harness/). The command is orchestration/train_dvae.p
 Objective (tokenize_images/objective.py): Gumbel-softmax relaxation, logit-Laplace reconstruction NLL,
 beta * KL to the uniform prior. Schedules (cosine, paper): beta 0 -> 6.6 over 5k updates, tau 1 -> 1/16
 over 150k, lr 1e-4 -> 1.25e-6 over 1.2M; `schedule.scale` shrinks them for short runs. AdamW
-(0.9, 0.999), eps 1e-8, wd 1e-4, parameter EMA 0.999 (with a warm-up, see ema_decay). Ray Data decodes and random-crops the images in
-CPU tasks; every worker trains on its shard of the stream. MLflow (rank 0, asynchronous): losses,
+(0.9, 0.999), eps 1e-8, wd 1e-4, parameter EMA 0.999 (with a warm-up, see ema_decay). Ray Data decodes and
+random-crops the images in CPU tasks; every worker trains on its shard of the stream. MLflow (rank 0,
+asynchronous): losses,
 beta, tau, lr, codebook perplexity and fraction used, images/s, MFU, data-wait share, reconstruction grids.
 Short runs can add a k-means codebook init, a frozen-encoder warm-up and a larger lr on the code embeddings
 (CodebookConfig; off by default, on in configs/dvae_demo.toml, why in docs/tokens.md).
@@ -38,6 +39,7 @@ def model_config(cfg: DVAETrainConfig) -> DVAEConfig:
 
 # --- data: Ray Data decodes in CPU tasks -----------------------------------------------------------
 
+
 def decode_for_training(batch: dict[str, np.ndarray], size: int, random_crop: bool) -> dict[str, np.ndarray]:
     from tokenize_images.preprocess import load_images
 
@@ -54,8 +56,12 @@ def training_dataset(cfg: DVAETrainConfig, image_size: int):
     if not files:
         raise FileNotFoundError(f"no dataset shards under {cfg.dataset}/shards")
     ds = ray.data.read_parquet(files, columns=["image"])
-    ds = ds.map_batches(decode_for_training, batch_format="numpy", batch_size=64,
-                        fn_kwargs={"size": image_size, "random_crop": cfg.random_crop and not cfg.cache_decoded})
+    ds = ds.map_batches(
+        decode_for_training,
+        batch_format="numpy",
+        batch_size=64,
+        fn_kwargs={"size": image_size, "random_crop": cfg.random_crop and not cfg.cache_decoded},
+    )
     return ds.materialize() if cfg.cache_decoded else ds
 
 
@@ -64,8 +70,9 @@ def batches(shard, batch_size: int, shuffle_buffer: int = 0):
     epoch = 0
     while True:
         seen = 0
-        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
-                                              local_shuffle_buffer_size=shuffle_buffer or None):
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer or None
+        ):
             seen += 1
             yield epoch, batch["pixels"]
         if seen == 0:
@@ -74,6 +81,7 @@ def batches(shard, batch_size: int, shuffle_buffer: int = 0):
 
 
 # --- one update ---------------------------------------------------------------------------------
+
 
 def train_step(model, optimizer, pixels: torch.Tensor, step: int, cfg: DVAETrainConfig, autocast=None) -> dict:
     """One AdamW update at `step`; returns the figures to log. `pixels` is (B,S,S,3) uint8."""
@@ -99,8 +107,12 @@ def train_step(model, optimizer, pixels: torch.Tensor, step: int, cfg: DVAETrain
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
     optimizer.step()
     usage = codebook_usage(logits.detach().argmax(1), logits.shape[1])
-    return {**{k: v.item() for k, v in losses.items()}, **s, "codebook_perplexity": usage["perplexity"],
-            "codebook_used_fraction": usage["used_fraction"]}
+    return {
+        **{k: v.item() for k, v in losses.items()},
+        **s,
+        "codebook_perplexity": usage["perplexity"],
+        "codebook_used_fraction": usage["used_fraction"],
+    }
 
 
 def ema_decay(step: int, decay: float) -> float:
@@ -117,11 +129,14 @@ def make_optimizer(model, cfg: DVAETrainConfig) -> torch.optim.AdamW:
     o, dvae = cfg.optim, unwrap(model)
     codes = list(dvae.decoder.blocks.input.parameters())
     rest = [p for name, m in dvae.decoder.blocks.named_children() if name != "input" for p in m.parameters()]
-    groups = [{"name": "encoder", "params": list(dvae.encoder.parameters()), "lr_mult": 1.0},
-              {"name": "code_embeddings", "params": codes, "lr_mult": cfg.codebook.code_embedding_lr_mult},
-              {"name": "decoder", "params": rest, "lr_mult": 1.0}]
-    return torch.optim.AdamW(groups, lr=cfg.schedule.lr_start, betas=tuple(o.betas), eps=o.eps,
-                             weight_decay=o.weight_decay)
+    groups = [
+        {"name": "encoder", "params": list(dvae.encoder.parameters()), "lr_mult": 1.0},
+        {"name": "code_embeddings", "params": codes, "lr_mult": cfg.codebook.code_embedding_lr_mult},
+        {"name": "decoder", "params": rest, "lr_mult": 1.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.schedule.lr_start, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+    )
 
 
 def model_input(pixels: torch.Tensor) -> torch.Tensor:
@@ -141,8 +156,9 @@ def init_codebook(dvae: DVAE, stream, cfg: DVAETrainConfig, ctx) -> dict[str, fl
         images.append(pixels)
         seen += pixels.shape[0]
     dvae.to(ctx.device)
-    figures = init_codebook_from_data(dvae.encoder, model_input(torch.cat(images).to(ctx.device)),
-                                      cfg.codebook.kmeans_margin, seed=cfg.optim.seed)
+    figures = init_codebook_from_data(
+        dvae.encoder, model_input(torch.cat(images).to(ctx.device)), cfg.codebook.kmeans_margin, seed=cfg.optim.seed
+    )
     if ctx.world_size > 1:
         import torch.distributed as dist
 
@@ -168,6 +184,7 @@ def reconstruction_png(dvae: DVAE, pixels: torch.Tensor, count: int = 8) -> byte
 
 
 # --- the Ray Train worker -----------------------------------------------------------------------
+
 
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
@@ -209,12 +226,21 @@ def train_loop_per_worker(config: dict) -> None:
         timer.step(tokens=pixels.shape[0] * ctx.world_size)
         if ctx.should_log(step):
             t = timer.take()
-            ctx.logger.log_metrics({**metrics, "epoch": epoch, "images_per_s": t["tokens_per_s"],
-                                    "mfu": mfu(train_flops, t["tokens_per_s"] / ctx.world_size, peak),
-                                    "data_wait_share": t["data_wait_share"], "step_time_s": t["step_time_s"]}, step)
+            ctx.logger.log_metrics(
+                {
+                    **metrics,
+                    "epoch": epoch,
+                    "images_per_s": t["tokens_per_s"],
+                    "mfu": mfu(train_flops, t["tokens_per_s"] / ctx.world_size, peak),
+                    "data_wait_share": t["data_wait_share"],
+                    "step_time_s": t["step_time_s"],
+                },
+                step,
+            )
         if ctx.is_rank0 and (step % cfg.image_every == 0 or step == cfg.optim.max_steps):
-            ctx.logger.log_artifact_bytes(reconstruction_png(ema.module, pixels), f"step_{step:07d}.png",
-                                          "reconstructions")
+            ctx.logger.log_artifact_bytes(
+                reconstruction_png(ema.module, pixels), f"step_{step:07d}.png", "reconstructions"
+            )
         if step % cfg.checkpoint_every == 0 or step == cfg.optim.max_steps:
             ckpt.save(step, {"loss": metrics["loss"]})
     ctx.close()
@@ -222,12 +248,15 @@ def train_loop_per_worker(config: dict) -> None:
 
 # --- driver -------------------------------------------------------------------------------------
 
+
 def export_ema(checkpoint_dir: str, output: str, run_id: str) -> str:
     """The EMA weights of a Ray Train checkpoint -> `output` in the dVAE checkpoint format. Returns sha256."""
     state = torch.load(os.path.join(checkpoint_dir, "state.pt"), map_location="cpu", weights_only=True)
     model = DVAE(DVAEConfig(**state["dvae"]))
     model.load_state_dict(state["ema"])
-    return save_checkpoint(model, output, extra={"steps": int(state["step"]), "mlflow_run_id": run_id, "weights": "ema"})
+    return save_checkpoint(
+        model, output, extra={"steps": int(state["step"]), "mlflow_run_id": run_id, "weights": "ema"}
+    )
 
 
 def train_dvae(cfg: DVAETrainConfig) -> dict:
@@ -235,8 +264,8 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
     import ray
 
     from common.ray_cluster import init_ray
-    from tokenize_images.dvae import checkpoint_info
     from harness.launch import launch
+    from tokenize_images.dvae import checkpoint_info
 
     if not (cfg.dataset and cfg.output):
         raise ValueError("dataset and output are required")
@@ -244,20 +273,31 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
         _, sha = checkpoint_info(cfg.output)
         return {"checkpoint": cfg.output, "sha256": sha, "reused": True}
     if not cfg.run.name:
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name="dvae-" + os.path.basename(cfg.output).split(".")[0]))
+        cfg = dataclasses.replace(
+            cfg, run=dataclasses.replace(cfg.run, name="dvae-" + os.path.basename(cfg.output).split(".")[0])
+        )
     dvae_cfg = model_config(cfg)
     owns_ray = init_ray(cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None)  # before Ray Data
     try:
-        result = launch(train_loop_per_worker, {"cfg": to_dict(cfg), "dvae": dataclasses.asdict(dvae_cfg)}, cfg.run,
-                        params={**flatten(cfg), **{f"dvae.{k}": v for k, v in dataclasses.asdict(dvae_cfg).items()}},
-                        tags={"stage": "train_dvae", "dataset": cfg.dataset},
-                        datasets={"train": training_dataset(cfg, dvae_cfg.image_size)})
+        result = launch(
+            train_loop_per_worker,
+            {"cfg": to_dict(cfg), "dvae": dataclasses.asdict(dvae_cfg)},
+            cfg.run,
+            params={**flatten(cfg), **{f"dvae.{k}": v for k, v in dataclasses.asdict(dvae_cfg).items()}},
+            tags={"stage": "train_dvae", "dataset": cfg.dataset},
+            datasets={"train": training_dataset(cfg, dvae_cfg.image_size)},
+        )
     finally:
         if owns_ray:
             ray.shutdown()
     if result.checkpoint_path is None:
         raise RuntimeError("training reported no checkpoint")
     sha = export_ema(result.checkpoint_path, cfg.output, result.run_id)
-    return {"checkpoint": cfg.output, "sha256": sha, "reused": False, "run_id": result.run_id,
-            "resumed": result.resumed, "metrics": result.metrics}
-
+    return {
+        "checkpoint": cfg.output,
+        "sha256": sha,
+        "reused": False,
+        "run_id": result.run_id,
+        "resumed": result.resumed,
+        "metrics": result.metrics,
+    }

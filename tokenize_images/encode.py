@@ -33,7 +33,7 @@ READ_COLUMNS = ["key", "url", "caption", "source", "image"]
 
 @dataclass
 class ShardPlan:
-    name: str          # e.g. 00012.parquet, the same for input and output
+    name: str  # e.g. 00012.parquet, the same for input and output
     input_path: str
     output_path: str
     rejected_path: str
@@ -44,12 +44,20 @@ def plan_shards(cfg: EncodeConfig) -> list[ShardPlan]:
     plans = []
     for path in storage.glob(storage.join(cfg.dataset, "shards", "*.parquet")):
         name = posixpath.basename(path.replace(os.sep, "/"))
-        plans.append(ShardPlan(name, path, storage.join(cfg.output, "shards", name),
-                               storage.join(cfg.output, "rejected", name), storage.parquet_num_rows(path)))
+        plans.append(
+            ShardPlan(
+                name,
+                path,
+                storage.join(cfg.output, "shards", name),
+                storage.join(cfg.output, "rejected", name),
+                storage.parquet_num_rows(path),
+            )
+        )
     return plans
 
 
 # --- Ray Data stages (module-level functions: they are shipped to workers) ------------------------
+
 
 def read_and_decode(batch: dict[str, np.ndarray], read_batch_rows: int, size: int, resample: str):
     """One input row = one dataset shard. Streams it read_batch_rows at a time: decoded pixels (zeros and an
@@ -59,18 +67,24 @@ def read_and_decode(batch: dict[str, np.ndarray], read_batch_rows: int, size: in
     make Ray Data bundle many shards into one task. Decode parallelism is across shards."""
     from tokenize_images.preprocess import load_images
 
-    for path, name in zip(batch["input_path"], batch["shard"]):
+    for path, name in zip(batch["input_path"], batch["shard"], strict=True):
         start = 0
         for rb in storage.iter_parquet_batches(path, columns=READ_COLUMNS, batch_size=read_batch_rows):
             cols = {c: rb.column(c).to_numpy(zero_copy_only=False) for c in READ_COLUMNS if c != "image"}
             pixels, errors = load_images(rb.column("image").to_pylist(), size, resample)
             n = rb.num_rows
-            yield {**cols, "shard": np.full(n, name, dtype=object), "row": np.arange(start, start + n, dtype=np.int64),
-                   "pixels": pixels, "error": np.array(errors, dtype=object)}
+            yield {
+                **cols,
+                "shard": np.full(n, name, dtype=object),
+                "row": np.arange(start, start + n, dtype=np.int64),
+                "pixels": pixels,
+                "error": np.array(errors, dtype=object),
+            }
             start += n
 
 
 # --- driver side: regroup rows by shard and write ---------------------------------------------------
+
 
 class ShardWriter:
     """Collects encoded rows per input shard and writes a shard the moment its last row arrives."""
@@ -109,23 +123,32 @@ class ShardWriter:
             ok = np.array([e == "" for e in cols["error"]], dtype=bool)
             bad = ~ok
             if bad.any():
-                rejected = pa.table({
-                    "key": pa.array(cols["key"][bad].tolist(), pa.string()),
-                    "url": pa.array(cols["url"][bad].tolist(), pa.string()),
-                    "caption": pa.array(cols["caption"][bad].tolist(), pa.string()),
-                    "source": pa.array(cols["source"][bad].tolist(), pa.string()),
-                    "reason": pa.array(["decode_error"] * int(bad.sum()), pa.string()),
-                    "detail": pa.array(cols["error"][bad].tolist(), pa.string()),
-                }, schema=schemas.REJECTED)
+                rejected = pa.table(
+                    {
+                        "key": pa.array(cols["key"][bad].tolist(), pa.string()),
+                        "url": pa.array(cols["url"][bad].tolist(), pa.string()),
+                        "caption": pa.array(cols["caption"][bad].tolist(), pa.string()),
+                        "source": pa.array(cols["source"][bad].tolist(), pa.string()),
+                        "reason": pa.array(["decode_error"] * int(bad.sum()), pa.string()),
+                        "detail": pa.array(cols["error"][bad].tolist(), pa.string()),
+                    },
+                    schema=schemas.REJECTED,
+                )
                 storage.write_parquet_atomic(plan.rejected_path, rejected)  # before the shard: the shard marks done
         n_ok = int(ok.sum())
-        tokens = cols["tokens"][ok] if n_ok else np.zeros((0, self.schema.field("image_tokens").type.list_size), np.uint16)
-        table = pa.table({
-            "key": pa.array(cols["key"][ok].tolist() if n_ok else [], pa.string()),
-            "caption": pa.array(cols["caption"][ok].tolist() if n_ok else [], pa.string()),
-            "image_tokens": pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1), pa.uint16()),
-                                                              tokens.shape[1]),
-        }, schema=self.schema)
+        tokens = (
+            cols["tokens"][ok] if n_ok else np.zeros((0, self.schema.field("image_tokens").type.list_size), np.uint16)
+        )
+        table = pa.table(
+            {
+                "key": pa.array(cols["key"][ok].tolist() if n_ok else [], pa.string()),
+                "caption": pa.array(cols["caption"][ok].tolist() if n_ok else [], pa.string()),
+                "image_tokens": pa.FixedSizeListArray.from_arrays(
+                    pa.array(tokens.reshape(-1), pa.uint16()), tokens.shape[1]
+                ),
+            },
+            schema=self.schema,
+        )
         storage.write_parquet_atomic(plan.output_path, table, metadata=self.metadata)
         self.code_counts += np.bincount(tokens.reshape(-1).astype(np.int64), minlength=len(self.code_counts))
         self.encoded += n_ok
@@ -138,11 +161,14 @@ class ShardWriter:
 
 # --- the job ------------------------------------------------------------------------------------
 
+
 def _check_existing(plan: ShardPlan, sha: str) -> None:
     meta = storage.parquet_metadata(plan.output_path)
     if meta.get(schemas.TOKEN_META_DVAE_SHA256) != sha:
-        raise ValueError(f"{plan.output_path} was encoded by dVAE {meta.get(schemas.TOKEN_META_DVAE_SHA256)}, "
-                         f"not {sha}: use a new output root per dVAE")
+        raise ValueError(
+            f"{plan.output_path} was encoded by dVAE {meta.get(schemas.TOKEN_META_DVAE_SHA256)}, "
+            f"not {sha}: use a new output root per dVAE"
+        )
 
 
 def _pool(cfg: EncodeConfig) -> tuple[str, int, dict]:
@@ -169,23 +195,36 @@ def build_dataset(cfg: EncodeConfig, todo: list[ShardPlan], image_size: int):
     device, actors, resources = _pool(cfg)
     # One block per read batch: decoded pixels stream to the encoders read_batch_rows at a time instead
     # of Ray Data merging a whole shard into one (default 128 MB) block, and memory stays bounded.
-    ray.data.DataContext.get_current().target_max_block_size = int(cfg.run.read_batch_rows * image_size ** 2 * 3 * 1.25)
+    ray.data.DataContext.get_current().target_max_block_size = int(cfg.run.read_batch_rows * image_size**2 * 3 * 1.25)
     from tokenize_images.encoder_actor import TokenEncoder
 
-    ds = ray.data.from_items([{"input_path": p.input_path, "shard": p.name} for p in todo],
-                             override_num_blocks=max(1, len(todo)))
-    ds = ds.map_batches(read_and_decode, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"read_batch_rows": cfg.run.read_batch_rows, "size": image_size,
-                                   "resample": cfg.run.resample})
+    ds = ray.data.from_items(
+        [{"input_path": p.input_path, "shard": p.name} for p in todo], override_num_blocks=max(1, len(todo))
+    )
+    ds = ds.map_batches(
+        read_and_decode,
+        batch_size=1,
+        batch_format="numpy",
+        fn_kwargs={"read_batch_rows": cfg.run.read_batch_rows, "size": image_size, "resample": cfg.run.resample},
+    )
     # The memory reservation differs from the decode tasks' resources, which also keeps Ray Data from
     # fusing decoding into the actors: that would serialise decode and encode on the actor's CPU
     # instead of overlapping them on separate cores.
-    ds = ds.map_batches(TokenEncoder, batch_size=cfg.run.batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=actors), memory=cfg.run.encoder_memory_mb * 2**20,
-                        fn_constructor_kwargs={"checkpoint": cfg.dvae, "device": device, "amp_dtype": cfg.run.amp_dtype,
-                                               "channels_last": cfg.run.channels_last,
-                                               "threads": int(resources.get("num_cpus", 1))},
-                        **resources)
+    ds = ds.map_batches(
+        TokenEncoder,
+        batch_size=cfg.run.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        memory=cfg.run.encoder_memory_mb * 2**20,
+        fn_constructor_kwargs={
+            "checkpoint": cfg.dvae,
+            "device": device,
+            "amp_dtype": cfg.run.amp_dtype,
+            "channels_last": cfg.run.channels_last,
+            "threads": int(resources.get("num_cpus", 1)),
+        },
+        **resources,
+    )
     return ds, {"device": device, "encoder_actors": actors}
 
 
@@ -210,8 +249,10 @@ def write_manifest(cfg: EncodeConfig, plans: list[ShardPlan], dvae_sha: str, dva
         "grid": f"{dvae_cfg.grid}x{dvae_cfg.grid}",
         "image_vocab_size": dvae_cfg.vocab_size,
         "image_size": dvae_cfg.image_size,
-        "preprocessing": {"resize": f"short side to {dvae_cfg.image_size}, {cfg.run.resample}",
-                          "crop": f"centre {dvae_cfg.image_size}x{dvae_cfg.image_size}"},
+        "preprocessing": {
+            "resize": f"short side to {dvae_cfg.image_size}, {cfg.run.resample}",
+            "crop": f"centre {dvae_cfg.image_size}x{dvae_cfg.image_size}",
+        },
         "tokenizer": tokenizer,
         "shards": shards,
         "counts": {"input_rows": sum(p.rows for p in plans), "encoded": encoded, "rejected": rejected_by_reason},
@@ -265,7 +306,7 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
         if pending:
             ds, info = build_dataset(cfg, pending, dvae_cfg.image_size)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for t, n in zip(*np.unique(batch.pop("encoded_at"), return_counts=True)):
+                for t, n in zip(*np.unique(batch.pop("encoded_at"), return_counts=True), strict=True):
                     encoded_at[float(t)] = encoded_at.get(float(t), 0) + int(n)
                 writer.add(batch)
         elapsed = time.perf_counter() - started
@@ -278,10 +319,15 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
     manifest = write_manifest(cfg, plans, dvae_sha, dvae_cfg, tokenizer)
     rows_this_run = writer.encoded + writer.rejected
     manifest["run"] = {
-        **info, "seconds": elapsed, "rows": rows_this_run, "encoded": writer.encoded, "rejected": writer.rejected,
+        **info,
+        "seconds": elapsed,
+        "rows": rows_this_run,
+        "encoded": writer.encoded,
+        "rejected": writer.rejected,
         "images_per_s": rows_this_run / elapsed if elapsed > 0 and rows_this_run else 0.0,
         "steady_images_per_s": steady_rate(encoded_at),
-        "shards_written": len(writer.written), "shards_skipped": len(plans) - len(todo),
+        "shards_written": len(writer.written),
+        "shards_skipped": len(plans) - len(todo),
         "code_counts": writer.code_counts,
     }
     if cfg.run.mlflow:

@@ -32,7 +32,6 @@ def usage_figure(code_counts: np.ndarray, path: str) -> None:
     plt.close(fig)
 
 
-
 def reconstruction_grid(cfg, plans, count: int) -> np.ndarray | None:
     """Originals (top) and decoder(tokens read back from the first token shard) (bottom)."""
     import torch
@@ -49,7 +48,7 @@ def reconstruction_grid(cfg, plans, count: int) -> np.ndarray | None:
         wanted = set(keys)
         images = {}
         for batch in storage.iter_parquet_batches(plan.input_path, columns=["key", "image"], batch_size=256):
-            for k, data in zip(batch.column("key").to_pylist(), batch.column("image").to_pylist()):
+            for k, data in zip(batch.column("key").to_pylist(), batch.column("image").to_pylist(), strict=True):
                 if k in wanted:
                     images[k] = data
             if len(images) == len(wanted):
@@ -57,7 +56,9 @@ def reconstruction_grid(cfg, plans, count: int) -> np.ndarray | None:
         model, _ = load_checkpoint(cfg.dvae)
         s, g = model.cfg.image_size, model.cfg.grid
         originals = np.stack([load_image(images[k], s, cfg.run.resample) for k in keys])
-        codes = torch.from_numpy(np.stack(tokens.column("image_tokens").to_numpy(zero_copy_only=False)).astype(np.int64))
+        codes = torch.from_numpy(
+            np.stack(tokens.column("image_tokens").to_numpy(zero_copy_only=False)).astype(np.int64)
+        )
         with torch.no_grad():
             recon = model.decode_tokens(codes.view(-1, g, g))
         recon = (recon.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
@@ -75,16 +76,25 @@ def log_run(cfg, manifest: dict, plans) -> str:
     exp = ensure_experiment(cfg.run.experiment)
     run = manifest["run"]
     counts = run.pop("code_counts")
-    with mlflow.start_run(experiment_id=exp, run_name="encode_tokens", tags={"output": cfg.output,
-                                                                             "dvae_sha256": manifest["dvae"]["sha256"]}) as active:
+    with mlflow.start_run(
+        experiment_id=exp,
+        run_name="encode_tokens",
+        tags={"output": cfg.output, "dvae_sha256": manifest["dvae"]["sha256"]},
+    ) as active:
         log_params(flatten(cfg))
         metrics = {k: float(v) for k, v in run.items() if isinstance(v, (int, float))}
-        metrics.update({"total_encoded": manifest["counts"]["encoded"],
-                        "total_rejected": sum(manifest["counts"]["rejected"].values()),
-                        "total_input_rows": manifest["counts"]["input_rows"]})
+        metrics.update(
+            {
+                "total_encoded": manifest["counts"]["encoded"],
+                "total_rejected": sum(manifest["counts"]["rejected"].values()),
+                "total_input_rows": manifest["counts"]["input_rows"],
+            }
+        )
         if counts.sum() > 0:
             usage = usage_from_counts(counts)
-            metrics.update({"codebook_perplexity": usage["perplexity"], "codebook_used_fraction": usage["used_fraction"]})
+            metrics.update(
+                {"codebook_perplexity": usage["perplexity"], "codebook_used_fraction": usage["used_fraction"]}
+            )
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(tmp, "manifest.json"), "w") as fh:

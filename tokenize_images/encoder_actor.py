@@ -20,8 +20,14 @@ AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": N
 class TokenEncoder:
     """Callable: a batch with `pixels` (N,S,S,3) uint8 and `error` -> the batch with `tokens` (N, g*g) uint16."""
 
-    def __init__(self, checkpoint: str, device: str = "cpu", amp_dtype: str = "bfloat16", channels_last: bool = True,
-                 threads: int = 1):
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str = "cpu",
+        amp_dtype: str = "bfloat16",
+        channels_last: bool = True,
+        threads: int = 1,
+    ):
         if amp_dtype not in AMP_DTYPES:  # checked on CPU too, where the dtype is unused: a typo fails everywhere
             raise ValueError(f"unknown amp_dtype {amp_dtype!r}; allowed: {', '.join(map(repr, AMP_DTYPES))}")
         if device == "cpu":

@@ -19,7 +19,6 @@ import torch
 
 from tokenize_images.dvae import load_checkpoint
 
-
 DecodeFn = Callable[[torch.Tensor], np.ndarray]
 
 
@@ -28,7 +27,7 @@ def token_map_decoder(grid_h: int, grid_w: int, image_vocab: int, cell: int = 8)
 
     def decode(tokens: torch.Tensor) -> np.ndarray:
         codes = tokens.view(-1, grid_h, grid_w).clamp(0, image_vocab - 1).cpu().numpy()
-        img = palette[codes]                                        # [B, H, W, 3]
+        img = palette[codes]  # [B, H, W, 3]
         return img.repeat(cell, axis=1).repeat(cell, axis=2)
 
     return decode
@@ -38,12 +37,14 @@ def dvae_decoder(path: str, grid_h: int, grid_w: int, image_vocab: int) -> Decod
     """Pixels from the stage-2 dVAE checkpoint (loaded with weights_only=True)."""
     model, _ = load_checkpoint(path, with_decoder=True)
     if (model.cfg.vocab_size, model.cfg.grid, model.cfg.grid) != (image_vocab, grid_h, grid_w):
-        raise ValueError(f"dVAE {path} makes {model.cfg.grid}x{model.cfg.grid} grids of {model.cfg.vocab_size} codes; "
-                         f"the prior samples {grid_h}x{grid_w} grids of {image_vocab}")
+        raise ValueError(
+            f"dVAE {path} makes {model.cfg.grid}x{model.cfg.grid} grids of {model.cfg.vocab_size} codes; "
+            f"the prior samples {grid_h}x{grid_w} grids of {image_vocab}"
+        )
 
     @torch.no_grad()
     def decode(tokens: torch.Tensor) -> np.ndarray:
-        images = model.decode_tokens(tokens.view(-1, grid_h, grid_w).cpu().long())   # [B, 3, S, S] in [0, 1]
+        images = model.decode_tokens(tokens.view(-1, grid_h, grid_w).cpu().long())  # [B, 3, S, S] in [0, 1]
         return (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
     return decode
@@ -54,4 +55,3 @@ def load_decoder(dvae: str, grid_h: int, grid_w: int, image_vocab: int) -> Decod
     if not dvae:
         return token_map_decoder(grid_h, grid_w, image_vocab)
     return dvae_decoder(dvae, grid_h, grid_w, image_vocab)
-

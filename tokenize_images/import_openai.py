@@ -27,9 +27,18 @@ def _renamed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def convert_official(encoder: nn.Module, decoder: nn.Module | None = None, image_size: int = 256) -> DVAE:
     """Build a DVAE holding the weights of official `dall_e` modules (a decoder is optional for tests)."""
-    cfg = DVAEConfig(n_hid=encoder.n_hid, n_blk_per_group=encoder.n_blk_per_group, vocab_size=encoder.vocab_size,
-                     image_size=image_size, n_init=decoder.n_init if decoder is not None else 128)
-    if decoder is not None and (decoder.n_hid, decoder.n_blk_per_group, decoder.vocab_size) != (cfg.n_hid, cfg.n_blk_per_group, cfg.vocab_size):
+    cfg = DVAEConfig(
+        n_hid=encoder.n_hid,
+        n_blk_per_group=encoder.n_blk_per_group,
+        vocab_size=encoder.vocab_size,
+        image_size=image_size,
+        n_init=decoder.n_init if decoder is not None else 128,
+    )
+    if decoder is not None and (decoder.n_hid, decoder.n_blk_per_group, decoder.vocab_size) != (
+        cfg.n_hid,
+        cfg.n_blk_per_group,
+        cfg.vocab_size,
+    ):
         raise ValueError("encoder and decoder pickles describe different dVAEs")
     model = DVAE(cfg)
     model.encoder.load_state_dict(_renamed(encoder.state_dict()), strict=True)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from tokenize_images.config import ScheduleConfig
 
+
 def cosine(step: float, start: float, end: float, steps: float) -> float:
     """Half-cosine from `start` (step 0) to `end` (step >= steps); works increasing or decreasing."""
     if steps <= 0 or step >= steps:
@@ -24,8 +25,9 @@ def cosine(step: float, start: float, end: float, steps: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * max(step, 0) / steps))
 
 
-def schedules(step: int, s: ScheduleConfig = ScheduleConfig()) -> dict[str, float]:
+def schedules(step: int, s: ScheduleConfig | None = None) -> dict[str, float]:
     """beta, tau and lr at `step` (defaults: the paper's). `s.scale` shrinks every schedule's length."""
+    s = s or ScheduleConfig()
     return {
         "beta": cosine(step, 0.0, s.beta_max, s.beta_steps * s.scale),
         "tau": cosine(step, s.tau_start, s.tau_end, s.tau_steps * s.scale),
@@ -33,7 +35,9 @@ def schedules(step: int, s: ScheduleConfig = ScheduleConfig()) -> dict[str, floa
     }
 
 
-def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None = None, dim: int = 1) -> torch.Tensor:
+def gumbel_softmax(
+    logits: torch.Tensor, tau: float, generator: torch.Generator | None = None, dim: int = 1
+) -> torch.Tensor:
     """Relaxed one-hot samples along `dim` (the codebook axis)."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
     gumbel = -torch.log((-torch.log(u.clamp_min(1e-10))).clamp_min(1e-10))

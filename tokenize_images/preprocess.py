@@ -16,8 +16,12 @@ import io
 import numpy as np
 from PIL import Image
 
-FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
-           "bilinear": Image.Resampling.BILINEAR, "box": Image.Resampling.BOX}
+FILTERS = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "box": Image.Resampling.BOX,
+}
 
 
 def resample_filter(name: str) -> Image.Resampling:
@@ -41,8 +45,9 @@ def load_image(data: bytes, size: int, resample: str = "lanczos", rng: np.random
     return np.asarray(out, dtype=np.uint8)
 
 
-def load_images(blobs: list[bytes | None], size: int, resample: str = "lanczos",
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[str]]:
+def load_images(
+    blobs: list[bytes | None], size: int, resample: str = "lanczos", rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, list[str]]:
     """A batch: (N,S,S,3) uint8 (zeros where decoding failed) and, per row, '' or the failure reason."""
     resample_filter(resample)  # before the per-row try: a bad filter is a config error, not every row's reject
     pixels = np.zeros((len(blobs), size, size, 3), dtype=np.uint8)

@@ -43,8 +43,15 @@ def jpeg(img: Image.Image, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def write_dataset(root: str, shards: int = 2, rows_per_shard: int = 8, size_range: tuple[int, int] = (64, 96),
-                  corrupt_rows: int = 0, photos: str | None = None, seed: int = 0) -> list[str]:
+def write_dataset(
+    root: str,
+    shards: int = 2,
+    rows_per_shard: int = 8,
+    size_range: tuple[int, int] = (64, 96),
+    corrupt_rows: int = 0,
+    photos: str | None = None,
+    seed: int = 0,
+) -> list[str]:
     """Write shards/NNNNN.parquet + manifest.json. Corrupt rows go into the first shard. Returns keys."""
     rng = np.random.default_rng(seed)
     photo_files = sorted(_glob.glob(os.path.join(photos, "*.jpg"))) if photos else []
@@ -62,15 +69,35 @@ def write_dataset(root: str, shards: int = 2, rows_per_shard: int = 8, size_rang
             data = jpeg(img)
             if s == 0 and i < corrupt_rows:  # not an image / a JPEG cut in half
                 data = b"this is not an image" if i % 2 == 0 else data[: len(data) // 3]
-            rows.append({"key": schemas.row_key("synthetic", url, n), "url": url, "caption": caption, "image": data,
-                         "width": img.width, "height": img.height, "original_width": img.width,
-                         "original_height": img.height, "sha256": hashlib.sha256(data).hexdigest(),
-                         "source": "synthetic"})
+            rows.append(
+                {
+                    "key": schemas.row_key("synthetic", url, n),
+                    "url": url,
+                    "caption": caption,
+                    "image": data,
+                    "width": img.width,
+                    "height": img.height,
+                    "original_width": img.width,
+                    "original_height": img.height,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "source": "synthetic",
+                }
+            )
             n += 1
         keys += [r["key"] for r in rows]
-        storage.write_parquet_atomic(storage.join(root, "shards", f"{s:05d}.parquet"),
-                                     pa.Table.from_pylist(rows, schema=schemas.DATASET_SHARD))
-    storage.write_json_atomic(storage.join(root, "manifest.json"), {
-        "format": schemas.DATASET_FORMAT, "config": {"synthetic": True, "seed": seed}, "config_hash": f"synthetic-{seed}",
-        "versions": {}, "shards": shards, "counts": {"kept": n}, "created": "synthetic"})
+        storage.write_parquet_atomic(
+            storage.join(root, "shards", f"{s:05d}.parquet"), pa.Table.from_pylist(rows, schema=schemas.DATASET_SHARD)
+        )
+    storage.write_json_atomic(
+        storage.join(root, "manifest.json"),
+        {
+            "format": schemas.DATASET_FORMAT,
+            "config": {"synthetic": True, "seed": seed},
+            "config_hash": f"synthetic-{seed}",
+            "versions": {},
+            "shards": shards,
+            "counts": {"kept": n},
+            "created": "synthetic",
+        },
+    )
     return keys

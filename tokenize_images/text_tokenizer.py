@@ -27,13 +27,18 @@ def build_untrained():
     return tok
 
 
-def train_text_tokenizer(captions: Iterable[str], cfg: TokenizerConfig = TokenizerConfig()):
+def train_text_tokenizer(captions: Iterable[str], cfg: TokenizerConfig | None = None):
     from tokenizers import pre_tokenizers, trainers
 
+    cfg = cfg or TokenizerConfig()
     tok = build_untrained()
-    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                  special_tokens=list(cfg.special_tokens),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=list(cfg.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(captions, trainer=trainer)
     return tok
 
@@ -50,7 +55,7 @@ def tokenizer_path(output: str) -> str:
     return output if output.endswith(".json") else storage.join(output, TOKENIZER_FILE)
 
 
-def train_tokenizer_from_dataset(dataset_root: str, output: str, cfg: TokenizerConfig = TokenizerConfig()) -> dict:
+def train_tokenizer_from_dataset(dataset_root: str, output: str, cfg: TokenizerConfig | None = None) -> dict:
     """Train on the dataset's captions and write tokenizer.json atomically. Returns a manifest entry."""
     tok = train_text_tokenizer(iter_captions(dataset_root), cfg)
     path = tokenizer_path(output)
@@ -72,9 +77,14 @@ def tokenizer_info(path: str) -> dict:
 
     data = storage.read_bytes(path)
     tok = load_text_tokenizer(path)
-    return {"file": posixpath.basename(path.replace("\\", "/")), "sha256": hashlib.sha256(data).hexdigest(),
-            "vocab_size": tok.get_vocab_size(), "lowercase": True, "byte_level": True,
-            "train_time_dropout": "load_text_tokenizer(path, dropout=0.1)"}
+    return {
+        "file": posixpath.basename(path.replace("\\", "/")),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "vocab_size": tok.get_vocab_size(),
+        "lowercase": True,
+        "byte_level": True,
+        "train_time_dropout": "load_text_tokenizer(path, dropout=0.1)",
+    }
 
 
 def ensure_tokenizer(dataset_root: str, tokens_root: str, cfg: TokenizerConfig) -> dict | None:

@@ -1,6 +1,6 @@
 """train_prior configuration: every field, its default, and why (paper appendix B.2 defaults).
 
-    python training/train_prior.py --config configs/prior_demo.toml --optim.lr 3e-4 --run.num_workers 4
+python training/train_prior.py --config configs/prior_demo.toml --optim.lr 3e-4 --run.num_workers 4
 """
 
 from __future__ import annotations
@@ -16,18 +16,23 @@ from harness import HarnessConfig
 class ModelConfig:
     # The names of training/presets.PRESETS (tests/test_config_choices.py keeps the two equal).
     preset: Literal["tiny", "demo", "1b", "12b"] = doc(
-        "tiny", "Shape preset: tiny (tests), demo (CPU demo), 1b (GPU MFU bench), 12b (the paper's). "
-                "See training/presets.py.")
+        "tiny",
+        "Shape preset: tiny (tests), demo (CPU demo), 1b (GPU MFU bench), 12b (the paper's). See training/presets.py.",
+    )
     n_layer: int = doc(0, "Override the preset's layer count (0 = keep).")
     n_head: int = doc(0, "Override the preset's head count (0 = keep).")
     head_dim: int = doc(0, "Override the preset's head width (0 = keep).")
     text_len: int = doc(0, "Override the text length in BPE tokens (0 = keep; paper: 256).")
-    attention: Literal["sparse", "full"] = doc("sparse", "'sparse' = the paper's row/column/conv layer pattern; "
-                                                         "'full' = causal everywhere.")
-    attn_impl: Literal["sdpa", "flex"] = doc("sdpa", "'sdpa' = scaled_dot_product_attention with masks cached "
-                                                     "once per shape (works everywhere); 'flex' = FlexAttention "
-                                                     "block masks, which skip masked blocks (GPU only: torch has "
-                                                     "no FlexAttention backward on CPU; set compile).")
+    attention: Literal["sparse", "full"] = doc(
+        "sparse", "'sparse' = the paper's row/column/conv layer pattern; 'full' = causal everywhere."
+    )
+    attn_impl: Literal["sdpa", "flex"] = doc(
+        "sdpa",
+        "'sdpa' = scaled_dot_product_attention with masks cached "
+        "once per shape (works everywhere); 'flex' = FlexAttention "
+        "block masks, which skip masked blocks (GPU only: torch has "
+        "no FlexAttention backward on CPU; set compile).",
+    )
     compile: bool = doc(False, "torch.compile the training forward (GPU; FlexAttention is slow uncompiled).")
     conv_kernel: int = doc(0, "Override the conv attention window K (0 = keep; paper: 11).")
     dropout: float = doc(0.0, "Residual/attention dropout (the paper uses none).")
@@ -59,8 +64,11 @@ class OptimConfig:
     ema_decay: float = doc(0.99, "Parameter EMA decay (paper: 0.99). Samples are drawn from the EMA model.")
     grad_accum: int = doc(1, "Micro-batches per optimiser update (gradient accumulation).")
     bf16: bool = doc(True, "bf16 autocast on GPU (ignored on CPU).")
-    powersgd: bool = doc(False, "Compress DDP gradients with PowerSGD (powerSGD_hook; the batched variant "
-                                "is broken in torch 2.13). Its error-feedback state is checkpointed.")
+    powersgd: bool = doc(
+        False,
+        "Compress DDP gradients with PowerSGD (powerSGD_hook; the batched variant "
+        "is broken in torch 2.13). Its error-feedback state is checkpointed.",
+    )
     powersgd_rank: int = doc(2, "PowerSGD matrix approximation rank.")
     powersgd_start_iter: int = doc(10, "Plain allreduce for this many iterations before compressing.")
     activation_checkpointing: bool = doc(False, "Recompute each block's activations in backward (large presets).")

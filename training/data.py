@@ -49,11 +49,17 @@ class TokenSource:
         grid_h, grid_w = parse_grid(meta[TOKEN_META_GRID])
         manifest_path = storage.join(root, "manifest.json")
         manifest = storage.read_json(manifest_path) if storage.exists(manifest_path) else {}
-        return cls(root=root, train_files=files[: len(files) - val_shards], val_files=files[len(files) - val_shards:],
-                   grid_h=grid_h, grid_w=grid_w, image_vocab=int(meta[TOKEN_META_VOCAB]),
-                   dvae_sha256=meta.get(TOKEN_META_DVAE_SHA256, ""),
-                   tokenizer_json=storage.read_bytes(storage.join(root, "tokenizer.json")).decode(),
-                   manifest=manifest)
+        return cls(
+            root=root,
+            train_files=files[: len(files) - val_shards],
+            val_files=files[len(files) - val_shards :],
+            grid_h=grid_h,
+            grid_w=grid_w,
+            image_vocab=int(meta[TOKEN_META_VOCAB]),
+            dvae_sha256=meta.get(TOKEN_META_DVAE_SHA256, ""),
+            tokenizer_json=storage.read_bytes(storage.join(root, "tokenizer.json")).decode(),
+            manifest=manifest,
+        )
 
     def text_vocab(self) -> int:
         from tokenizers import Tokenizer
@@ -67,14 +73,19 @@ class TokenSource:
         from ray.data import ExecutionOptions
 
         if len(self.train_files) < num_workers:
-            raise ValueError(f"{len(self.train_files)} training shards for {num_workers} workers: "
-                             "each worker needs at least one shard (shards are dealt to ranks by file)")
+            raise ValueError(
+                f"{len(self.train_files)} training shards for {num_workers} workers: "
+                "each worker needs at least one shard (shards are dealt to ranks by file)"
+            )
         cols = ["key", "caption", "image_tokens"]
-        datasets = {f"train_{r}": ray.data.read_parquet(self.train_files[r::num_workers]).select_columns(cols)
-                    for r in range(num_workers)}
+        datasets = {
+            f"train_{r}": ray.data.read_parquet(self.train_files[r::num_workers]).select_columns(cols)
+            for r in range(num_workers)
+        }
         datasets["val"] = ray.data.read_parquet(self.val_files).select_columns(cols)
-        config = ray.train.DataConfig(datasets_to_split=["val"],
-                                      execution_options=ExecutionOptions(preserve_order=True))
+        config = ray.train.DataConfig(
+            datasets_to_split=["val"], execution_options=ExecutionOptions(preserve_order=True)
+        )
         return datasets, config
 
 
@@ -110,13 +121,25 @@ def collate(encoder: CaptionEncoder, image_len: int):
     return fn
 
 
-def epoch_batches(shard: Any, collate_fn, batch_size: int, epoch: int, skip: int = 0, seed: int = 0,
-                  shuffle_buffer: int = 0, prefetch_batches: int = 2) -> Iterator[dict[str, Any]]:
+def epoch_batches(
+    shard: Any,
+    collate_fn,
+    batch_size: int,
+    epoch: int,
+    skip: int = 0,
+    seed: int = 0,
+    shuffle_buffer: int = 0,
+    prefetch_batches: int = 2,
+) -> Iterator[dict[str, Any]]:
     """One epoch of a rank's batches, skipping the first `skip` (already trained on) batches."""
-    it = shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn, drop_last=True,
-                                  prefetch_batches=prefetch_batches,
-                                  local_shuffle_buffer_size=shuffle_buffer or None,
-                                  local_shuffle_seed=(seed + epoch) if shuffle_buffer else None)
+    it = shard.iter_torch_batches(
+        batch_size=batch_size,
+        collate_fn=collate_fn,
+        drop_last=True,
+        prefetch_batches=prefetch_batches,
+        local_shuffle_buffer_size=shuffle_buffer or None,
+        local_shuffle_seed=(seed + epoch) if shuffle_buffer else None,
+    )
     for i, batch in enumerate(it):
         if i >= skip:
             yield batch
@@ -125,8 +148,16 @@ def epoch_batches(shard: Any, collate_fn, batch_size: int, epoch: int, skip: int
 class DataPosition:
     """(epoch, batches consumed in it) of one rank, and the infinite batch stream from there."""
 
-    def __init__(self, shard: Any, collate_fn, batch_size: int, seed: int, shuffle_buffer: int, prefetch: int,
-                 state: dict[str, int] | None = None):
+    def __init__(
+        self,
+        shard: Any,
+        collate_fn,
+        batch_size: int,
+        seed: int,
+        shuffle_buffer: int,
+        prefetch: int,
+        state: dict[str, int] | None = None,
+    ):
         self.shard, self.collate_fn, self.batch_size = shard, collate_fn, batch_size
         self.seed, self.shuffle_buffer, self.prefetch = seed, shuffle_buffer, prefetch
         self.epoch = int((state or {}).get("epoch", 0))
@@ -136,8 +167,9 @@ class DataPosition:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
     def _epoch(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
-        return epoch_batches(self.shard, self.collate_fn, self.batch_size, epoch, skip, self.seed,
-                             self.shuffle_buffer, self.prefetch)
+        return epoch_batches(
+            self.shard, self.collate_fn, self.batch_size, epoch, skip, self.seed, self.shuffle_buffer, self.prefetch
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         current: Iterator[dict[str, Any]] = self._epoch(self.epoch, self.consumed)

@@ -21,10 +21,21 @@ from training.presets import preset
 def model_shape(cfg: PriorTrainConfig, source: TokenSource) -> PriorShape:
     """The preset, with the CLI/TOML overrides, and the grid and vocabularies the data dictates."""
     m = cfg.model
-    return preset(m.preset, n_layer=m.n_layer or None, n_head=m.n_head or None, head_dim=m.head_dim or None,
-                  text_len=m.text_len or None, conv_kernel=m.conv_kernel or None, attention=m.attention,
-                  attn_impl=m.attn_impl, dropout=m.dropout, grid_h=source.grid_h, grid_w=source.grid_w,
-                  image_vocab=source.image_vocab, text_vocab=source.text_vocab())
+    return preset(
+        m.preset,
+        n_layer=m.n_layer or None,
+        n_head=m.n_head or None,
+        head_dim=m.head_dim or None,
+        text_len=m.text_len or None,
+        conv_kernel=m.conv_kernel or None,
+        attention=m.attention,
+        attn_impl=m.attn_impl,
+        dropout=m.dropout,
+        grid_h=source.grid_h,
+        grid_w=source.grid_w,
+        image_vocab=source.image_vocab,
+        text_vocab=source.text_vocab(),
+    )
 
 
 def train(cfg: PriorTrainConfig) -> LaunchResult:
@@ -33,23 +44,40 @@ def train(cfg: PriorTrainConfig) -> LaunchResult:
     if not cfg.data.tokens:
         raise ValueError("data.tokens (the token root of stage 2) must be set")
     # Before Ray Data touches Ray. Per-epoch progress bars of every worker would flood the job log.
-    init_ray(cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None,
-             env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    init_ray(
+        cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None, env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    )
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     if cfg.model.attn_impl == "flex" and not ray.cluster_resources().get("GPU"):
-        raise ValueError("model.attn_impl = 'flex' needs GPU workers (torch has no FlexAttention backward on "
-                         "CPU); use 'sdpa' on this cluster")
+        raise ValueError(
+            "model.attn_impl = 'flex' needs GPU workers (torch has no FlexAttention backward on "
+            "CPU); use 'sdpa' on this cluster"
+        )
     source = TokenSource.open(cfg.data.tokens, cfg.data.val_shards)
     shape = model_shape(cfg, source)
     datasets, data_config = source.ray_datasets(cfg.run.num_workers)
     manifest = json.dumps(source.manifest, sort_keys=True).encode()
-    tags = {"tokens_root": cfg.data.tokens, "tokens_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-            "dvae_sha256": source.dvae_sha256, "dvae_checkpoint": cfg.train.dvae, "stage": "train_prior"}
-    params = {**flatten(cfg), **{f"shape.{k}": v for k, v in asdict(shape).items()},
-              "train_shards": len(source.train_files), "val_shards": len(source.val_files)}
-    loop_config = {"cfg": to_dict(cfg), "shape": asdict(shape), "tokenizer_json": source.tokenizer_json,
-                   "storage_path": resolve_storage(cfg.run.storage_path)}
-    return launch(train_fn, loop_config, cfg.run, params=params, tags=tags, datasets=datasets,
-                  dataset_config=data_config)
+    tags = {
+        "tokens_root": cfg.data.tokens,
+        "tokens_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+        "dvae_sha256": source.dvae_sha256,
+        "dvae_checkpoint": cfg.train.dvae,
+        "stage": "train_prior",
+    }
+    params = {
+        **flatten(cfg),
+        **{f"shape.{k}": v for k, v in asdict(shape).items()},
+        "train_shards": len(source.train_files),
+        "val_shards": len(source.val_files),
+    }
+    loop_config = {
+        "cfg": to_dict(cfg),
+        "shape": asdict(shape),
+        "tokenizer_json": source.tokenizer_json,
+        "storage_path": resolve_storage(cfg.run.storage_path),
+    }
+    return launch(
+        train_fn, loop_config, cfg.run, params=params, tags=tags, datasets=datasets, dataset_config=data_config
+    )

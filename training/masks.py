@@ -62,8 +62,9 @@ def allowed(kind: str, q: torch.Tensor, k: torch.Tensor, text_len: int, grid_w: 
     return causal & (key_is_text | image_rule)
 
 
-def dense_mask(kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int = 11,
-               device: str | torch.device = "cpu") -> torch.Tensor:
+def dense_mask(
+    kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int = 11, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """[L, L] boolean mask (True = attend), L = text_len + grid_h·grid_w."""
     n = text_len + grid_h * grid_w
     idx = torch.arange(n, device=device)
@@ -78,8 +79,9 @@ def cached_mask(kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int,
     return dense_mask(kind, text_len, grid_h, grid_w, kernel, device)
 
 
-def flex_block_mask(kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int, device: str,
-                    length: int | None = None):
+def flex_block_mask(
+    kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int, device: str, length: int | None = None
+):
     """FlexAttention BlockMask for the same pattern over the first `length` positions (default: all);
     fully-masked blocks are skipped. Training feeds seq_len - 1 positions (the last token is input only)."""
     from torch.nn.attention.flex_attention import create_block_mask

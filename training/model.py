@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from training.masks import cached_mask, flex_block_mask, layer_kinds
 
-ATTENTIONS = ("sparse", "full")   # = training.config.ModelConfig's Literals (tests/test_config_choices.py)
+ATTENTIONS = ("sparse", "full")  # = training.config.ModelConfig's Literals (tests/test_config_choices.py)
 ATTN_IMPLS = ("sdpa", "flex")
 TEXT_LOSS_WEIGHT = 1.0 / 8.0
 IMAGE_LOSS_WEIGHT = 7.0 / 8.0
@@ -38,18 +38,20 @@ class PriorShape:
     text_len: int
     grid_h: int
     grid_w: int
-    text_vocab: int          # BPE vocabulary (padding tokens are added on top, one per text position)
+    text_vocab: int  # BPE vocabulary (padding tokens are added on top, one per text position)
     image_vocab: int
     attention: str = "sparse"  # "sparse" (paper pattern) | "full" (causal everywhere)
     conv_kernel: int = 11
-    attn_impl: str = "sdpa"    # "sdpa" (cached boolean masks) | "flex" (FlexAttention block masks)
+    attn_impl: str = "sdpa"  # "sdpa" (cached boolean masks) | "flex" (FlexAttention block masks)
     mlp_ratio: int = 4
     dropout: float = 0.0
 
     def __post_init__(self):
         # Attention.forward and layer_kinds treat anything but "flex" / "full" as the default: refuse here.
-        for name, value, allowed in (("attention", self.attention, ATTENTIONS),
-                                     ("attn_impl", self.attn_impl, ATTN_IMPLS)):
+        for name, value, allowed in (
+            ("attention", self.attention, ATTENTIONS),
+            ("attn_impl", self.attn_impl, ATTN_IMPLS),
+        ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
 
@@ -92,10 +94,10 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.s.n_head, self.s.head_dim).permute(2, 0, 3, 1, 4)
         if cache is not None:  # generation: write this chunk's keys/values, attend to everything so far
-            cache["k"][:, :, start:start + n] = k
-            cache["v"][:, :, start:start + n] = v
-            k, v = cache["k"][:, :, :start + n], cache["v"][:, :, :start + n]
-            mask = self.mask(x.device)[start:start + n, :start + n]
+            cache["k"][:, :, start : start + n] = k
+            cache["v"][:, :, start : start + n] = v
+            k, v = cache["k"][:, :, : start + n], cache["v"][:, :, : start + n]
+            mask = self.mask(x.device)[start : start + n, : start + n]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif self.kind == "full":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._p())
@@ -124,8 +126,12 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(s.d_model)
         self.attn = Attention(s, kind)
         self.ln2 = nn.LayerNorm(s.d_model)
-        self.mlp = nn.Sequential(nn.Linear(s.d_model, s.mlp_ratio * s.d_model), nn.GELU(),
-                                 nn.Linear(s.mlp_ratio * s.d_model, s.d_model), nn.Dropout(s.dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(s.d_model, s.mlp_ratio * s.d_model),
+            nn.GELU(),
+            nn.Linear(s.mlp_ratio * s.d_model, s.d_model),
+            nn.Dropout(s.dropout),
+        )
 
     def forward(self, x, cache=None, start=0):
         x = x + self.attn(self.ln1(x), cache, start)
@@ -137,15 +143,15 @@ class Prior(nn.Module):
         super().__init__()
         self.s = s
         d = s.d_model
-        self.text_emb = nn.Embedding(s.text_vocab + s.text_len, d)   # + one padding token per position
+        self.text_emb = nn.Embedding(s.text_vocab + s.text_len, d)  # + one padding token per position
         self.text_pos = nn.Embedding(s.text_len, d)
         self.image_emb = nn.Embedding(s.image_vocab, d)
         self.row_emb = nn.Embedding(s.grid_h, d)
         self.col_emb = nn.Embedding(s.grid_w, d)
         self.blocks = nn.ModuleList(Block(s, kind) for kind in layer_kinds(s.n_layer, s.attention))
         self.ln_f = nn.LayerNorm(d)
-        self.text_head = nn.Linear(d, s.text_vocab + s.text_len, bias=False)   # restricted logits:
-        self.image_head = nn.Linear(d, s.image_vocab, bias=False)              # one head per modality
+        self.text_head = nn.Linear(d, s.text_vocab + s.text_len, bias=False)  # restricted logits:
+        self.image_head = nn.Linear(d, s.image_vocab, bias=False)  # one head per modality
         self.apply(self._init)
 
     @staticmethod
@@ -182,22 +188,36 @@ class Prior(nn.Module):
         predict the image tokens. The last image token is input only (nothing follows it)."""
         t = self.s.text_len
         h = self.hidden(text, image[:, :-1])
-        return self.text_head(h[:, : t - 1]), self.image_head(h[:, t - 1:])
+        return self.text_head(h[:, : t - 1]), self.image_head(h[:, t - 1 :])
 
     def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return prior_loss(*self(text, image), text, image)
 
     # --- generation -----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, text: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+    def generate(
+        self,
+        text: torch.Tensor,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Sample [B, H·W] image tokens for padded text [B, T]. use_cache=False recomputes the
         whole prefix for every token (the reference the KV cache is tested against)."""
         s, b = self.s, text.shape[0]
         image = torch.zeros(b, 0, dtype=torch.long, device=text.device)
-        caches = [{"k": text.new_zeros((b, s.n_head, s.seq_len, s.head_dim), dtype=torch.float),
-                   "v": text.new_zeros((b, s.n_head, s.seq_len, s.head_dim), dtype=torch.float)}
-                  for _ in self.blocks] if use_cache else None
+        caches = (
+            [
+                {
+                    "k": text.new_zeros((b, s.n_head, s.seq_len, s.head_dim), dtype=torch.float),
+                    "v": text.new_zeros((b, s.n_head, s.seq_len, s.head_dim), dtype=torch.float),
+                }
+                for _ in self.blocks
+            ]
+            if use_cache
+            else None
+        )
         for i in range(s.image_len):
             if caches is None:
                 x = self.embed(text, image if i else None)
@@ -205,11 +225,11 @@ class Prior(nn.Module):
                     x = block(x)
             elif i == 0:  # prefill the text
                 x = self.embed(text, None)
-                for block, cache in zip(self.blocks, caches):
+                for block, cache in zip(self.blocks, caches, strict=True):
                     x = block(x, cache, 0)
             else:
                 x = self.embed(None, image[:, -1:], image_start=i - 1)
-                for block, cache in zip(self.blocks, caches):
+                for block, cache in zip(self.blocks, caches, strict=True):
                     x = block(x, cache, s.text_len + i - 1)
             logits = self.image_head(self.ln_f(x[:, -1])).float() / max(temperature, 1e-6)
             if top_k > 0:
@@ -220,15 +240,19 @@ class Prior(nn.Module):
         return image
 
 
-def prior_loss(text_logits: torch.Tensor, image_logits: torch.Tensor, text: torch.Tensor,
-               image: torch.Tensor) -> dict[str, torch.Tensor]:
+def prior_loss(
+    text_logits: torch.Tensor, image_logits: torch.Tensor, text: torch.Tensor, image: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """1/8 · mean CE over text targets + 7/8 · mean CE over image targets (each over its own count).
 
     A function, not only a method, so that a DDP/FSDP-wrapped model's forward can feed it."""
     loss_text = F.cross_entropy(text_logits.flatten(0, 1).float(), text[:, 1:].flatten())
     loss_image = F.cross_entropy(image_logits.flatten(0, 1).float(), image.flatten())
-    return {"loss": TEXT_LOSS_WEIGHT * loss_text + IMAGE_LOSS_WEIGHT * loss_image,
-            "loss_text": loss_text, "loss_image": loss_image}
+    return {
+        "loss": TEXT_LOSS_WEIGHT * loss_text + IMAGE_LOSS_WEIGHT * loss_image,
+        "loss_text": loss_text,
+        "loss_image": loss_image,
+    }
 
 
 def count_params(model: nn.Module) -> int:

@@ -26,8 +26,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps)
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
+    )
 
 
 class WarmupPlateauSchedule:
@@ -43,7 +44,7 @@ class WarmupPlateauSchedule:
     def lr(self) -> float:
         """lr of the next update (update number step_num + 1)."""
         ramp = min(1.0, (self.step_num + 1) / self.warmup) if self.warmup > 0 else 1.0
-        return self.peak * ramp * 0.5 ** self.halvings
+        return self.peak * ramp * 0.5**self.halvings
 
     def apply(self) -> float:
         """Set the lr of the coming update on the optimiser; returns it."""
@@ -75,5 +76,9 @@ class WarmupPlateauSchedule:
         return {"halvings": self.halvings, "best": self.best, "bad": self.bad, "step_num": self.step_num}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.halvings, self.best, self.bad, self.step_num = (int(state["halvings"]), float(state["best"]),
-                                                             int(state["bad"]), int(state["step_num"]))
+        self.halvings, self.best, self.bad, self.step_num = (
+            int(state["halvings"]),
+            float(state["best"]),
+            int(state["bad"]),
+            int(state["step_num"]),
+        )

@@ -9,18 +9,46 @@ from training.model import PriorShape
 
 PRESETS: dict[str, PriorShape] = {
     # Tests: a few seconds per run on one CPU core. 5 layers so row, column and conv all appear.
-    "tiny": PriorShape(n_layer=5, n_head=2, head_dim=16, text_len=8, grid_h=4, grid_w=4,
-                       text_vocab=256, image_vocab=16, conv_kernel=3),
+    "tiny": PriorShape(
+        n_layer=5, n_head=2, head_dim=16, text_len=8, grid_h=4, grid_w=4, text_vocab=256, image_vocab=16, conv_kernel=3
+    ),
     # The README demo: learns colour/shape captions on a CPU in minutes.
-    "demo": PriorShape(n_layer=6, n_head=4, head_dim=32, text_len=16, grid_h=8, grid_w=8,
-                       text_vocab=512, image_vocab=512, conv_kernel=5),
+    "demo": PriorShape(
+        n_layer=6,
+        n_head=4,
+        head_dim=32,
+        text_len=16,
+        grid_h=8,
+        grid_w=8,
+        text_vocab=512,
+        image_vocab=512,
+        conv_kernel=5,
+    ),
     # The smallest paper-shaped model the GPU figures are quoted for (bench/bench_prior_mfu.py): 1.3B
     # parameters, the paper's text length, grid, vocabularies and 64-wide heads, at a third of its depth.
-    "1b": PriorShape(n_layer=24, n_head=32, head_dim=64, text_len=256, grid_h=32, grid_w=32,
-                     text_vocab=16384, image_vocab=8192, conv_kernel=11),
+    "1b": PriorShape(
+        n_layer=24,
+        n_head=32,
+        head_dim=64,
+        text_len=256,
+        grid_h=32,
+        grid_w=32,
+        text_vocab=16384,
+        image_vocab=8192,
+        conv_kernel=11,
+    ),
     # DALL-E 12B (appendix B.1): 64 layers, 62 heads × 64, text 256, 32×32 image, vocab 16384 + 8192.
-    "12b": PriorShape(n_layer=64, n_head=62, head_dim=64, text_len=256, grid_h=32, grid_w=32,
-                      text_vocab=16384, image_vocab=8192, conv_kernel=11),
+    "12b": PriorShape(
+        n_layer=64,
+        n_head=62,
+        head_dim=64,
+        text_len=256,
+        grid_h=32,
+        grid_w=32,
+        text_vocab=16384,
+        image_vocab=8192,
+        conv_kernel=11,
+    ),
 }
 
 

@@ -33,8 +33,9 @@ def load_tokenizer_json(tokens_root: str) -> str:
     return storage.read_bytes(storage.join(tokens_root, "tokenizer.json")).decode()
 
 
-def sample(model: Prior, tokenizer_json: str, prompt: str, n: int, temperature: float = 1.0, top_k: int = 0,
-           seed: int = 0) -> torch.Tensor:
+def sample(
+    model: Prior, tokenizer_json: str, prompt: str, n: int, temperature: float = 1.0, top_k: int = 0, seed: int = 0
+) -> torch.Tensor:
     """[n, H·W] image tokens for one prompt."""
     from training.data import CaptionEncoder
 
@@ -44,9 +45,19 @@ def sample(model: Prior, tokenizer_json: str, prompt: str, n: int, temperature: 
     return model.generate(text, temperature=temperature, top_k=top_k, generator=gen)
 
 
-def write_sample_grid(checkpoint: str, prompt: str, out: str, n: int = 8, tokens_root: str = "",
-                      temperature: float = 1.0, top_k: int = 0, seed: int = 0, dvae: str = "", ema: bool = True,
-                      cols: int = 0) -> None:
+def write_sample_grid(
+    checkpoint: str,
+    prompt: str,
+    out: str,
+    n: int = 8,
+    tokens_root: str = "",
+    temperature: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    dvae: str = "",
+    ema: bool = True,
+    cols: int = 0,
+) -> None:
     """`n` samples for `prompt` -> a PNG grid at `out` (local or s3://). The tokenizer comes from
     `tokens_root`, or from the token root the checkpoint records."""
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

@@ -30,8 +30,9 @@ def shape_mask(shape: str, h: int, w: int) -> np.ndarray:
     return (yy // max(1, h // 4)) % 2 == 0  # stripe
 
 
-def synthetic_rows(n: int, grid_h: int, grid_w: int, image_vocab: int, rng: np.random.Generator,
-                   noise: float = 0.05) -> tuple[list[str], np.ndarray]:
+def synthetic_rows(
+    n: int, grid_h: int, grid_w: int, image_vocab: int, rng: np.random.Generator, noise: float = 0.05
+) -> tuple[list[str], np.ndarray]:
     captions, tokens = [], np.zeros((n, grid_h * grid_w), dtype=np.uint16)
     for i in range(n):
         c, s = rng.integers(len(COLOURS)), rng.integers(len(SHAPES))
@@ -52,14 +53,22 @@ def train_tokenizer(captions: list[str], vocab_size: int = 300) -> str:
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(captions, trainer)
     return tok.to_str()
 
 
-def write_synthetic_tokens(root: str, n_shards: int = 4, rows_per_shard: int = 64, grid: int = 4,
-                           image_vocab: int = 16, seed: int = 0, bpe_vocab: int = 300) -> str:
+def write_synthetic_tokens(
+    root: str,
+    n_shards: int = 4,
+    rows_per_shard: int = 64,
+    grid: int = 4,
+    image_vocab: int = 16,
+    seed: int = 0,
+    bpe_vocab: int = 300,
+) -> str:
     """Write shards/NNNNN.parquet, tokenizer.json and manifest.json under `root`; returns root."""
     rng = np.random.default_rng(seed)
     schema = token_shard_schema(grid, grid)
@@ -70,12 +79,21 @@ def write_synthetic_tokens(root: str, n_shards: int = 4, rows_per_shard: int = 6
         all_captions += captions
         keys = [f"s{shard:03d}r{i:05d}" for i in range(rows_per_shard)]
         flat = pa.array(tokens.reshape(-1), type=pa.uint16())
-        table = pa.table({"key": keys, "caption": captions,
-                          "image_tokens": pa.FixedSizeListArray.from_arrays(flat, grid * grid)}, schema=schema)
+        table = pa.table(
+            {"key": keys, "caption": captions, "image_tokens": pa.FixedSizeListArray.from_arrays(flat, grid * grid)},
+            schema=schema,
+        )
         storage.write_parquet_atomic(storage.join(root, "shards", f"{shard:05d}.parquet"), table, metadata=meta)
     storage.write_bytes_atomic(storage.join(root, "tokenizer.json"), train_tokenizer(all_captions, bpe_vocab).encode())
-    storage.write_json_atomic(storage.join(root, "manifest.json"),
-                              {"format": TOKENS_FORMAT, "synthetic": True, "shards": n_shards,
-                               "rows": n_shards * rows_per_shard, "grid": f"{grid}x{grid}",
-                               "image_vocab_size": image_vocab})
+    storage.write_json_atomic(
+        storage.join(root, "manifest.json"),
+        {
+            "format": TOKENS_FORMAT,
+            "synthetic": True,
+            "shards": n_shards,
+            "rows": n_shards * rows_per_shard,
+            "grid": f"{grid}x{grid}",
+            "image_vocab_size": image_vocab,
+        },
+    )
     return root

@@ -18,8 +18,10 @@ if __package__ in (None, ""):  # `python training/train_prior.py`: make the repo
 from common.config import Flag, parse_cli
 from training.config import PriorTrainConfig
 
-FLAGS = [Flag("--tokens", "data.tokens", "token root (stage 2 output)"),
-         Flag("--name", "run.name", "stable run name (rerun = resume)")]
+FLAGS = [
+    Flag("--tokens", "data.tokens", "token root (stage 2 output)"),
+    Flag("--name", "run.name", "stable run name (rerun = resume)"),
+]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,8 +29,17 @@ def main(argv: list[str] | None = None) -> None:
     from training.driver import train  # after the config is validated: it imports torch and Ray
 
     result = train(cfg)
-    print(json.dumps({"run_id": result.run_id, "checkpoint": result.checkpoint_path, "metrics": result.metrics,
-                      "resumed": result.resumed}, default=str))
+    print(
+        json.dumps(
+            {
+                "run_id": result.run_id,
+                "checkpoint": result.checkpoint_path,
+                "metrics": result.metrics,
+                "resumed": result.resumed,
+            },
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ _MAX_DRIP_SECONDS = 120.0
 
 
 class DemoServer(ThreadingHTTPServer):
-    request_queue_size = 1024   # a burst of parallel connects must queue, not be refused
+    request_queue_size = 1024  # a burst of parallel connects must queue, not be refused
     daemon_threads = True
     allow_reuse_address = True
 

@@ -25,7 +25,6 @@ import csv
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import random
 import struct
@@ -37,8 +36,14 @@ from PIL import Image, ImageDraw
 
 from common import storage
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 220), "yellow": (240, 210, 40),
-           "orange": (245, 140, 20), "purple": (140, 50, 170)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (40, 70, 220),
+    "yellow": (240, 210, 40),
+    "orange": (245, 140, 20),
+    "purple": (140, 50, 170),
+}
 BACKGROUNDS = {"white": (250, 250, 250), "black": (15, 15, 15), "gray": (128, 128, 128)}
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.2, "large": 0.4}  # side of the shape's bounding box, as a fraction of the short side
@@ -60,11 +65,11 @@ CAPTION_REJECTS = (
 @dataclasses.dataclass
 class DemoSource:
     out_dir: str
-    www_dir: str                       # --root for the demo server
+    www_dir: str  # --root for the demo server
     base_url: str
-    sources: list[str]                 # build_dataset --source specs, FORMAT:PATH
-    expected: list[dict]               # one per input row: file, row, url, caption, expected[, dup_group]
-    expected_counts: dict[str, int]    # reason (or "kept") -> rows
+    sources: list[str]  # build_dataset --source specs, FORMAT:PATH
+    expected: list[dict]  # one per input row: file, row, url, caption, expected[, dup_group]
+    expected_counts: dict[str, int]  # reason (or "kept") -> rows
     config_overrides: dict[str, object]  # what the expectations assume (allow loopback, byte cap...)
 
     def expected_by_url(self) -> dict[str, list[str]]:
@@ -91,7 +96,9 @@ def describe_and_draw(rng: random.Random) -> tuple[str, Image.Image]:
     # Centres at 27% and 73% along the relation's axis keep two large shapes apart and inside.
     first, second = (0.27, 0.73) if relation in ("above", "to the left of") else (0.73, 0.27)
     cross = (_jitter(rng, 0.5, 0.08), _jitter(rng, 0.5, 0.08))
-    for (size, colour, shape), along, across in zip(objects, (_jitter(rng, first), _jitter(rng, second)), cross):
+    alongs = (_jitter(rng, first), _jitter(rng, second))
+    # one or two objects: zip stops at the last object
+    for (size, colour, shape), along, across in zip(objects, alongs, cross, strict=False):
         vertical = relation in ("above", "below")
         cx, cy = (across * width, along * height) if vertical else (along * width, across * height)
         _shape(draw, shape, COLOURS[colour], cx, cy, SIZES[size] * short)
@@ -126,8 +133,10 @@ def plain_jpeg(width: int, height: int, colour=(90, 120, 200)) -> bytes:
 
 def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG whose header claims width x height pixels (decoding it would need ~width*height bytes)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     idat = zlib.compress(b"\0" * (width + 1) * 4)  # a few rows only: the header is what matters
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
@@ -149,12 +158,14 @@ class _Writer:
         return f"{self.base_url}/{rel}"
 
     def row(self, file: str, url: str, caption: str, expected: str, **extra) -> None:
-        self.rows[file].append({"file": file, "row": len(self.rows[file]), "url": url, "caption": caption,
-                                "expected": expected, **extra})
+        self.rows[file].append(
+            {"file": file, "row": len(self.rows[file]), "url": url, "caption": caption, "expected": expected, **extra}
+        )
 
 
-def write_demo_source(out_dir: str, base_url: str, n_good: int = 200, seed: int = 0,
-                      max_bytes: int = 20_000_000, hostile: bool = True) -> DemoSource:
+def write_demo_source(
+    out_dir: str, base_url: str, n_good: int = 200, seed: int = 0, max_bytes: int = 20_000_000, hostile: bool = True
+) -> DemoSource:
     """Write the demo images, URL lists and expected.json under out_dir; see the module docstring.
 
     `max_bytes` is download.max_bytes of the build: the oversized bodies are a little larger.
@@ -198,25 +209,42 @@ def write_demo_source(out_dir: str, base_url: str, n_good: int = 200, seed: int 
             for r in w.rows[rel]:
                 out.writerow([r["url"], r["caption"]] if rel == "demo.tsv" else [r["caption"], r["url"]])
     laion = w.rows["demo_laion.parquet"]
-    pq.write_table(pa.table({
-        "SAMPLE_ID": pa.array(range(len(laion)), pa.int64()),
-        "URL": [r["url"] for r in laion], "TEXT": [r["caption"] for r in laion],
-        "WIDTH": pa.array([r.get("width") for r in laion], pa.int64()),
-        "HEIGHT": pa.array([r.get("height") for r in laion], pa.int64()),
-    }), os.path.join(out_dir, "demo_laion.parquet"))
+    pq.write_table(
+        pa.table(
+            {
+                "SAMPLE_ID": pa.array(range(len(laion)), pa.int64()),
+                "URL": [r["url"] for r in laion],
+                "TEXT": [r["caption"] for r in laion],
+                "WIDTH": pa.array([r.get("width") for r in laion], pa.int64()),
+                "HEIGHT": pa.array([r.get("height") for r in laion], pa.int64()),
+            }
+        ),
+        os.path.join(out_dir, "demo_laion.parquet"),
+    )
 
     expected = [r for rows in w.rows.values() for r in rows]
     counts: dict[str, int] = {}
     for r in expected:
         counts[r["expected"]] = counts.get(r["expected"], 0) + 1
     source = DemoSource(
-        out_dir=out_dir, www_dir=www, base_url=w.base_url,
-        sources=[f"tsv:{os.path.join(out_dir, 'demo.tsv')}", f"cc3m:{os.path.join(out_dir, 'demo_cc3m.tsv')}",
-                 f"laion:{os.path.join(out_dir, 'demo_laion.parquet')}"],
-        expected=expected, expected_counts=dict(sorted(counts.items())),
-        config_overrides={"download.allow_private_networks": True, "download.max_bytes": max_bytes,
-                          "download.min_image_size": 256, "captions.min_aspect_ratio": 0.5,
-                          "captions.max_aspect_ratio": 2.0})
+        out_dir=out_dir,
+        www_dir=www,
+        base_url=w.base_url,
+        sources=[
+            f"tsv:{os.path.join(out_dir, 'demo.tsv')}",
+            f"cc3m:{os.path.join(out_dir, 'demo_cc3m.tsv')}",
+            f"laion:{os.path.join(out_dir, 'demo_laion.parquet')}",
+        ],
+        expected=expected,
+        expected_counts=dict(sorted(counts.items())),
+        config_overrides={
+            "download.allow_private_networks": True,
+            "download.max_bytes": max_bytes,
+            "download.min_image_size": 256,
+            "captions.min_aspect_ratio": 0.5,
+            "captions.max_aspect_ratio": 2.0,
+        },
+    )
     storage.write_json_atomic(os.path.join(out_dir, "expected.json"), dataclasses.asdict(source))
     return source
 
@@ -232,8 +260,13 @@ def _write_hostile(w: _Writer, rng: random.Random, unique_scene, good_urls, max_
     say = lambda: unique_scene()[0]  # noqa: E731 - a fresh plausible caption
     w.row(tsv, f"{w.base_url}/images/missing.jpg", say(), "download_error", detail="HTTP 404")
     w.row(tsv, "http://127.0.0.1:1/refused.jpg", say(), "download_error", detail="connection refused")
-    w.row(tsv, w.put("hostile/page.html", b"<!doctype html><html><body><p>Not an image</p></body></html>"),
-          say(), "decode_error", detail="not an image")
+    w.row(
+        tsv,
+        w.put("hostile/page.html", b"<!doctype html><html><body><p>Not an image</p></body></html>"),
+        say(),
+        "decode_error",
+        detail="not an image",
+    )
     _, good = unique_scene()
     w.row(tsv, w.put("hostile/truncated.jpg", good[: len(good) // 2]), say(), "decode_error", detail="truncated JPEG")
     w.row(tsv, f"{w.base_url}/huge/{max_bytes + 1_000_000}", say(), "too_large", detail="Content-Length")
@@ -243,12 +276,24 @@ def _write_hostile(w: _Writer, rng: random.Random, unique_scene, good_urls, max_
     w.put("hostile/noai.jpg", data)
     w.row(tsv, f"{w.base_url}/noai/hostile/noai.jpg", say(), "robots_disallowed", detail="X-Robots-Tag: noai")
     w.row(tsv, w.put("hostile/tiny.jpg", plain_jpeg(200, 200)), say(), "too_small", detail="200x200")
-    w.row(tsv, w.put("hostile/wide.jpg", plain_jpeg(768, 256, (200, 60, 60))), say(), "aspect_ratio",
-          detail="768x256 (short side 256: passes too_small), known only after download")
+    w.row(
+        tsv,
+        w.put("hostile/wide.jpg", plain_jpeg(768, 256, (200, 60, 60))),
+        say(),
+        "aspect_ratio",
+        detail="768x256 (short side 256: passes too_small), known only after download",
+    )
 
     # With metadata (LAION WIDTH/HEIGHT): refused before download, on the caption side.
-    w.row("demo_laion.parquet", w.put("hostile/wide_meta.jpg", plain_jpeg(900, 300, (60, 200, 60))), say(),
-          "aspect_ratio", width=900, height=300, detail="900x300 from metadata")
+    w.row(
+        "demo_laion.parquet",
+        w.put("hostile/wide_meta.jpg", plain_jpeg(900, 300, (60, 200, 60))),
+        say(),
+        "aspect_ratio",
+        width=900,
+        height=300,
+        detail="900x300 from metadata",
+    )
 
     # A redirect to an image served nowhere else: kept, with the redirect followed.
     caption, data = unique_scene()

@@ -61,10 +61,13 @@ class FetchPolicy:
 
     @classmethod
     def from_download_config(cls, cfg) -> FetchPolicy:
-        return cls(allow_private_networks=cfg.allow_private_networks, max_bytes=cfg.max_bytes,
-                   total_timeout=cfg.total_timeout,
-                   disallowed_header_directives=tuple(d.strip().lower() for d in cfg.disallowed_header_directives),
-                   user_agent_token=cfg.user_agent_token.strip().lower() or None)
+        return cls(
+            allow_private_networks=cfg.allow_private_networks,
+            max_bytes=cfg.max_bytes,
+            total_timeout=cfg.total_timeout,
+            disallowed_header_directives=tuple(d.strip().lower() for d in cfg.disallowed_header_directives),
+            user_agent_token=cfg.user_agent_token.strip().lower() or None,
+        )
 
     def address_refusal(self, ip: str) -> str | None:
         """Why connecting to `ip` is refused, or None when it is allowed."""
@@ -310,7 +313,8 @@ class _BodyReader(urllib.request.BaseHandler):
             return response
         policy = _policy
         if policy.disallowed_header_directives and is_disallowed(
-                response.headers, policy.user_agent_token, set(policy.disallowed_header_directives)):
+            response.headers, policy.user_agent_token, set(policy.disallowed_header_directives)
+        ):
             response.close()
             raise RobotsDisallowed("X-Robots-Tag: " + "; ".join(response.headers.get_all("X-Robots-Tag", [])))
         cap = policy.max_bytes
@@ -377,7 +381,13 @@ class SafeOpener(urllib.request.OpenerDirector):
 def build_safe_opener() -> SafeOpener:
     """An opener with only the handlers we need: http(s), redirects, errors, the body reader."""
     opener = SafeOpener()
-    for handler in (_SafeHTTPHandler(), _SafeHTTPSHandler(), _SafeRedirectHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(), _BodyReader()):
+    for handler in (
+        _SafeHTTPHandler(),
+        _SafeHTTPSHandler(),
+        _SafeRedirectHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        _BodyReader(),
+    ):
         opener.add_handler(handler)
     return opener

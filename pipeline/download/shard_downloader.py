@@ -38,8 +38,13 @@ DECODABLE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _PREFIXED = re.compile(r"^(?P<reason>[a-z_]+): (?P<detail>.*)$", re.S)
 _URLOPEN = re.compile(r"^<urlopen error (?P<inner>.*)>$", re.S)
 _HTTP_ERROR = re.compile(r"^HTTP Error (?P<code>\d{3}): ?(?P<text>.*)$", re.S)
-_DNS_HINTS = ("name or service not known", "temporary failure in name resolution", "nodename nor servname",
-              "no address associated", "getaddrinfo failed")
+_DNS_HINTS = (
+    "name or service not known",
+    "temporary failure in name resolution",
+    "nodename nor servname",
+    "no address associated",
+    "getaddrinfo failed",
+)
 
 
 class HeaderGate:
@@ -53,8 +58,13 @@ class HeaderGate:
         self.max_pixels = cfg.max_pixels
         self.min_size = cfg.min_image_size
         self.min_aspect, self.max_aspect = min_aspect, max_aspect
-        self.inner = inner or Resizer(image_size=cfg.image_size, resize_mode="keep_ratio", resize_only_if_bigger=True,
-                                      encode_format="jpg", encode_quality=cfg.encode_quality)
+        self.inner = inner or Resizer(
+            image_size=cfg.image_size,
+            resize_mode="keep_ratio",
+            resize_only_if_bigger=True,
+            encode_format="jpg",
+            encode_quality=cfg.encode_quality,
+        )
 
     def refusal(self, data: bytes) -> str | None:
         """Why these bytes are refused before decoding, or None."""
@@ -71,7 +81,8 @@ class HeaderGate:
             return f"too_small: {width}x{height}, short side {min(width, height)} < {self.min_size}"
         ratio = width / height
         if not self.min_aspect <= ratio <= self.max_aspect:
-            return f"aspect_ratio: {width}x{height}, width/height {ratio:.3f} outside [{self.min_aspect:g}, {self.max_aspect:g}]"
+            bounds = f"[{self.min_aspect:g}, {self.max_aspect:g}]"
+            return f"aspect_ratio: {width}x{height}, width/height {ratio:.3f} outside {bounds}"
         if fmt == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
             # No end-of-image marker after the last scan: the file was cut. cv2 would still "decode"
             # it, filling the missing part with grey (PIL refuses it too: "image file is truncated").
@@ -136,8 +147,14 @@ class _Collector:
     def write(self, img, key, caption, meta) -> None:
         index = int(meta["row_index"])
         if img is not None and meta.get("status") == "success":
-            self.kept[index] = (img, meta["width"], meta["height"], meta["original_width"],
-                                meta["original_height"], meta.get("sha256"))
+            self.kept[index] = (
+                img,
+                meta["width"],
+                meta["height"],
+                meta["original_width"],
+                meta["original_height"],
+                meta.get("sha256"),
+            )
         else:
             self.rejected[index] = classify(meta.get("status"), meta.get("error_message"))
 
@@ -145,8 +162,9 @@ class _Collector:
         pass
 
 
-def download_shard(rows: pa.Table, cfg: DownloadConfig, min_aspect: float, max_aspect: float,
-                   work_dir: str) -> tuple[pa.Table, pa.Table]:
+def download_shard(
+    rows: pa.Table, cfg: DownloadConfig, min_aspect: float, max_aspect: float, work_dir: str
+) -> tuple[pa.Table, pa.Table]:
     """Download `rows` (schemas.CANDIDATE); returns (kept: DATASET_SHARD, rejected: REJECTED).
 
     Every input row lands in exactly one of the two, both sorted by key. Row-level failures are
@@ -158,19 +176,32 @@ def download_shard(rows: pa.Table, cfg: DownloadConfig, min_aspect: float, max_a
         return schemas.empty(schemas.DATASET_SHARD), schemas.empty(schemas.REJECTED)
     collector = _Collector()
     os.makedirs(work_dir, exist_ok=True)
-    with safe_http.installed(safe_http.FetchPolicy.from_download_config(cfg)), \
-            tempfile.TemporaryDirectory(prefix="download-", dir=work_dir) as tmp:
+    with (
+        safe_http.installed(safe_http.FetchPolicy.from_download_config(cfg)),
+        tempfile.TemporaryDirectory(prefix="download-", dir=work_dir) as tmp,
+    ):
         shard_file = os.path.join(tmp, "input.arrow")
         table = pa.table({"url": rows["url"], "row_index": pa.array(range(rows.num_rows), pa.int64())})
         with pa.OSFile(shard_file, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
         downloader = Downloader(
-            sample_writer_class=collector, resizer=HeaderGate(cfg, min_aspect, max_aspect),
-            thread_count=cfg.thread_count, save_caption=False, extract_exif=False, output_folder=tmp,
-            column_list=["url", "row_index"], timeout=cfg.timeout, number_sample_per_shard=rows.num_rows + 1,
-            oom_shard_count=5, compute_hash="sha256", verify_hash_type=None, encode_format="jpg",
-            retries=cfg.retries, user_agent_token=cfg.user_agent_token,
-            disallowed_header_directives=list(cfg.disallowed_header_directives))
+            sample_writer_class=collector,
+            resizer=HeaderGate(cfg, min_aspect, max_aspect),
+            thread_count=cfg.thread_count,
+            save_caption=False,
+            extract_exif=False,
+            output_folder=tmp,
+            column_list=["url", "row_index"],
+            timeout=cfg.timeout,
+            number_sample_per_shard=rows.num_rows + 1,
+            oom_shard_count=5,
+            compute_hash="sha256",
+            verify_hash_type=None,
+            encode_format="jpg",
+            retries=cfg.retries,
+            user_agent_token=cfg.user_agent_token,
+            disallowed_header_directives=list(cfg.disallowed_header_directives),
+        )
         downloader.download_shard((0, shard_file))  # raises on machinery failure (the task retries)
     return _assemble(rows, collector)
 
@@ -183,14 +214,24 @@ def _assemble(rows: pa.Table, collector: _Collector) -> tuple[pa.Table, pa.Table
         base = {name: cols[name][i] for name in cols}
         if i in collector.kept:
             image, width, height, original_width, original_height, sha256 = collector.kept[i]
-            row = {**base, "image": image, "width": width, "height": height, "original_width": original_width,
-                   "original_height": original_height, "sha256": sha256}
+            row = {
+                **base,
+                "image": image,
+                "width": width,
+                "height": height,
+                "original_width": original_width,
+                "original_height": original_height,
+                "sha256": sha256,
+            }
             for name in kept:
                 kept[name].append(row[name])
         else:
             reason, detail = collector.rejected.get(
-                i, ("download_error", "internal: img2dataset reported no outcome for this row"))
+                i, ("download_error", "internal: img2dataset reported no outcome for this row")
+            )
             for name, value in (*base.items(), ("reason", reason), ("detail", detail[:1000])):
                 rejected[name].append(value)
-    return (pa.Table.from_pydict(kept, schema=schemas.DATASET_SHARD),
-            pa.Table.from_pydict(rejected, schema=schemas.REJECTED))
+    return (
+        pa.Table.from_pydict(kept, schema=schemas.DATASET_SHARD),
+        pa.Table.from_pydict(rejected, schema=schemas.REJECTED),
+    )

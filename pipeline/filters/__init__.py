@@ -8,5 +8,13 @@ from pipeline.filters.non_english import NonEnglishFilter
 from pipeline.filters.normalize import Normalizer
 from pipeline.filters.too_short import TooShortFilter
 
-__all__ = ["AspectRatioFilter", "BoilerplateFilter", "CaptionFilter", "CaptionRow", "InvalidUrlFilter",
-           "NonEnglishFilter", "Normalizer", "TooShortFilter"]
+__all__ = [
+    "AspectRatioFilter",
+    "BoilerplateFilter",
+    "CaptionFilter",
+    "CaptionRow",
+    "InvalidUrlFilter",
+    "NonEnglishFilter",
+    "Normalizer",
+    "TooShortFilter",
+]

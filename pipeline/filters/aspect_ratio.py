@@ -20,14 +20,16 @@ class AspectRatioFilter(CaptionFilter):
         ratio = width / height
         if self.cfg.min_aspect_ratio <= ratio <= self.cfg.max_aspect_ratio:
             return None
-        return f"{width}x{height} ratio {ratio:.3g} outside [{self.cfg.min_aspect_ratio:g}, {self.cfg.max_aspect_ratio:g}]"
+        return (
+            f"{width}x{height} ratio {ratio:.3g} outside [{self.cfg.min_aspect_ratio:g}, {self.cfg.max_aspect_ratio:g}]"
+        )
 
     def filter_batch(self, captions: list[str], rows) -> list[str | None]:
         widths = rows.widths if hasattr(rows, "widths") else [r.width for r in rows]
         heights = rows.heights if hasattr(rows, "heights") else [r.height for r in rows]
         out: list[str | None] = [None] * len(widths)
         check = self.filter
-        for j, (width, height) in enumerate(zip(widths, heights)):
+        for j, (width, height) in enumerate(zip(widths, heights, strict=True)):
             if width and height:
                 out[j] = check("", CaptionRow(None, width, height))
         return out

@@ -64,8 +64,8 @@ class CaptionRows:
 
 
 class CaptionFilter:
-    name = ""          # reason code
-    rewrites = False   # True: the pipeline calls rewrite() on the captions this filter keeps
+    name = ""  # reason code
+    rewrites = False  # True: the pipeline calls rewrite() on the captions this filter keeps
 
     def __init__(self, cfg: CaptionFilterConfig):
         self.cfg = cfg
@@ -75,7 +75,7 @@ class CaptionFilter:
 
     def filter_batch(self, captions: list[str], rows: "CaptionRows | list[CaptionRow]") -> list[str | None]:
         check = self.filter
-        return [check(caption, row) for caption, row in zip(captions, rows)]
+        return [check(caption, row) for caption, row in zip(captions, rows, strict=True)]
 
     def rewrite(self, caption: str) -> str:
         return caption

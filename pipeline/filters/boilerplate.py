@@ -23,33 +23,85 @@ import pyarrow.compute as pc
 
 from pipeline.filters.base import CaptionFilter, CaptionRow
 
-_MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
-          r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?")
+_MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+    r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
+)
 _WEEKDAY = r"(?:(?:mon|tues?|wed(?:nes)?|thu(?:rs)?|fri|sat(?:ur)?|sun)(?:day)?\.?,?\s+)?"
 _DAY = r"\d{1,2}(?:st|nd|rd|th)?"
 _YEAR = r"(?:19|20)\d{2}"
 _TIME = r"(?:,?\s*(?:at\s+)?\d{1,2}[:.]\d{2}(?:[:.]\d{2})?(?:\s*[ap]\.?m\.?)?)?"
 # Full dates only (with a day): "Marvel June 2014" or "Ebony December 1962" name an issue, not a
 # timestamp. The lookarounds keep part numbers like "2200/0.8/140" from looking like dates.
-_DATE_CORE = (_WEEKDAY + r"(?:"
-              + _YEAR + r"[-/.:]\d{1,2}[-/.:]\d{1,2}"                  # 2015-06-14, EXIF 2015:06:14
-              + r"|\d{1,2}[-/.]\d{1,2}[-/.](?:" + _YEAR + r"|\d{2})"   # 14/06/2015, 6.14.15
-              + r"|" + _DAY + r"\s+(?:of\s+)?" + _MONTH + r",?\s+" + _YEAR   # 14 June 2015
-              + r"|" + _MONTH + r"\s+" + _DAY + r",?\s+" + _YEAR       # June 14, 2015
-              + r")" + _TIME)
+_DATE_CORE = (
+    _WEEKDAY
+    + r"(?:"
+    + _YEAR
+    + r"[-/.:]\d{1,2}[-/.:]\d{1,2}"  # 2015-06-14, EXIF 2015:06:14
+    + r"|\d{1,2}[-/.]\d{1,2}[-/.](?:"
+    + _YEAR
+    + r"|\d{2})"  # 14/06/2015, 6.14.15
+    + r"|"
+    + _DAY
+    + r"\s+(?:of\s+)?"
+    + _MONTH
+    + r",?\s+"
+    + _YEAR  # 14 June 2015
+    + r"|"
+    + _MONTH
+    + r"\s+"
+    + _DAY
+    + r",?\s+"
+    + _YEAR  # June 14, 2015
+    + r")"
+    + _TIME
+)
 _DATE = r"(?<![\w/.-])" + _DATE_CORE + r"(?!\w|[/-]\d|\.\d)"
 
-_VERBS = ("photographed", "taken", "uploaded", "posted", "shot", "captured", "added", "created", "published",
-          "submitted", "recorded", "scanned")
+_VERBS = (
+    "photographed",
+    "taken",
+    "uploaded",
+    "posted",
+    "shot",
+    "captured",
+    "added",
+    "created",
+    "published",
+    "submitted",
+    "recorded",
+    "scanned",
+)
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "heic", "raw", "cr2", "nef", "dng", "arw", "psd",
-               "svg", "eps", "mp4", "mov", "avi")
+_EXTENSIONS = (
+    "jpg",
+    "jpeg",
+    "png",
+    "gif",
+    "bmp",
+    "tif",
+    "tiff",
+    "webp",
+    "heic",
+    "raw",
+    "cr2",
+    "nef",
+    "dng",
+    "arw",
+    "psd",
+    "svg",
+    "eps",
+    "mp4",
+    "mov",
+    "avi",
+)
 _TLDS = ("com", "net", "org", "info", "biz", "co.uk", "de", "fr", "jp", "ru", "io", "tv", "us")
 # Every full date has a numeric d/m/y form or a month name next to a number: a cheap test before
 # the costly date regex (a bare year such as "2011 Ford F-250" does not open it).
 _MONTH_GATE = "(?:" + "|".join(_MONTHS) + ")"
-_DATE_GATE = re.compile(r"\d[-/.:]\d\d?[-/.:]\d|" + _MONTH_GATE + r"[a-z]*\.?,?\s+\d|\d(?:st|nd|rd|th)?\s+(?:of\s+)?"
-                        + _MONTH_GATE, re.I)
+_DATE_GATE = re.compile(
+    r"\d[-/.:]\d\d?[-/.:]\d|" + _MONTH_GATE + r"[a-z]*\.?,?\s+\d|\d(?:st|nd|rd|th)?\s+(?:of\s+)?" + _MONTH_GATE, re.I
+)
 
 # (name, pattern, substrings, gate). The name ends up in the rejection detail. A pattern only runs
 # when one of its substrings occurs in the lower-cased caption and its gate regex (if any) matches:
@@ -58,26 +110,60 @@ _SPANS = [
     ("date_phrase", r"\b(?:" + "|".join(_VERBS) + r")\s+(?:on|in|at)?\s*" + _DATE, _VERBS, _DATE_GATE),
     ("date", r"(?:\b(?:on|in|at|from|dated)\s+)?" + _DATE, (), _DATE_GATE),
     ("url", r"\b(?:https?|ftp)://\S+|\bwww\.\S+", ("://", "www."), None),
-    ("file_name", r"[^\s/\\]+\.(?:jpe?g|png|gif|bmp|tiff?|webp|heic|raw|cr2|nef|dng|arw|psd|svg|eps|mp4|mov|avi)\b",
-     tuple("." + e for e in _EXTENSIONS), None),
-    ("camera_file", r"\b(?:img|dsc[nf]?|pict|gopr|dji|sam|cimg|pano|mvc|dcim|imag|vid)[-_]?\d{3,}(?:[-_]\w+)?",
-     ("img", "dsc", "pict", "gopr", "dji", "sam", "cimg", "pano", "mvc", "dcim", "imag", "vid"), re.compile(r"\d{3}")),
+    (
+        "file_name",
+        r"[^\s/\\]+\.(?:jpe?g|png|gif|bmp|tiff?|webp|heic|raw|cr2|nef|dng|arw|psd|svg|eps|mp4|mov|avi)\b",
+        tuple("." + e for e in _EXTENSIONS),
+        None,
+    ),
+    (
+        "camera_file",
+        r"\b(?:img|dsc[nf]?|pict|gopr|dji|sam|cimg|pano|mvc|dcim|imag|vid)[-_]?\d{3,}(?:[-_]\w+)?",
+        ("img", "dsc", "pict", "gopr", "dji", "sam", "cimg", "pano", "mvc", "dcim", "imag", "vid"),
+        re.compile(r"\d{3}"),
+    ),
     ("camera_number", r"(?<!\w)(?:p\d{7}|\d{3}_\d{4})(?!\w)", (), re.compile(r"\d{3}[_\d]\d{3}")),
-    ("domain", r"\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:" + "|".join(t.replace(".", r"\.") for t in _TLDS) + r")\b",
-     tuple("." + t for t in _TLDS), None),
+    (
+        "domain",
+        r"\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:" + "|".join(t.replace(".", r"\.") for t in _TLDS) + r")\b",
+        tuple("." + t for t in _TLDS),
+        None,
+    ),
     ("hashtag", r"(?<![\w&])#[^\W\d]\w*|(?<![\w.])@\w+", ("#", "@"), None),
     ("stock_id", r"(?<!\w)#\d{5,}", ("#",), None),
-    ("photo_credit", r"\((?:AP|AFP|EPA|Reuters|Getty Images)\b[^()]{0,80}\)|\bREUTERS/[^\s.,;]+(?:[ /][A-Z][^\s.,;]*)*",
-     ("(ap", "(afp", "(epa", "(reuters", "(getty", "reuters/"), None),
-    ("ui_text", r"\bclick (?:here )?(?:to|for) (?:enlarge|zoom|view|see)(?: (?:the )?(?:larger|full)(?:[- ]size)?"
-                r"(?: image| version| photo| picture)?)?|\bview (?:larger|full[- ]size)(?: image| version| photo)?"
-                r"|\bimage is loading\b|\b(?:image|photo) may contain:?[^.|]*|\bno (?:title|description)(?: available)?\b"
-                r"|\buntitled\b|%name\b|\b(?:image|photo|picture) (?:not )?available\b",
-     ("click", "view larger", "view full", "loading", "may contain", "no title", "no description", "untitled", "%name",
-      "available"), None),
-    ("stock_credit", r"\broyalty[- ]free\b|\bstock[- ]?(?:photo(?:graphy|s)?|images?|footage|vectors?|illustrations?|"
-                     r"fotografie|foto|pictures?|vektorgrafik)\b|\bstockfoto\b|\bvetorial stock\b",
-     ("royalty", "stock", "vetorial"), None),
+    (
+        "photo_credit",
+        r"\((?:AP|AFP|EPA|Reuters|Getty Images)\b[^()]{0,80}\)|\bREUTERS/[^\s.,;]+(?:[ /][A-Z][^\s.,;]*)*",
+        ("(ap", "(afp", "(epa", "(reuters", "(getty", "reuters/"),
+        None,
+    ),
+    (
+        "ui_text",
+        r"\bclick (?:here )?(?:to|for) (?:enlarge|zoom|view|see)(?: (?:the )?(?:larger|full)(?:[- ]size)?"
+        r"(?: image| version| photo| picture)?)?|\bview (?:larger|full[- ]size)(?: image| version| photo)?"
+        r"|\bimage is loading\b|\b(?:image|photo) may contain:?[^.|]*|\bno (?:title|description)(?: available)?\b"
+        r"|\buntitled\b|%name\b|\b(?:image|photo|picture) (?:not )?available\b",
+        (
+            "click",
+            "view larger",
+            "view full",
+            "loading",
+            "may contain",
+            "no title",
+            "no description",
+            "untitled",
+            "%name",
+            "available",
+        ),
+        None,
+    ),
+    (
+        "stock_credit",
+        r"\broyalty[- ]free\b|\bstock[- ]?(?:photo(?:graphy|s)?|images?|footage|vectors?|illustrations?|"
+        r"fotografie|foto|pictures?|vektorgrafik)\b|\bstockfoto\b|\bvetorial stock\b",
+        ("royalty", "stock", "vetorial"),
+        None,
+    ),
 ]
 _PATTERNS = [(name, re.compile(pattern, re.I), substrings, gate) for name, pattern, substrings, gate in _SPANS]
 # All trigger substrings in ONE regex over the lower-cased caption: one C-level scan per caption
@@ -104,16 +190,18 @@ def find_spans(text: str) -> list[tuple[int, int, str]]:
     return spans
 
 
-_GENERIC_WORDS = frozenset("image images photo photos photograph photographs picture pictures pic pics img foto fotos "
-                           "thumbnail screenshot screenshots untitled stock file".split())
+_GENERIC_WORDS = frozenset(
+    "image images photo photos photograph photographs picture pictures pic pics img foto fotos "
+    "thumbnail screenshot screenshots untitled stock file".split()
+)
 _GENERIC_RE = re.compile(r"\b(?:" + "|".join(sorted(_GENERIC_WORDS)) + r")\b", re.I)
 _LETTER = re.compile(r"[^\W\d_]")
 _PUNCT = "\"'()[]{}<>.,;:!?-–—|/*~+&"
 # Separators left dangling once a span is gone: "Sky | Stock Foto" -> "Sky |" -> "Sky".
 _DANGLING = re.compile(r"(?:\s*[-–—|:,;/~+])+\s*$|^\s*(?:[-–—|:,;/~+]\s*)+|\(\s*\)|\[\s*\]")
 _SEPARATOR_RUN = re.compile(r"\s+[-–—|:,;/]\s+(?=[-–—|:,;/]\s)")
-_PUNCT_RUN = re.compile(r"\s*([.,;:])(?:\s+[.,;:])+")   # "UK. . Geri" -> "UK. Geri"
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:])(?=\s|$)")   # "Kolkata . REUTERS" -> "Kolkata. REUTERS"
+_PUNCT_RUN = re.compile(r"\s*([.,;:])(?:\s+[.,;:])+")  # "UK. . Geri" -> "UK. Geri"
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:])(?=\s|$)")  # "Kolkata . REUTERS" -> "Kolkata. REUTERS"
 # A preposition orphaned at either end: "... Online at johnlewis.com", "Stock Illustration of ...".
 _ORPHAN = re.compile(r"^(?:of|at|by|on|in|from|for)\s+|\s+(?:of|at|by|on|in|from|for)$", re.I)
 
@@ -123,18 +211,23 @@ _ORPHAN = re.compile(r"^(?:of|at|by|on|in|from|for)\s+|\s+(?:of|at|by|on|in|from
 # RE2 scans with a small DFA: the exact patterns (lookarounds, \b, big date alternations) made RE2
 # fall back to its slow engine. Rows it does not match skip the Python path entirely.
 _MONTH_RE2 = _MONTH_GATE
-_SPAN_RE2 = "|".join([
-    r"\d[-/.:]\d\d?[-/.:]\d",                                    # numeric dates
-    _MONTH_RE2 + r"[a-z]*\.? \d", r"\d(?:st|nd|rd|th)? (?:of )?" + _MONTH_RE2,   # worded dates
-    "://", r"www\.",                                               # url
-    r"\.(?:" + "|".join(_EXTENSIONS) + ")",                         # file_name
-    r"(?:img|dsc[nf]?|pict|gopr|dji|sam|cimg|pano|mvc|dcim|imag|vid)[-_]?\d{3}", r"p\d{7}|\d{3}_\d{4}",  # camera
-    r"\.(?:" + "|".join(t.replace(".", r"\.") for t in _TLDS) + ")",  # domain
-    "[#@]",                                                         # hashtag, stock_id
-    r"\((?:ap|afp|epa|reuters|getty)|reuters/",                    # photo_credit
-    "click|view larger|view full|loading|may contain|no title|no description|untitled|%name|available",  # ui_text
-    "royalty|stock|vetorial",                                       # stock_credit
-])
+_SPAN_RE2 = "|".join(
+    [
+        r"\d[-/.:]\d\d?[-/.:]\d",  # numeric dates
+        _MONTH_RE2 + r"[a-z]*\.? \d",
+        r"\d(?:st|nd|rd|th)? (?:of )?" + _MONTH_RE2,  # worded dates
+        "://",
+        r"www\.",  # url
+        r"\.(?:" + "|".join(_EXTENSIONS) + ")",  # file_name
+        r"(?:img|dsc[nf]?|pict|gopr|dji|sam|cimg|pano|mvc|dcim|imag|vid)[-_]?\d{3}",
+        r"p\d{7}|\d{3}_\d{4}",  # camera
+        r"\.(?:" + "|".join(t.replace(".", r"\.") for t in _TLDS) + ")",  # domain
+        "[#@]",  # hashtag, stock_id
+        r"\((?:ap|afp|epa|reuters|getty)|reuters/",  # photo_credit
+        "click|view larger|view full|loading|may contain|no title|no description|untitled|%name|available",  # ui_text
+        "royalty|stock|vetorial",  # stock_credit
+    ]
+)
 _GENERIC_RE2 = _GENERIC_RE.pattern  # RE2's ASCII \b never misses a boundary Python's Unicode \b sees here
 # Generic words only matter in short captions: with more than this many tokens, fewer than
 # boilerplate_min_remaining_words descriptive words would need 6+ generic words in a row.
@@ -212,7 +305,8 @@ class BoilerplateFilter(CaptionFilter):
         lower = pc.utf8_lower(array)
         candidates = pc.or_(
             pc.or_(pc.match_substring_regex(lower, _SPAN_RE2), pc.match_substring_regex(array, _NO_LETTER_RE2)),
-            pc.and_(pc.match_substring_regex(lower, _GENERIC_RE2), pc.match_substring_regex(array, _SHORT_RE2)))
+            pc.and_(pc.match_substring_regex(lower, _GENERIC_RE2), pc.match_substring_regex(array, _SHORT_RE2)),
+        )
         check = self.filter
         for j in np.flatnonzero(candidates.to_numpy(zero_copy_only=False)).tolist():
             out[j] = check(captions[j], None)

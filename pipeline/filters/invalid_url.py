@@ -55,8 +55,10 @@ class InvalidUrlFilter(CaptionFilter):
         if not urls:
             return out
         array = pa.array(urls, pa.string())
-        plain = pc.and_(pc.match_substring_regex(array, _PLAIN_HTTP_RE2),
-                        pc.less_equal(pc.utf8_length(array), self.cfg.max_url_chars))
+        plain = pc.and_(
+            pc.match_substring_regex(array, _PLAIN_HTTP_RE2),
+            pc.less_equal(pc.utf8_length(array), self.cfg.max_url_chars),
+        )
         check = self.filter
         for j in np.flatnonzero(~pc.fill_null(plain, False).to_numpy(zero_copy_only=False)).tolist():
             out[j] = check("", CaptionRow(urls[j], None, None))

@@ -23,11 +23,18 @@ import ftfy.badness
 
 # A tag starts with a letter or '/', so "5 < 6 and 7 > 3" is left alone.
 _TAG = re.compile(r"</?[A-Za-z][^<>]{0,500}>")
-_FTFY = ftfy.TextFixerConfig(unescape_html=False, uncurl_quotes=False, fix_character_width=False,
-                             fix_latin_ligatures=False, normalization="NFC", explain=False)
+_FTFY = ftfy.TextFixerConfig(
+    unescape_html=False,
+    uncurl_quotes=False,
+    fix_character_width=False,
+    fix_latin_ligatures=False,
+    normalization="NFC",
+    explain=False,
+)
 # C0/C1 control characters other than whitespace (which split() handles): dropped.
-_CONTROLS = dict.fromkeys(c for c in [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x1C), 0x7F, *range(0x80, 0xA0)]
-                          if not chr(c).isspace())
+_CONTROLS = dict.fromkeys(
+    c for c in [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x1C), 0x7F, *range(0x80, 0xA0)] if not chr(c).isspace()
+)
 
 
 class Normalizer:

@@ -1,9 +1,9 @@
 """Stage-1 readers: one per input format, all streaming common.schemas.SOURCE_ROW tables.
 
-    fmt, files, reader = open_source("cc3m:s3://bucket/cc3m/*.tsv.gz", cfg.reader)
-    for path in files:
-        for table in reader.read(path):   # <= cfg.reader.batch_size rows, input order
-            ...
+fmt, files, reader = open_source("cc3m:s3://bucket/cc3m/*.tsv.gz", cfg.reader)
+for path in files:
+    for table in reader.read(path):   # <= cfg.reader.batch_size rows, input order
+        ...
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from pipeline.readers.laion import LaionReader
 from pipeline.readers.wit import WITReader
 from pipeline.readers.yfcc100m import YFCC100MReader
 
-READERS: dict[str, type[Reader]] = {cls.format: cls for cls in (
-    CC3MReader, WITReader, YFCC100MReader, LaionReader, CSVReader, TSVReader, JSONLReader, ParquetReader)}
+READERS: dict[str, type[Reader]] = {
+    cls.format: cls
+    for cls in (CC3MReader, WITReader, YFCC100MReader, LaionReader, CSVReader, TSVReader, JSONLReader, ParquetReader)
+}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

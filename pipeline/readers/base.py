@@ -163,8 +163,14 @@ class Reader:
             return None
 
     # -- the shared per-record loops: a format passes only what is specific to it ------------------
-    def header_rows(self, path: str, delimiter: str, required: Iterable[str], lacks: str,
-                    to_row: Callable[[dict[str, int], list[str]], Row]) -> Iterator[Row]:
+    def header_rows(
+        self,
+        path: str,
+        delimiter: str,
+        required: Iterable[str],
+        lacks: str,
+        to_row: Callable[[dict[str, int], list[str]], Row],
+    ) -> Iterator[Row]:
         """Rows of a delimited file with a header row, parsed by the csv module (quoted fields).
 
         The header maps column name -> index. A record becomes a malformed row when the csv module
@@ -198,13 +204,15 @@ class Reader:
             line = self.decode(raw)
             yield bad("undecodable bytes (not UTF-8)") if line is None else to_row(line)
 
-    def split_rows(self, path: str, columns: int, wrong_count: str,
-                   to_row: Callable[[list[str]], Row]) -> Iterator[Row]:
+    def split_rows(
+        self, path: str, columns: int, wrong_count: str, to_row: Callable[[list[str]], Row]
+    ) -> Iterator[Row]:
         """One row per tab-separated line without header or quoting (split, not csv).
 
         A line with other than `columns` fields is malformed (detail: `wrong_count` formatted
         with got=N); the fields of any other line go to `to_row(fields)`.
         """
+
         def split(line: str) -> Row:
             fields = line.split("\t")
             return bad(wrong_count.format(got=len(fields))) if len(fields) != columns else to_row(fields)
@@ -212,9 +220,10 @@ class Reader:
         yield from self.line_rows(path, split)
 
     def _to_table(self, rows: list[Row]) -> pa.Table:
-        columns = list(zip(*rows))
-        return pa.Table.from_arrays([pa.array(col, type=field.type) for col, field in zip(columns, SOURCE_ROW)],
-                                    schema=SOURCE_ROW)
+        columns = list(zip(*rows, strict=True))
+        return pa.Table.from_arrays(
+            [pa.array(col, type=field.type) for col, field in zip(columns, SOURCE_ROW, strict=True)], schema=SOURCE_ROW
+        )
 
     def _count(self, table: pa.Table) -> pa.Table:
         self.rows_read += table.num_rows
@@ -232,8 +241,9 @@ def _utf8(value: bytes | None) -> bool:
     return True
 
 
-def columnar_source_rows(batch: pa.RecordBatch | pa.Table, url: str, caption: str,
-                         width: str | None, height: str | None) -> pa.Table:
+def columnar_source_rows(
+    batch: pa.RecordBatch | pa.Table, url: str, caption: str, width: str | None, height: str | None
+) -> pa.Table:
     """SOURCE_ROW from named columns of an Arrow batch, without a per-row Python loop.
 
     A row is malformed when its URL or caption is missing; sizes that are not positive numbers
@@ -273,7 +283,9 @@ def columnar_source_rows(batch: pa.RecordBatch | pa.Table, url: str, caption: st
     captions = text(caption)
     url_missing = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(urls)), 0), True)
     caption_missing = pc.is_null(captions)
-    malformed = pc.if_else(url_missing, pa.scalar(f"missing {url}", pa.string()),
-                           pc.if_else(caption_missing, pa.scalar(f"missing {caption}", pa.string()),
-                                      pa.scalar(None, pa.string())))
+    malformed = pc.if_else(
+        url_missing,
+        pa.scalar(f"missing {url}", pa.string()),
+        pc.if_else(caption_missing, pa.scalar(f"missing {caption}", pa.string()), pa.scalar(None, pa.string())),
+    )
     return pa.Table.from_arrays([urls, captions, size(width), size(height), malformed], schema=SOURCE_ROW)

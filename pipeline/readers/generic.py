@@ -19,8 +19,12 @@ class CSVReader(Reader):
     def iter_rows(self, path: str) -> Iterator[Row]:
         cfg = self.cfg
         yield from self.header_rows(
-            path, self.delimiter, (cfg.url_column, cfg.caption_column), "header lacks column(s) {missing}",
-            lambda index, fields: _row(cfg, lambda name: fields[index[name]] if name in index else None))
+            path,
+            self.delimiter,
+            (cfg.url_column, cfg.caption_column),
+            "header lacks column(s) {missing}",
+            lambda index, fields: _row(cfg, lambda name: fields[index[name]] if name in index else None),
+        )
 
 
 class TSVReader(CSVReader):

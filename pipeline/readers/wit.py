@@ -25,23 +25,72 @@ from typing import Iterator
 from pipeline.readers.base import Reader, Row, bad, to_int
 
 URL = "image_url"
-REFERENCE, ALT_TEXT, ATTRIBUTION = ("caption_reference_description", "caption_alt_text_description",
-                                    "caption_attribution_description")
+REFERENCE, ALT_TEXT, ATTRIBUTION = (
+    "caption_reference_description",
+    "caption_alt_text_description",
+    "caption_attribution_description",
+)
 WIDTH, HEIGHT = "original_width", "original_height"
 REQUIRED = (URL, REFERENCE, ATTRIBUTION, ALT_TEXT)
 
 # Language labels of multilingual Wikimedia Commons descriptions ({{en|...}} renders "English: ").
-_LANGUAGES = ("Deutsch", "Français", "Español", "Italiano", "Nederlands", "Polski", "Português", "Русский",
-              "Українська", "日本語", "中文", "한국어", "Català", "Čeština", "Dansk", "Suomi", "Svenska", "Norsk bokmål",
-              "Norsk", "Magyar", "Türkçe", "Ελληνικά", "العربية", "עברית", "فارسی", "Română", "Slovenčina",
-              "Slovenščina", "Hrvatski", "Srpski", "Српски", "Български", "Eesti", "Latviešu", "Lietuvių",
-              "Bahasa Indonesia", "Bahasa Melayu", "Tiếng Việt", "ไทย", "हिन्दी", "Esperanto", "Galego", "Euskara",
-              "Cymraeg", "Gaeilge", "Latina", "Afrikaans")
+_LANGUAGES = (
+    "Deutsch",
+    "Français",
+    "Español",
+    "Italiano",
+    "Nederlands",
+    "Polski",
+    "Português",
+    "Русский",
+    "Українська",
+    "日本語",
+    "中文",
+    "한국어",
+    "Català",
+    "Čeština",
+    "Dansk",
+    "Suomi",
+    "Svenska",
+    "Norsk bokmål",
+    "Norsk",
+    "Magyar",
+    "Türkçe",
+    "Ελληνικά",
+    "العربية",
+    "עברית",
+    "فارسی",
+    "Română",
+    "Slovenčina",
+    "Slovenščina",
+    "Hrvatski",
+    "Srpski",
+    "Српски",
+    "Български",
+    "Eesti",
+    "Latviešu",
+    "Lietuvių",
+    "Bahasa Indonesia",
+    "Bahasa Melayu",
+    "Tiếng Việt",
+    "ไทย",
+    "हिन्दी",
+    "Esperanto",
+    "Galego",
+    "Euskara",
+    "Cymraeg",
+    "Gaeilge",
+    "Latina",
+    "Afrikaans",
+)
 # "English: ..." up to the next "<Language>:" label (French typography puts a space before ':').
 _ENGLISH = re.compile(r"(?:^|\s)English\s?:\s*(.*?)(?=\s(?:" + "|".join(map(re.escape, _LANGUAGES)) + r")\s?:|$)", re.S)
-_LICENSE = re.compile(r"\b(?:public domain|own work|cc[- ]by(?:[- ]sa)?(?:[- ]\d\.\d)?|cc0|gfdl|"
-                      r"creative commons[^.;]*|attribution[- ]share ?alike[^.;]*|all rights reserved|"
-                      r"licensed under[^.;]*)\b[.;,]?", re.I)
+_LICENSE = re.compile(
+    r"\b(?:public domain|own work|cc[- ]by(?:[- ]sa)?(?:[- ]\d\.\d)?|cc0|gfdl|"
+    r"creative commons[^.;]*|attribution[- ]share ?alike[^.;]*|all rights reserved|"
+    r"licensed under[^.;]*)\b[.;,]?",
+    re.I,
+)
 
 
 def attribution_caption(text: str) -> str:

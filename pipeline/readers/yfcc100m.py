@@ -26,8 +26,9 @@ class YFCC100MReader(Reader):
     format = "yfcc100m"
 
     def iter_rows(self, path: str) -> Iterator[Row]:
-        yield from self.split_rows(path, NUM_COLUMNS, f"expected {NUM_COLUMNS} tab-separated columns, got {{got}}",
-                                   self._row)
+        yield from self.split_rows(
+            path, NUM_COLUMNS, f"expected {NUM_COLUMNS} tab-separated columns, got {{got}}", self._row
+        )
 
     @staticmethod
     def _row(fields: list[str]) -> Row:
