@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `python bench/x.py`: make the repository import
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from bench.bench_download import server_process
+from bench.bench_download import img2dataset_cmd, server_process
 from pipeline.demo.source import write_demo_source
 
 
@@ -57,39 +57,7 @@ def run_build(sources: list[str], out: str, threads: int, env: dict[str, str]) -
 
 
 def run_img2dataset(url_list: str, out: str, threads: int) -> tuple[float, int]:
-    cmd = [
-        "img2dataset",
-        "--url_list",
-        url_list,
-        "--input_format",
-        "tsv",
-        "--url_col",
-        "url",
-        "--caption_col",
-        "caption",
-        "--output_folder",
-        out,
-        "--output_format",
-        "parquet",
-        "--processes_count",
-        "2",
-        "--thread_count",
-        str(threads),
-        "--number_sample_per_shard",
-        "1000",
-        "--resize_mode",
-        "keep_ratio",
-        "--image_size",
-        "256",
-        "--resize_only_if_bigger",
-        "True",
-        "--encode_format",
-        "jpg",
-        "--encode_quality",
-        "95",
-        "--compute_hash",
-        "sha256",
-    ]
+    cmd = img2dataset_cmd(url_list, out, 2, threads, 1000, encode_format="jpg", compute_hash="sha256")
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start

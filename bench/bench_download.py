@@ -66,40 +66,32 @@ def ours(rows: pa.Table, threads: int, work: str) -> tuple[float, int]:
     return time.perf_counter() - start, kept.num_rows
 
 
-def theirs(url_list: str, n: int, threads: int, out: str) -> tuple[float, float, int]:
-    cmd = [
-        "img2dataset",
-        "--url_list",
-        url_list,
-        "--input_format",
-        "tsv",
-        "--url_col",
-        "url",
-        "--caption_col",
-        "caption",
-        "--output_format",
-        "parquet",
-        "--output_folder",
-        out,
-        "--processes_count",
-        "1",
-        "--thread_count",
-        str(threads),
-        "--resize_mode",
-        "keep_ratio",
-        "--image_size",
-        "256",
-        "--resize_only_if_bigger",
-        "True",
-        "--number_sample_per_shard",
-        str(n),
-        "--extract_exif",
-        "False",
-        "--timeout",
-        "10",
-        "--encode_quality",
-        "95",
+def img2dataset_cmd(url_list: str, out: str, processes: int, threads: int, per_shard: int, **extra: str) -> list[str]:
+    """The plain img2dataset CLI on a TSV URL list, with the resize our downloader does (keep ratio, 256,
+    only if bigger, JPEG 95). It is the venv's own script, so the benches run without activating it."""
+    flags = {
+        "url_list": url_list,
+        "input_format": "tsv",
+        "url_col": "url",
+        "caption_col": "caption",
+        "output_format": "parquet",
+        "output_folder": out,
+        "processes_count": str(processes),
+        "thread_count": str(threads),
+        "number_sample_per_shard": str(per_shard),
+        "resize_mode": "keep_ratio",
+        "image_size": "256",
+        "resize_only_if_bigger": "True",
+        "encode_quality": "95",
+        **extra,
+    }
+    return [os.path.join(os.path.dirname(sys.executable), "img2dataset")] + [
+        arg for key, value in flags.items() for arg in (f"--{key}", value)
     ]
+
+
+def theirs(url_list: str, n: int, threads: int, out: str) -> tuple[float, float, int]:
+    cmd = img2dataset_cmd(url_list, out, 1, threads, n, extract_exif="False", timeout="10")
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start

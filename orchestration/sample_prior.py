@@ -22,33 +22,24 @@ from training.sampling import write_sample_grid
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory of train_prior (or its state.pt)")
-    p.add_argument(
-        "--tokens", default="", help="token root with tokenizer.json (default: the run's, from the checkpoint)"
-    )
     p.add_argument("--prompt", required=True)
-    p.add_argument("--n", type=int, default=8)
     p.add_argument("--out", default="grid.png")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument(
+        "--tokens",
+        dest="tokens_root",
+        default="",
+        help="token root with tokenizer.json (default: the run's, from the checkpoint)",
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dvae", default="", help="dVAE checkpoint for pixels ('' = colour-coded token maps)")
-    p.add_argument("--no-ema", action="store_true", help="sample from the live weights instead of the EMA")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="sample from the live weights, not the EMA")
     p.add_argument("--cols", type=int, default=0, help="grid columns (0 = n)")
     args = p.parse_args(argv)
     try:
-        write_sample_grid(
-            args.checkpoint,
-            args.prompt,
-            args.out,
-            n=args.n,
-            tokens_root=args.tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.seed,
-            dvae=args.dvae,
-            ema=not args.no_ema,
-            cols=args.cols,
-        )
+        write_sample_grid(**vars(args))  # the flags are write_sample_grid's parameters
     except ValueError as exc:
         p.error(str(exc))
     print(f"wrote {args.out}: {args.n} samples for {args.prompt!r}")

@@ -184,6 +184,19 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
     window = cfg.run.max_in_flight
     timings: dict[str, float] = {}
 
+    def phase(task: Any, items: Any, args: tuple, desc: str, **kwargs: Any) -> None:
+        """One phase: a task per item, at most `window` in flight, each retried on failure."""
+        run_tasks(
+            _remote(ray, task),
+            items,
+            args=args,
+            max_in_flight=window,
+            retries=cfg.run.shard_retries,
+            desc=desc,
+            total=len(items),
+            **kwargs,
+        )
+
     # 1. captions
     files = plan_inputs(cfg)
     caption_stats: list[dict[str, Any]] = []
@@ -201,16 +214,7 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
             }
         )
 
-    run_tasks(
-        _remote(ray, caption_task),
-        files,
-        args=(cfg,),
-        max_in_flight=window,
-        retries=cfg.run.shard_retries,
-        on_result=on_caption,
-        desc="captions",
-        total=len(files),
-    )
+    phase(caption_task, files, (cfg,), "captions", on_result=on_caption)
     timings["captions"] = time.monotonic() - t0
     caption_stats.sort(key=lambda s: s["file_id"])
     input_by_source: dict[str, int] = {}
@@ -220,15 +224,12 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
     # 2. URL dedup -> download lists
     parts_ref = ray.put(caption_parts(layout, caption_stats))
     lists: list[str] = []
-    run_tasks(
-        _remote(ray, url_dedup_task),
+    phase(
+        url_dedup_task,
         range(P),
-        args=(cfg, parts_ref),
-        max_in_flight=window,
-        retries=cfg.run.shard_retries,
+        (cfg, parts_ref),
+        "url dedup",
         on_result=lambda _, s: lists.extend(x["name"] for x in s["lists"]),
-        desc="url dedup",
-        total=P,
     )
     lists.sort()
     metrics: dict[str, float] = {"captions_per_s": fresh_rows / timings["captions"] if fresh_rows else 0.0}
@@ -245,41 +246,22 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
                 downloaded["bytes"] += stats["bytes"]
             progress({"progress.images_attempted": downloaded["rows"], "progress.images_kept": downloaded["kept"]})
 
-        run_tasks(
-            _remote(ray, download_task),
+        phase(
+            download_task,
             lists,
-            args=(cfg,),
-            max_in_flight=window,
+            (cfg,),
+            "download",
             timeout_s=cfg.run.shard_timeout_s,
-            retries=cfg.run.shard_retries,
             on_result=on_download,
             on_give_up=lambda f: give_up_on_list(layout, cfg, f.item, f.error),
-            desc="download",
-            total=len(lists),
         )
         timings["download"] = time.monotonic() - t0
         metrics["images_per_s"] = downloaded["rows"] / timings["download"] if downloaded["rows"] else 0.0
         metrics["downloaded_bytes_kept"] = downloaded["bytes"]
         # 4. duplicate_image, 5. publish shards
         hashes_ref = ray.put([layout.image_hashes(n) for n in lists])
-        run_tasks(
-            _remote(ray, image_dedup_task),
-            range(P),
-            args=(cfg, hashes_ref),
-            max_in_flight=window,
-            retries=cfg.run.shard_retries,
-            desc="image dedup",
-            total=P,
-        )
-        run_tasks(
-            _remote(ray, finalize_task),
-            lists,
-            args=(cfg,),
-            max_in_flight=window,
-            retries=cfg.run.shard_retries,
-            desc="finalize",
-            total=len(lists),
-        )
+        phase(image_dedup_task, range(P), (cfg, hashes_ref), "image dedup")
+        phase(finalize_task, lists, (cfg,), "finalize")
 
     # 6. report + manifest
     kept_dir = "candidates" if cfg.captions_only else "shards"

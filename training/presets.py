@@ -7,6 +7,9 @@ from dataclasses import replace
 
 from training.model import PriorShape
 
+# The paper's sequence (appendix B.1): 256 text tokens of a 16,384 BPE, a 32×32 grid of 8,192 codes, 11×11 conv.
+PAPER_SEQUENCE = dict(text_len=256, grid_h=32, grid_w=32, text_vocab=16384, image_vocab=8192, conv_kernel=11)
+
 PRESETS: dict[str, PriorShape] = {
     # Tests: a few seconds per run on one CPU core. 5 layers so row, column and conv all appear.
     "tiny": PriorShape(
@@ -26,29 +29,9 @@ PRESETS: dict[str, PriorShape] = {
     ),
     # The smallest paper-shaped model the GPU figures are quoted for (bench/bench_prior_mfu.py): 1.3B
     # parameters, the paper's text length, grid, vocabularies and 64-wide heads, at a third of its depth.
-    "1b": PriorShape(
-        n_layer=24,
-        n_head=32,
-        head_dim=64,
-        text_len=256,
-        grid_h=32,
-        grid_w=32,
-        text_vocab=16384,
-        image_vocab=8192,
-        conv_kernel=11,
-    ),
-    # DALL-E 12B (appendix B.1): 64 layers, 62 heads × 64, text 256, 32×32 image, vocab 16384 + 8192.
-    "12b": PriorShape(
-        n_layer=64,
-        n_head=62,
-        head_dim=64,
-        text_len=256,
-        grid_h=32,
-        grid_w=32,
-        text_vocab=16384,
-        image_vocab=8192,
-        conv_kernel=11,
-    ),
+    "1b": PriorShape(n_layer=24, n_head=32, head_dim=64, **PAPER_SEQUENCE),
+    # DALL-E 12B (appendix B.1): 64 layers, 62 heads × 64, on the paper's sequence.
+    "12b": PriorShape(n_layer=64, n_head=62, head_dim=64, **PAPER_SEQUENCE),
 }
 
 
