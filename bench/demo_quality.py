@@ -1,0 +1,122 @@
+"""Does the finished demo draw what its captions say? Two scores from the scene classifier
+(pipeline/demo/scene_check.py), which reads background, colour, shape, size and relation from pixels:
+
+  * dVAE: held-out scenes (drawn fresh, never in the demo's dataset) -> encode -> argmax -> decode.
+    The tokens are the ceiling: no prior can draw what they cannot hold. Also the PSNR of the decodes.
+  * prior: samples of the trained prior (EMA weights) for 48 captions x --samples, decoded by the dVAE:
+    36 single-object captions covering every colour, shape and size (backgrounds in turn) and 12
+    two-object captions drawn from the demo's grammar.
+
+    python bench/demo_quality.py demo_out [--json demo_out/quality.json] [--samples 4]
+
+Goals (issue 13): dVAE >= 95% fully right with PSNR >= 25 dB, prior >= 90% fully right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from pipeline.demo.scene_check import score
+from pipeline.demo.source import BACKGROUNDS, COLOURS, SHAPES, SIZES, describe_and_draw, jpeg_bytes
+from tokenize_images.dvae import load_checkpoint
+from tokenize_images.preprocess import load_image
+from training.sampling import load_prior, load_state, load_tokenizer_json, sample
+
+HELD_OUT_SEED = 10_000  # the demo source draws with seed 0: these scenes are new to the dVAE
+
+
+def to_pixels(images: torch.Tensor) -> np.ndarray:
+    return (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def dvae_quality(dvae, n: int) -> dict[str, float]:
+    rng = random.Random(HELD_OUT_SEED)
+    captions, originals = [], []
+    for _ in range(n):
+        caption, image = describe_and_draw(rng)
+        captions.append(caption)
+        originals.append(load_image(jpeg_bytes(image), dvae.cfg.image_size))
+    x = torch.from_numpy(np.stack(originals)).permute(0, 3, 1, 2).float() / 255
+    recon = to_pixels(torch.cat([dvae.decode_tokens(dvae.encode_tokens(b)) for b in x.split(64)]))
+    mse = ((recon.astype(np.float64) - np.stack(originals)) ** 2).mean(axis=(1, 2, 3))
+    psnr = float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+    return {**{f"dvae_{k}": v for k, v in score(recon, captions).items()}, "dvae_psnr_db": psnr}
+
+
+def prior_captions() -> list[str]:
+    backgrounds = sorted(BACKGROUNDS)
+    singles = [
+        f"a {size} {colour} {shape} on a {backgrounds[i % 3]} background"
+        for i, (size, colour, shape) in enumerate((s, c, h) for s in SIZES for c in COLOURS for h in SHAPES)
+    ]
+    rng, pairs = random.Random(HELD_OUT_SEED + 1), []
+    while len(pairs) < 12:
+        caption, _ = describe_and_draw(rng)
+        if " on a " in caption and caption.count(" a ") > 2 and caption not in pairs:
+            pairs.append(caption)
+    return singles + pairs
+
+
+@torch.no_grad()
+def prior_quality(checkpoint: str, dvae, samples: int, temperature: float, top_k: int) -> dict[str, float]:
+    state = load_state(checkpoint)
+    model = load_prior(state)
+    tokenizer_json = load_tokenizer_json(state["tokens_root"])
+    captions, images = [], []
+    g = dvae.cfg.grid
+    for i, caption in enumerate(prior_captions()):
+        tokens = sample(model, tokenizer_json, caption, samples, temperature, top_k, seed=i)
+        images.append(to_pixels(dvae.decode_tokens(tokens.view(-1, g, g))))
+        captions += [caption] * samples
+    return {f"prior_{k}": v for k, v in score(np.concatenate(images), captions).items()}
+
+
+def latest_checkpoint(demo_dir: str) -> str:
+    states = glob.glob(os.path.join(demo_dir, "ray_results", "prior-demo", "*", "state.pt"))
+    if not states:
+        raise SystemExit(f"no prior checkpoint under {demo_dir}/ray_results/prior-demo: run the demo first")
+    return os.path.dirname(max(states, key=os.path.getmtime))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("demo_dir", nargs="?", default="demo_out")
+    ap.add_argument("--samples", type=int, default=4, help="prior samples per caption")
+    ap.add_argument("--held-out", type=int, default=256, help="held-out scenes for the dVAE score")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--json", default="", help="also write the scores here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    dvae, _ = load_checkpoint(os.path.join(args.demo_dir, "stage2", "dvae_demo.pt"))
+    out = dvae_quality(dvae, args.held_out)
+    out.update(prior_quality(latest_checkpoint(args.demo_dir), dvae, args.samples, args.temperature, args.top_k))
+    print(
+        f"dVAE  (held-out scenes, encode -> decode): {out['dvae_all']:.1%} fully right, "
+        f"PSNR {out['dvae_psnr_db']:.1f} dB   (goal >= 95%, >= 25 dB)"
+    )
+    print(f"prior (48 captions x {args.samples} samples):      {out['prior_all']:.1%} fully right   (goal >= 90%)")
+    print(
+        "   per aspect: "
+        + ", ".join(f"{k[6:]} {v:.0%}" for k, v in out.items() if k.startswith("prior_") and k != "prior_all")
+    )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
