@@ -14,6 +14,9 @@ from typing import Any
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+# MLflow 3 opens an experiment in its GenAI view ("Evaluation runs") unless it is tagged as model
+# training: every experiment of this project is, so the UI shows metric charts and images.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri() -> str:
@@ -44,22 +47,25 @@ def ui_command(uri: str | None = None) -> str:
 
 
 def ensure_experiment(name: str) -> str:
-    """Point MLflow at the store, create the experiment if needed, return its id."""
+    """Point MLflow at the store, create the experiment if needed (tagged as model training, also when
+    an older run created it untagged), return its id."""
     import mlflow
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    root = artifact_root(uri)
-    try:
-        return mlflow.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
-    except Exception:  # another driver created it between our check and create
+    if exp is None:
+        root = artifact_root(uri)
+        try:
+            mlflow.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=EXPERIMENT_KIND)
+        except Exception:
+            if mlflow.get_experiment_by_name(name) is None:  # not a driver that created it in between
+                raise
         exp = mlflow.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    for key, value in EXPERIMENT_KIND.items():
+        if exp.tags.get(key) != value:
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def find_run(experiment_id: str, run_name: str) -> str | None:
