@@ -16,6 +16,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
     import ray
 
     if ray.is_initialized():
+        quiet_ray_data()
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Workers of a local instance must import this project even when it is not pip-installed.
@@ -26,6 +27,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
         # --runtime-env-json ...` (or an installed package). A driver runtime_env here would
         # conflict with the job's own and Ray refuses to merge the two.
         ray.init(address=address, log_to_driver=True)
+        quiet_ray_data()
         return False
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     os.environ["PYTHONPATH"] = pythonpath
@@ -35,4 +37,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
         include_dashboard=False,
         runtime_env={"env_vars": {**env_vars, "PYTHONPATH": pythonpath}},
     )
+    quiet_ray_data()
     return True
+
+
+VERBOSE_ENV = "DALLE_RAY_DATA_VERBOSE"
+
+
+def quiet_ray_data() -> None:
+    """Every stage prints its own progress; Ray Data's per-dataset "Starting execution" / "Execution
+    plan" lines (dozens per run: one per epoch and per split) and its progress bars would drown it.
+    DALLE_RAY_DATA_VERBOSE=1 turns them back on. The DataContext travels with each dataset to the
+    tasks and actors that execute it, so setting it in the driver is enough."""
+    import ray.data
+
+    verbose = os.environ.get(VERBOSE_ENV, "") == "1"
+    ctx = ray.data.DataContext.get_current()
+    ctx.print_on_execution_start = verbose
+    ctx.enable_progress_bars = verbose
