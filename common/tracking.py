@@ -93,3 +93,45 @@ def log_params(params: dict[str, Any]) -> None:
     items = list(todo.items())
     for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
         mlflow.log_params(dict(items[i : i + 90]))
+
+
+def dataset_digest(root: str) -> str:
+    """A dataset's (or token set's) identity: the sha256 of its manifest.json, which is written last and
+    lists its config, versions and shards. Every stage that logs the same root logs the same digest, so
+    MLflow links the run that wrote it to the runs that read it."""
+    import hashlib
+
+    from common import storage
+
+    return hashlib.sha256(storage.read_bytes(storage.join(root, "manifest.json"))).hexdigest()[:16]
+
+
+def log_dataset(uri: str, context: str, digest: str, name: str = "") -> None:
+    """Log a dataset root (local or s3://) to the active run as an MLflow dataset input. `context` is its
+    role: "source", "training", "encode", or "output" for what the run wrote (MLflow runs have dataset
+    inputs only, so the output is an input in the context "output"; its digest matches the next stage's)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    name = name or uri.rstrip("/").rsplit("/", 1)[-1]
+    mlflow.log_input(MetaDataset(resolve_dataset_source(uri), name=name, digest=digest), context=context)
+
+
+def register_pytorch_model(model: Any, name: str, registered_name: str, run_id: str) -> str:
+    """Log `model` to run `run_id` with MLflow's PyTorch flavour and register it as a new version of
+    `registered_name` (the version is linked to its run). Returns the version."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    with mlflow.start_run(run_id=run_id):
+        # "pickle": MLflow 3's default "pt2" traces forward with an input example, which neither the
+        # prior (a sampler) nor the dVAE (two halves) fits. No requirement inference: it scans the environment.
+        info = mlflow.pytorch.log_model(
+            model,
+            name=name,
+            registered_model_name=registered_name,
+            serialization_format="pickle",
+            pip_requirements=["torch==2.13.0"],
+        )
+    return str(info.registered_model_version)

@@ -24,6 +24,9 @@ class NullLogger:
     def log_artifact_bytes(self, data: bytes, name: str, artifact_path: str | None = None) -> None:
         pass
 
+    def log_image(self, png: bytes, key: str, step: int) -> None:
+        pass
+
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
@@ -51,6 +54,10 @@ class AsyncRunLogger(NullLogger):
 
     def log_artifact_bytes(self, data: bytes, name: str, artifact_path: str | None = None) -> None:
         self._put(("artifact", data, name, artifact_path))
+
+    def log_image(self, png: bytes, key: str, step: int) -> None:
+        """An image with its step (MLflow's image slider pages through the steps of one key)."""
+        self._put(("image", png, key, step))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._put(("tags", {k: str(v) for k, v in tags.items()}))
@@ -92,6 +99,14 @@ class AsyncRunLogger(NullLogger):
             self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
         elif kind == "tags":
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in item[1].items()])
+        elif kind == "image":
+            import io
+
+            from PIL import Image
+
+            _, png, key, step = item
+            with Image.open(io.BytesIO(png)) as image:
+                self.client.log_image(self.run_id, image.convert("RGB"), key=key, step=step)
         elif kind == "artifact":
             _, data, name, artifact_path = item
             with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,7 @@
 """Every experiment the project creates opens in MLflow's model-training view, not the GenAI one."""
 
 import mlflow
+import pytest
 
 from common.tracking import EXPERIMENT_KIND, ensure_experiment
 
@@ -15,3 +16,46 @@ def test_experiments_are_tagged_as_model_training(tmp_path, monkeypatch):
     for experiment_id in (new, old):
         tags = mlflow.get_experiment(experiment_id).tags
         assert {k: tags.get(k) for k in EXPERIMENT_KIND} == EXPERIMENT_KIND
+
+
+@pytest.mark.slow
+def test_lineage_registry_and_images(tmp_path, monkeypatch):
+    """Datasets are run inputs with a role and a digest, a model is registered with its run, and an
+    image logged with a step lands where MLflow's image slider reads it."""
+    import io
+    import json
+
+    import torch
+    from PIL import Image
+
+    from common.tracking import dataset_digest, log_dataset, register_pytorch_model
+    from harness.logger import AsyncRunLogger
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps({"shards": ["a.parquet"]}))
+    digest = dataset_digest(str(tmp_path / "ds"))
+    experiment = ensure_experiment("lineage")
+    with mlflow.start_run(experiment_id=experiment) as run:
+        log_dataset(str(tmp_path / "ds"), "training", digest)
+    version = register_pytorch_model(torch.nn.Linear(2, 2), "prior", "test-prior", run.info.run_id)
+
+    inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert [
+        (i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"]) for i in inputs
+    ] == [("ds", digest, "training")]
+    registered = mlflow.MlflowClient().get_model_version("test-prior", version)
+    assert registered.run_id == run.info.run_id
+
+    logger = AsyncRunLogger(run.info.run_id, f"sqlite:///{tmp_path}/mlflow.db")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(buf, format="PNG")
+    for step in (10, 20):
+        logger.log_image(buf.getvalue(), "samples", step)
+    logger.close()
+    assert logger.errors == 0
+    names = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "images")]
+    assert {n.split("+")[2] for n in names if n.startswith("images/samples+step+") and n.endswith(".png")} == {
+        "10",
+        "20",
+    }
