@@ -1,8 +1,9 @@
 """build_dataset end to end: real Ray, real img2dataset downloads from a real local HTTP server,
 real fastText, a real MLflow sqlite store. Nothing is mocked.
 
-One private Ray instance serves the module; the SIGKILL test runs the entry script as a separate
-driver process attached to that same instance (which this module started), and kills it.
+One private Ray instance (conftest.py's ray_cluster, started with this module's S3 endpoint) serves the
+module; the SIGKILL test runs the entry script as a separate driver process attached to that same instance,
+and kills it.
 """
 
 from __future__ import annotations
@@ -33,38 +34,35 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    import ray
-
-    from common.ray_cluster import init_ray
-
+def env(tmp_path_factory, mlflow_store_module, ray_cluster):
     from moto.server import ThreadedMotoServer
 
     tmp = tmp_path_factory.mktemp("e2e")
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *S3_ENV)}
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     # A real S3 API on loopback (moto), started before Ray so that workers inherit its endpoint.
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     s3.start()
     host, port = s3.get_host_and_port()
-    os.environ.update({**S3_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"})
-    import boto3
+    s3_env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in s3_env.items():
+                mp.setenv(key, value)
+            import boto3
 
-    boto3.client("s3").create_bucket(Bucket="datasets")
-    owns = init_ray(num_cpus=2)
-    www = tmp / "src" / "www"
-    www.mkdir(parents=True)
-    with serve(str(www)) as base_url:
-        src = write_demo_source(str(tmp / "src"), base_url, n_good=24, seed=1)
-        yield {"tmp": tmp, "src": src, "address": ray.get_runtime_context().gcs_address}
-    if owns:
-        ray.shutdown()
-    s3.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+            boto3.client("s3").create_bucket(Bucket="datasets")
+            # The session's private Ray, but an instance of this module's own: its workers must see this
+            # module's S3 endpoint from their start (and the SIGKILL test's driver attaches to it by address).
+            address = ray_cluster.start(num_cpus=2, env=s3_env)
+            try:
+                www = tmp / "src" / "www"
+                www.mkdir(parents=True)
+                with serve(str(www)) as base_url:
+                    src = write_demo_source(str(tmp / "src"), base_url, n_good=24, seed=1)
+                    yield {"tmp": tmp, "src": src, "address": address}
+            finally:
+                ray_cluster.stop()  # its workers point at an S3 endpoint that stops with this module
+    finally:
+        s3.stop()
 
 
 def make_config(env, output: str, **run) -> BuildConfig:

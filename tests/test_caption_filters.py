@@ -24,19 +24,15 @@ from pipeline.filters.invalid_url import InvalidUrlFilter
 from pipeline.filters.non_english import NonEnglishFilter, default_model_path, load_model, predict_english
 from pipeline.filters.normalize import Normalizer
 from pipeline.filters.too_short import TooShortFilter
+from tests.data_paths import require_shared_data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW = CaptionRow("https://example.com/x.jpg", None, None)
-
-
-def shared_data() -> str:
-    path = os.path.join(ROOT, "..", "shared", "data")
-    return path if os.path.isdir(path) else "/work/shared/data"
 
 
 @functools.lru_cache(maxsize=1)
 def sample() -> pa.Table:
-    return pq.read_table(os.path.join(shared_data(), "laion_sample_1000.parquet"), columns=["URL", "TEXT"])
+    # Read when a test first needs it; skips that test when the shared data is absent.
+    return pq.read_table(require_shared_data() / "laion_sample_1000.parquet", columns=["URL", "TEXT"])
 
 
 @functools.lru_cache(maxsize=1)
@@ -255,9 +251,9 @@ def test_model_is_loaded_once_and_its_path_is_configurable(cfg):
 
 
 # --- aspect_ratio --------------------------------------------------------------------------------
-def test_aspect_ratio_bounds_are_inclusive_and_unknown_sizes_pass(cfg):
+def test_aspect_ratio_bounds_are_inclusive_and_unknown_sizes_pass(cfg, shared_data):
     flt = AspectRatioFilter(cfg)
-    photos = sorted(os.listdir(os.path.join(shared_data(), "photos")))  # real photos named WIDTH_HEIGHT.jpg
+    photos = sorted(os.listdir(shared_data / "photos"))  # real photos named WIDTH_HEIGHT.jpg
     sizes = [tuple(int(v) for v in name[:-4].split("_")) for name in photos]
     for width, height in sizes:
         inside = 0.5 <= width / height <= 2.0

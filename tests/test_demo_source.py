@@ -84,6 +84,7 @@ def test_deterministic_and_consistent(tmp_path):
     assert len(digests) == len(goods) == 20
 
 
+@pytest.mark.slow  # two subprocess drivers (server + source) with their imports: ~1-2.5 s
 def test_server_and_source_command_lines(tmp_path):
     port_file = tmp_path / "port"
     server = subprocess.Popen([sys.executable, "orchestration/demo_server.py", "--root", str(tmp_path / "www"),

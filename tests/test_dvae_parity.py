@@ -59,6 +59,7 @@ def test_upsample_fix_restores_missing_attribute():
     assert out.shape == (1, 6, 16, 16)
 
 
+@pytest.mark.slow  # a forward pass of the full-size encoder (272 GFLOP): 3 s idle, 15+ s on busy cores
 def test_flop_count_matches_the_published_encoder_cost():
     from tokenize_images.dvae import flops_per_image, preset
 

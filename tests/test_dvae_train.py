@@ -3,17 +3,19 @@
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 
+from harness import HarnessConfig
 from tokenize_images.codebook_init import init_codebook_from_data
 from tokenize_images.config import CodebookConfig, DVAEModelConfig, DVAEOptimConfig, DVAETrainConfig, ScheduleConfig
 from tokenize_images.dvae import DVAE, load_checkpoint, preset
+from tokenize_images.dvae_training import make_optimizer, model_input, train_dvae, train_step
 from tokenize_images.preprocess import load_image
 from tokenize_images.synthetic import jpeg, shape_image, write_dataset
-from tokenize_images.dvae_training import make_optimizer, model_input, train_dvae, train_step
-from harness import HarnessConfig
 
 
+@pytest.mark.slow  # trains 25 steps: ~5 s on 2 cores
 def test_small_preset_loss_falls():
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -71,8 +73,10 @@ def test_frozen_encoder_and_code_embedding_lr():
     assert changed(model.encoder, encoder)
 
 
-def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+@pytest.mark.slow
+def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, mlflow_store, shared_ray):
+    # The session's Ray instance serves both training launches: train_dvae does not own it, so it
+    # does not shut it down in between.
     dataset = str(tmp_path / "ds")
     write_dataset(dataset, shards=2, rows_per_shard=8, size_range=(40, 56), corrupt_rows=1)
     cfg = DVAETrainConfig(
@@ -83,16 +87,7 @@ def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, monkeypatch):
         codebook=CodebookConfig(kmeans_margin=5.0, kmeans_images=8, encoder_frozen_steps=2),
         run=HarnessConfig(name="dvae-test", storage_path=str(tmp_path / "ray"), experiment="train_dvae",
                           num_workers=1, num_cpus=2, log_every=1, log_final_checkpoint=False))
-    import ray
-
-    from common.ray_cluster import init_ray
-
-    owns = init_ray(num_cpus=2)  # one Ray instance for both launches (train_dvae then does not own it)
-    try:
-        _train_resume_and_reuse(cfg)
-    finally:
-        if owns:
-            ray.shutdown()
+    _train_resume_and_reuse(cfg)
 
 
 def _train_resume_and_reuse(cfg):

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from common import storage
 from tests.test_encode_tokens import expected_tokens, tiny_dvae
@@ -14,6 +15,10 @@ from tokenize_images.synthetic import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARDS = 8
+# The two drivers below each start (and are killed with) their own local Ray; the session's in-process
+# instance is shut down for this module so that it neither competes with them for the 2 cores nor shares
+# a machine with them.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_shared_ray")]
 
 
 def run_cli(dataset, ckpt, out, env):
@@ -26,13 +31,12 @@ def run_cli(dataset, ckpt, out, env):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_resume_after_sigkill(tmp_path):
+def test_resume_after_sigkill(tmp_path, mlflow_store):
     dataset, out, ckpt = str(tmp_path / "ds"), str(tmp_path / "tokens"), str(tmp_path / "dvae.pt")
     write_dataset(dataset, shards=SHARDS, rows_per_shard=12, size_range=(64, 80), corrupt_rows=2)
     # Wide enough that encoding takes a few seconds, so the kill lands mid-way.
     tiny_dvae(ckpt, n_hid=64, n_blk_per_group=2, vocab_size=128, image_size=64)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # mlflow_store's URI included
     shard_dir = os.path.join(out, "shards")
 
     proc = run_cli(dataset, ckpt, out, env)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from common import schemas, storage
+from tests.data_paths import SHARED_DATA
 from tokenize_images.config import EncodeConfig, EncodeRunConfig, TokenizerConfig
 from tokenize_images.dvae import DVAE, DVAEConfig, load_checkpoint, save_checkpoint
 from tokenize_images.encode import encode_tokens
@@ -16,7 +17,7 @@ from tokenize_images.preprocess import load_image
 from tokenize_images.synthetic import write_dataset
 from tokenize_images.text_tokenizer import load_text_tokenizer
 
-PHOTOS = "/work/shared/data/photos"
+PHOTOS = SHARED_DATA / "photos"  # optional: synthetic images only when the shared data is absent
 
 
 def tiny_dvae(path, seed=0, **kw):
@@ -41,11 +42,11 @@ def expected_tokens(dataset, ckpt):
     return out
 
 
-def test_encode_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+@pytest.mark.slow
+def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
     dataset, out = str(tmp_path / "ds"), str(tmp_path / "tokens")
     keys = write_dataset(dataset, shards=2, rows_per_shard=10, size_range=(40, 90), corrupt_rows=3,
-                         photos=PHOTOS if os.path.isdir(PHOTOS) else None)
+                         photos=str(PHOTOS) if PHOTOS.is_dir() else None)
     ckpt = tmp_path / "dvae.pt"
     sha = tiny_dvae(ckpt)
     cfg = EncodeConfig(dataset=dataset, dvae=str(ckpt), output=out,

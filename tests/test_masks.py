@@ -82,6 +82,7 @@ def test_cli_prints_fig11(kind, image_rows, capsys):
     assert capsys.readouterr().out.split() == TEXT + image_rows
 
 
+@pytest.mark.slow  # a subprocess that imports torch: ~2-3 s
 def test_cli_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "orchestration.print_mask", "--kind", "conv", "--text-len", "6", "--grid", "4",
                           "--kernel", "3"], capture_output=True, text=True, check=True).stdout.split()

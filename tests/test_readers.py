@@ -18,11 +18,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
-def shared_data() -> str:
-    path = os.path.join(ROOT, "..", "shared", "data")
-    return path if os.path.isdir(path) else "/work/shared/data"
-
-
 def read_all(spec: str, cfg: ReaderConfig | None = None) -> tuple[list[dict], list[pa.Table], object]:
     _, files, reader = open_source(spec, cfg or ReaderConfig())
     tables = [t for path in files for t in reader.read(path)]
@@ -132,8 +127,8 @@ def test_laion_fixture_sizes_and_missing_fields():
     ]
 
 
-def test_laion_shared_sample_without_size_columns_streams_in_batches():
-    path = os.path.join(shared_data(), "laion_sample_1000.parquet")
+def test_laion_shared_sample_without_size_columns_streams_in_batches(shared_data):
+    path = str(shared_data / "laion_sample_1000.parquet")
     expected = pq.read_table(path, columns=["URL", "TEXT"])
     rows, tables, reader = read_all(f"laion:{path}", ReaderConfig(batch_size=300))
     assert [t.num_rows for t in tables] == [300, 300, 300, 100]

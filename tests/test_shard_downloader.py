@@ -18,18 +18,16 @@ from pipeline.demo.server import serve
 from pipeline.demo.source import write_demo_source
 from pipeline.download.shard_downloader import ROBOTS_MESSAGE, classify, download_shard
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHOTOS = next(p for p in (os.path.join(REPO, "..", "shared", "data", "photos"), "/work/shared/data/photos")
-              if os.path.isdir(p))
 MAX_BYTES = 300_000
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, shared_data):
+    photos = shared_data / "photos"
     out = str(tmp_path_factory.mktemp("demo"))
     os.makedirs(os.path.join(out, "www", "photos"))
-    for name in os.listdir(PHOTOS):
-        shutil.copy(os.path.join(PHOTOS, name), os.path.join(out, "www", "photos", name))
+    for name in os.listdir(photos):
+        shutil.copy(photos / name, os.path.join(out, "www", "photos", name))
     with serve(os.path.join(out, "www")) as base:
         yield write_demo_source(out, base, n_good=12, seed=1, max_bytes=MAX_BYTES)
 
@@ -112,8 +110,8 @@ def test_demo_rows_get_their_expected_reasons(demo, tmp_path):
 
 
 @pytest.mark.parametrize("min_size,image_size", [(256, 256), (100, 300)])
-def test_real_photos_as_their_sizes_dictate(demo, tmp_path, min_size, image_size):
-    names = sorted(os.listdir(PHOTOS))
+def test_real_photos_as_their_sizes_dictate(demo, shared_data, tmp_path, min_size, image_size):
+    names = sorted(os.listdir(shared_data / "photos"))
     rows = candidates([(f"{demo.base_url}/photos/{n}", f"a real photograph number {i}") for i, n in enumerate(names)])
     kept, rejected = download_shard(rows, config(min_image_size=min_size, image_size=image_size), 0.5, 2.0,
                                     str(tmp_path))

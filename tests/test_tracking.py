@@ -6,11 +6,10 @@ import pytest
 from common.tracking import EXPERIMENT_KIND, ensure_experiment
 
 
-def test_experiments_are_tagged_as_model_training(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+def test_experiments_are_tagged_as_model_training(mlflow_store):
     new = ensure_experiment("train_prior")
     assert ensure_experiment("train_prior") == new
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(mlflow_store)
     old = mlflow.create_experiment("made_by_an_older_version")  # untagged, as before this change
     assert ensure_experiment("made_by_an_older_version") == old
     for experiment_id in (new, old):
@@ -19,7 +18,7 @@ def test_experiments_are_tagged_as_model_training(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_lineage_registry_and_images(tmp_path, monkeypatch):
+def test_lineage_registry_and_images(tmp_path, mlflow_store):
     """Datasets are run inputs with a role and a digest, a model is registered with its run, and an
     image logged with a step lands where MLflow's image slider reads it."""
     import io
@@ -31,7 +30,6 @@ def test_lineage_registry_and_images(tmp_path, monkeypatch):
     from common.tracking import dataset_digest, log_dataset, register_pytorch_model
     from harness.logger import AsyncRunLogger
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "manifest.json").write_text(json.dumps({"shards": ["a.parquet"]}))
     digest = dataset_digest(str(tmp_path / "ds"))
@@ -47,7 +45,7 @@ def test_lineage_registry_and_images(tmp_path, monkeypatch):
     registered = mlflow.MlflowClient().get_model_version("test-prior", version)
     assert registered.run_id == run.info.run_id
 
-    logger = AsyncRunLogger(run.info.run_id, f"sqlite:///{tmp_path}/mlflow.db")
+    logger = AsyncRunLogger(run.info.run_id, mlflow_store)
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (255, 0, 0)).save(buf, format="PNG")
     for step in (10, 20):

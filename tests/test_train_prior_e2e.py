@@ -16,6 +16,7 @@ from training.config import PriorTrainConfig
 from training.synthetic import write_synthetic_tokens
 
 STEPS, FAIL_AT, CKPT_EVERY = 24, 12, 8
+pytestmark = pytest.mark.slow
 
 
 def config(tmp, max_steps):
@@ -31,43 +32,33 @@ def config(tmp, max_steps):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    import ray
-
+def runs(tmp_path_factory, mlflow_store_module, ray_cluster):
     from training.driver import train
 
+    # The session's private Ray, with this module's own settings: 4 logical CPUs (see config()) and the
+    # environment train() would start it with. Another module's 2-CPU instance is replaced, not reused.
+    ray_cluster.start(num_cpus=4, env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
     tmp = tmp_path_factory.mktemp("prior_e2e")
     write_synthetic_tokens(str(tmp / "tokens"), n_shards=4, rows_per_shard=128)
-    old_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-    started_here = not ray.is_initialized()
-    try:
-        first = train(config(tmp, STEPS))
-        second = train(config(tmp, STEPS))  # the same command again: resumes at the end, trains no more
-        yield tmp, first, second
-    finally:
-        if started_here and ray.is_initialized():
-            ray.shutdown()
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    first = train(config(tmp, STEPS))
+    second = train(config(tmp, STEPS))  # the same command again: resumes at the end, trains no more
+    yield tmp, first, second
 
 
-def mlflow_client(tmp):
+def mlflow_client():
     from mlflow import MlflowClient
 
-    return MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    return MlflowClient()  # mlflow_store_module's store, which the runs fixture wrote to
 
 
-def history(tmp, run_id, key):
-    return [(m.step, m.value) for m in mlflow_client(tmp).get_metric_history(run_id, key)]
+def history(run_id, key):
+    return [(m.step, m.value) for m in mlflow_client().get_metric_history(run_id, key)]
 
 
 def test_loss_falls(runs):
     tmp, first, _ = runs
-    loss = dict(history(tmp, first.run_id, "loss"))
-    val = dict(history(tmp, first.run_id, "val_loss"))
+    loss = dict(history(first.run_id, "loss"))
+    val = dict(history(first.run_id, "val_loss"))
     assert loss[4] > 1.3 * loss[STEPS], loss
     assert val[STEPS] < val[12] < 7 / 8 * math.log(16) + 1 / 8 * math.log(300 + 8)
 
@@ -112,7 +103,7 @@ def test_checkpoint_holds_full_state_and_powersgd_on_gloo(runs):
 
 def test_mlflow_run_contents(runs):
     tmp, first, second = runs
-    client = mlflow_client(tmp)
+    client = mlflow_client()
     exp = client.get_experiment_by_name("train_prior")
     all_runs = client.search_runs([exp.experiment_id])
     assert [r.info.run_id for r in all_runs] == [first.run_id]   # one run, reopened by the rerun
@@ -135,7 +126,7 @@ def test_rerun_resumes_same_run(runs):
     tmp, first, second = runs
     assert not first.resumed and second.resumed and second.run_id == first.run_id
     assert second.checkpoint_path == first.checkpoint_path  # restored, nothing trained twice
-    steps = [s for s, _ in history(tmp, first.run_id, "loss")]
+    steps = [s for s, _ in history(first.run_id, "loss")]
     assert steps[-1] == STEPS and steps.count(STEPS) == 1
 
 
