@@ -28,8 +28,12 @@ from pipeline.demo.server import serve
 from pipeline.demo.source import write_demo_source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-          "AWS_ENDPOINT_URL": ""}
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ENDPOINT_URL": "",
+}
 pytestmark = pytest.mark.slow
 
 
@@ -82,7 +86,7 @@ def kept_rows(root: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for path in sorted(os.listdir(os.path.join(root, "shards"))):
         table = pq.read_table(os.path.join(root, "shards", path), columns=["key", "sha256"])
-        for key, sha in zip(table.column("key").to_pylist(), table.column("sha256").to_pylist()):
+        for key, sha in zip(table.column("key").to_pylist(), table.column("sha256").to_pylist(), strict=True):
             assert key not in out, f"duplicate key {key}"
             out[key] = sha
     return out
@@ -93,7 +97,7 @@ def rejected_rows(root: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for path in sorted(os.listdir(os.path.join(root, "rejected"))):
         table = pq.read_table(os.path.join(root, "rejected", path), columns=["key", "url", "reason"])
-        for key, url, reason in zip(*(table.column(c).to_pylist() for c in ("key", "url", "reason"))):
+        for key, url, reason in zip(*(table.column(c).to_pylist() for c in ("key", "url", "reason")), strict=True):
             out[f"{key} {url}"] = reason
     return out
 
@@ -124,8 +128,9 @@ def test_exact_counts_per_reason(env, full_build):
         if row.get("dup_group") and row["expected"] in ("kept", "duplicate_image"):
             groups.setdefault(row["dup_group"], []).append(row["url"])
     in_group = {u for urls in groups.values() for u in urls}
-    assert {u: sorted(v) for u, v in outcomes.items() if u not in in_group} == \
-        {u: sorted(v) for u, v in by_url.items() if u not in in_group}
+    assert {u: sorted(v) for u, v in outcomes.items() if u not in in_group} == {
+        u: sorted(v) for u, v in by_url.items() if u not in in_group
+    }
     for urls in groups.values():
         got = sorted(r for u in urls for r in outcomes[u])
         want = sorted(r for u in urls for r in by_url[u])
@@ -160,8 +165,9 @@ def test_mlflow_run_shows_counts_per_reason(full_build):
     import mlflow
 
     output, report = full_build
-    runs = mlflow.search_runs(experiment_names=["build_dataset"], output_format="list",
-                              filter_string=f"tags.output = '{output}'")
+    runs = mlflow.search_runs(
+        experiment_names=["build_dataset"], output_format="list", filter_string=f"tags.output = '{output}'"
+    )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     metrics = runs[0].data.metrics
     for reason, n in report["rejected_by_reason"].items():
@@ -174,11 +180,13 @@ def test_mlflow_run_shows_counts_per_reason(full_build):
 
 def test_rerun_of_finished_build_is_a_noop(env, full_build):
     output, report = full_build
-    before = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-              for d, _, files in os.walk(output) for f in files}
+    before = {
+        os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _, files in os.walk(output) for f in files
+    }
     again = build(make_config(env, output))
-    after = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-             for d, _, files in os.walk(output) for f in files}
+    after = {
+        os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _, files in os.walk(output) for f in files
+    }
     assert after == before and again["kept"] == report["kept"]
 
 
@@ -205,9 +213,14 @@ def test_captions_only(env, full_build):
     assert only_rejected and all(full_rejected[k] == reason for k, reason in only_rejected.items())
     import pyarrow as pa
 
-    candidates = pa.concat_tables(pq.read_table(os.path.join(output, "candidates", p))
-                                  for p in sorted(os.listdir(os.path.join(output, "candidates"))))
-    candidate_keys = {f"{k} {u}" for k, u in zip(candidates.column("key").to_pylist(), candidates.column("url").to_pylist())}
+    candidates = pa.concat_tables(
+        pq.read_table(os.path.join(output, "candidates", p))
+        for p in sorted(os.listdir(os.path.join(output, "candidates")))
+    )
+    candidate_keys = {
+        f"{k} {u}"
+        for k, u in zip(candidates.column("key").to_pylist(), candidates.column("url").to_pylist(), strict=True)
+    }
     assert len(candidate_keys) == candidates.num_rows == report["kept"]
     downloaded_then_rejected = {k for k, r in full_rejected.items() if k not in only_rejected}
     assert downloaded_then_rejected and downloaded_then_rejected <= candidate_keys
@@ -217,9 +230,20 @@ def test_captions_only(env, full_build):
 def test_resume_after_sigkill_matches_uninterrupted(env, full_build):
     """Kill the driver mid-download, rerun the same command: same kept set, no duplicates."""
     output = str(env["tmp"] / "killed")
-    cmd = [sys.executable, os.path.join(ROOT, "orchestration", "build_dataset.py"),
-           "--config", os.path.join(ROOT, "configs", "demo.toml"), "--output", output,
-           "--run.ray_address", env["address"], "--run.shard_size", "6", "--run.max_in_flight", "1"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "orchestration", "build_dataset.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "demo.toml"),
+        "--output",
+        output,
+        "--run.ray_address",
+        env["address"],
+        "--run.shard_size",
+        "6",
+        "--run.max_in_flight",
+        "1",
+    ]
     for spec in env["src"].sources:
         cmd += ["--source", spec]
     for dotted, value in env["src"].config_overrides.items():
@@ -253,6 +277,6 @@ def test_s3_output_root_matches_local(env, full_build):
     remote = {}
     for path in storage.listdir(f"{output}/shards", ".parquet"):
         table = storage.read_parquet(path, columns=["key", "sha256"])
-        remote.update(zip(table.column("key").to_pylist(), table.column("sha256").to_pylist()))
+        remote.update(zip(table.column("key").to_pylist(), table.column("sha256").to_pylist(), strict=True))
     assert remote == kept_rows(full_output)
     assert build(make_config(env, output))["kept"] == report["kept"]  # rerun: no-op on S3 too

@@ -87,15 +87,32 @@ def test_deterministic_and_consistent(tmp_path):
 @pytest.mark.slow  # two subprocess drivers (server + source) with their imports: ~1-2.5 s
 def test_server_and_source_command_lines(tmp_path):
     port_file = tmp_path / "port"
-    server = subprocess.Popen([sys.executable, "orchestration/demo_server.py", "--root", str(tmp_path / "www"),
-                               "--port", "0", "--port-file", str(port_file)], cwd=REPO, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "orchestration/demo_server.py",
+            "--root",
+            str(tmp_path / "www"),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while not port_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         base = f"http://127.0.0.1:{port_file.read_text()}"
-        out = subprocess.run([sys.executable, "orchestration/demo_source.py", "--out", str(tmp_path), "--base-url", base,
-                              "--n", "5"], cwd=REPO, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "orchestration/demo_source.py", "--out", str(tmp_path), "--base-url", base, "--n", "5"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         assert json.loads(out)["expected_counts"]["kept"] == 7
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # plain urllib, loopback only
         with opener.open(f"{base}/images/000003.jpg", timeout=5) as r:

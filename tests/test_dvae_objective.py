@@ -11,14 +11,14 @@ def test_schedules_follow_the_paper_endpoints():
     s0, s_end = obj.schedules(0), obj.schedules(2_000_000)
     assert s0 == {"beta": 0.0, "tau": 1.0, "lr": 1e-4}
     assert s_end["beta"] == 6.6 and s_end["tau"] == 1 / 16 and s_end["lr"] == 1.25e-6
-    assert obj.schedules(2_500)["beta"] == pytest.approx(3.3)            # half way along a cosine
+    assert obj.schedules(2_500)["beta"] == pytest.approx(3.3)  # half way along a cosine
     assert obj.schedules(5_000)["beta"] == 6.6
     assert obj.schedules(75_000)["tau"] == pytest.approx((1 + 1 / 16) / 2)
     assert obj.schedules(600_000)["lr"] == pytest.approx((1e-4 + 1.25e-6) / 2)
     betas = [obj.schedules(s)["beta"] for s in range(0, 6000, 250)]
-    assert betas == sorted(betas)                                         # monotone up
+    assert betas == sorted(betas)  # monotone up
     taus = [obj.schedules(s)["tau"] for s in range(0, 200_000, 5000)]
-    assert taus == sorted(taus, reverse=True)                             # monotone down
+    assert taus == sorted(taus, reverse=True)  # monotone down
 
 
 def test_schedule_scale_shrinks_every_schedule():
@@ -33,7 +33,7 @@ def test_logit_laplace_nll_matches_the_density():
     mu, log_b = torch.tensor([0.1, -0.2, 0.5]), torch.tensor([0.0, -1.0, 0.3])
     stats = torch.cat([mu, log_b]).view(1, 6, 1, 1)
     expected = 0.0
-    for xi, m, lb in zip(x.flatten().tolist(), mu.tolist(), log_b.tolist()):
+    for xi, m, lb in zip(x.flatten().tolist(), mu.tolist(), log_b.tolist(), strict=True):
         b = math.exp(lb)
         density = 1 / (2 * b * xi * (1 - xi)) * math.exp(-abs(math.log(xi / (1 - xi)) - m) / b)
         expected += -math.log(density)
@@ -54,7 +54,7 @@ def test_gumbel_softmax_is_a_distribution_that_hardens_as_tau_falls():
     hard = obj.gumbel_softmax(logits, 1 / 16, torch.Generator().manual_seed(1))
     torch.testing.assert_close(soft.sum(1), torch.ones(4, 2, 2))
     assert hard.max(1).values.mean() > soft.max(1).values.mean()
-    assert torch.equal(hard.argmax(1), soft.argmax(1))     # same noise: the temperature does not move argmax
+    assert torch.equal(hard.argmax(1), soft.argmax(1))  # same noise: the temperature does not move argmax
 
 
 def test_elbo_beta_weighs_the_kl():

@@ -27,7 +27,7 @@ def test_encoder_parity_after_import(tmp_path, n_blk):
     enc, dec = _official(n_blk=n_blk)
     path = str(tmp_path / "dvae.pt")
     save_checkpoint(convert_official(enc, dec, image_size=32), path)
-    ours, sha = load_checkpoint(path)          # through the checkpoint file, weights_only=True
+    ours, sha = load_checkpoint(path)  # through the checkpoint file, weights_only=True
     assert len(sha) == 64
 
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -52,7 +52,7 @@ def test_upsample_fix_restores_missing_attribute():
     _, dec = _official()
     for m in dec.modules():
         if isinstance(m, torch.nn.Upsample):
-            del m.recompute_scale_factor     # what unpickling an old decoder.pkl yields on new torch
+            del m.recompute_scale_factor  # what unpickling an old decoder.pkl yields on new torch
     fix_upsample(dec)
     with torch.no_grad():
         out = dec(torch.nn.functional.one_hot(torch.zeros(1, 2, 2, dtype=torch.long), 512).permute(0, 3, 1, 2).float())
@@ -63,4 +63,4 @@ def test_upsample_fix_restores_missing_attribute():
 def test_flop_count_matches_the_published_encoder_cost():
     from tokenize_images.dvae import flops_per_image, preset
 
-    assert flops_per_image(preset("openai")) / 1e9 == pytest.approx(272.3, abs=0.1)   # issue: ~272 GFLOP / 256 px image
+    assert flops_per_image(preset("openai")) / 1e9 == pytest.approx(272.3, abs=0.1)  # issue: ~272 GFLOP / 256 px image

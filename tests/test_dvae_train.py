@@ -1,6 +1,5 @@
 """dVAE training: the small preset learns (in-process), and the Ray Train run logs, checkpoints and resumes."""
 
-
 import mlflow
 import numpy as np
 import pytest
@@ -29,8 +28,16 @@ def test_small_preset_loss_falls():
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
 
 
-COLOURS = [(220, 30, 30), (30, 180, 40), (40, 60, 220), (240, 220, 30), (160, 40, 200), (250, 140, 20),
-           (255, 255, 255), (0, 0, 0)]
+COLOURS = [
+    (220, 30, 30),
+    (30, 180, 40),
+    (40, 60, 220),
+    (240, 220, 30),
+    (160, 40, 200),
+    (250, 140, 20),
+    (255, 255, 255),
+    (0, 0, 0),
+]
 
 
 def test_kmeans_codebook_init_separates_flat_colours():
@@ -45,7 +52,7 @@ def test_kmeans_codebook_init_separates_flat_colours():
         tokens = model.encoder(x).argmax(1).reshape(2, len(COLOURS), -1).transpose(0, 1).flatten(1)
         return [int(t.mode().values) for t in tokens]
 
-    assert len(set(main_code_per_colour())) < len(COLOURS)          # colours share codes at init
+    assert len(set(main_code_per_colour())) < len(COLOURS)  # colours share codes at init
     figures = init_codebook_from_data(model.encoder, x, margin=5.0)
     assert len(set(main_code_per_colour())) == len(COLOURS), main_code_per_colour()
     assert figures["kmeans_codes_used"] >= len(COLOURS) and figures["kmeans_scale"] > 0
@@ -56,13 +63,20 @@ def test_frozen_encoder_and_code_embedding_lr():
     code_embedding_lr_mult scales the decoder input conv's learning rate only."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    cfg = DVAETrainConfig(schedule=ScheduleConfig(lr_start=1e-3, lr_end=1e-3),
-                          codebook=CodebookConfig(encoder_frozen_steps=2, code_embedding_lr_mult=10.0))
+    cfg = DVAETrainConfig(
+        schedule=ScheduleConfig(lr_start=1e-3, lr_end=1e-3),
+        codebook=CodebookConfig(encoder_frozen_steps=2, code_embedding_lr_mult=10.0),
+    )
     model = DVAE(preset("small", vocab_size=32, image_size=32))
     pixels = torch.from_numpy(np.stack([load_image(jpeg(shape_image(rng, 40, 40)[0]), 32) for _ in range(4)]))
     opt = make_optimizer(model, cfg)
-    snapshot = lambda module: [p.detach().clone() for p in module.parameters()]  # noqa: E731
-    changed = lambda module, before: any(not torch.equal(p, q) for p, q in zip(module.parameters(), before))  # noqa: E731
+
+    def snapshot(module):
+        return [p.detach().clone() for p in module.parameters()]
+
+    def changed(module, before):
+        return any(not torch.equal(p, q) for p, q in zip(module.parameters(), before, strict=True))
+
     encoder, decoder = snapshot(model.encoder), snapshot(model.decoder)
     for step in range(2):
         train_step(model, opt, pixels, step, cfg)
@@ -80,19 +94,30 @@ def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, mlflow_store, share
     dataset = str(tmp_path / "ds")
     write_dataset(dataset, shards=2, rows_per_shard=8, size_range=(40, 56), corrupt_rows=1)
     cfg = DVAETrainConfig(
-        dataset=dataset, output=str(tmp_path / "dvae.pt"), checkpoint_every=3, image_every=3,
+        dataset=dataset,
+        output=str(tmp_path / "dvae.pt"),
+        checkpoint_every=3,
+        image_every=3,
         model=DVAEModelConfig(preset="small", n_hid=16, vocab_size=64, image_size=32),
         schedule=ScheduleConfig(scale=0.001),
         optim=DVAEOptimConfig(batch_size=4, max_steps=6),
         codebook=CodebookConfig(kmeans_margin=5.0, kmeans_images=8, encoder_frozen_steps=2),
-        run=HarnessConfig(name="dvae-test", storage_path=str(tmp_path / "ray"), experiment="train_dvae",
-                          num_workers=1, num_cpus=2, log_every=1, log_final_checkpoint=False))
+        run=HarnessConfig(
+            name="dvae-test",
+            storage_path=str(tmp_path / "ray"),
+            experiment="train_dvae",
+            num_workers=1,
+            num_cpus=2,
+            log_every=1,
+            log_final_checkpoint=False,
+        ),
+    )
     _train_resume_and_reuse(cfg)
 
 
 def _train_resume_and_reuse(cfg):
     first = train_dvae(cfg)
-    model, sha = load_checkpoint(first["checkpoint"])              # weights_only=True path
+    model, sha = load_checkpoint(first["checkpoint"])  # weights_only=True path
     assert sha == first["sha256"] and model.cfg.image_size == 32 and model.cfg.vocab_size == 64
     assert not first["resumed"]
 
@@ -102,13 +127,23 @@ def _train_resume_and_reuse(cfg):
     assert second["resumed"] and second["run_id"] == first["run_id"] and second["metrics"]["step"] == 9
     client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(first["run_id"], "loss")
-    assert sorted(m.step for m in history) == list(range(1, 10))     # 1..6 then 7..9, no step twice
-    for name in ("beta", "tau", "lr", "nll", "kl", "codebook_perplexity", "codebook_used_fraction", "images_per_s", "mfu"):
+    assert sorted(m.step for m in history) == list(range(1, 10))  # 1..6 then 7..9, no step twice
+    for name in (
+        "beta",
+        "tau",
+        "lr",
+        "nll",
+        "kl",
+        "codebook_perplexity",
+        "codebook_used_fraction",
+        "images_per_s",
+        "mfu",
+    ):
         assert client.get_metric_history(first["run_id"], name), name
     # The k-means init ran once, on the fresh start (8 images x 16 positions for 64 codes), not on resume.
     assert [m.step for m in client.get_metric_history(first["run_id"], "kmeans_codes_used")] == [0]
     taus = [m.value for m in sorted(client.get_metric_history(first["run_id"], "tau"), key=lambda m: m.step)]
-    assert taus[0] > taus[-1]                                        # scaled schedule: tau anneals within 9 steps
+    assert taus[0] > taus[-1]  # scaled schedule: tau anneals within 9 steps
     grids = [a.path for a in client.list_artifacts(first["run_id"], "reconstructions")]
     assert "reconstructions/step_0000003.png" in grids and "reconstructions/step_0000009.png" in grids
     assert second["sha256"] != first["sha256"]

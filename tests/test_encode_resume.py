@@ -22,13 +22,32 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_shared_ray")]
 
 
 def run_cli(dataset, ckpt, out, env):
-    cmd = [sys.executable, os.path.join(ROOT, "orchestration", "encode_tokens.py"), "--dataset", dataset,
-           "--dvae", ckpt, "--output", out, "--run.batch_size", "4", "--run.read_batch_rows", "4",
-           "--run.num_cpus", "2", "--run.mlflow", "false", "--tokenizer.vocab_size", "300",
-           "--tokenizer.min_frequency", "1"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "orchestration", "encode_tokens.py"),
+        "--dataset",
+        dataset,
+        "--dvae",
+        ckpt,
+        "--output",
+        out,
+        "--run.batch_size",
+        "4",
+        "--run.read_batch_rows",
+        "4",
+        "--run.num_cpus",
+        "2",
+        "--run.mlflow",
+        "false",
+        "--tokenizer.vocab_size",
+        "300",
+        "--tokenizer.min_frequency",
+        "1",
+    ]
     # Own session: SIGKILL goes to the driver and the local Ray processes it started, nothing else.
-    return subprocess.Popen(cmd, env=env, cwd=str(ROOT), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, env=env, cwd=str(ROOT), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def test_resume_after_sigkill(tmp_path, mlflow_store):
@@ -47,7 +66,9 @@ def test_resume_after_sigkill(tmp_path, mlflow_store):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = {n: os.path.getmtime(os.path.join(shard_dir, n)) for n in os.listdir(shard_dir) if not n.startswith(".")}
+    done_before = {
+        n: os.path.getmtime(os.path.join(shard_dir, n)) for n in os.listdir(shard_dir) if not n.startswith(".")
+    }
     assert 1 <= len(done_before) < SHARDS, f"kill did not land mid-way: {len(done_before)} shards done"
     assert not os.path.exists(os.path.join(out, "manifest.json"))
 
@@ -57,19 +78,23 @@ def test_resume_after_sigkill(tmp_path, mlflow_store):
     assert f"{SHARDS - len(done_before)} shards written, {len(done_before)} already done" in log
 
     names = sorted(n for n in os.listdir(shard_dir))
-    assert names == [f"{i:05d}.parquet" for i in range(SHARDS)]          # no temp files, no duplicates
-    for n, mtime in done_before.items():                                  # finished shards were skipped
+    assert names == [f"{i:05d}.parquet" for i in range(SHARDS)]  # no temp files, no duplicates
+    for n, mtime in done_before.items():  # finished shards were skipped
         assert os.path.getmtime(os.path.join(shard_dir, n)) == mtime
     keys = []
     got = {}
     for n in names:
         t = storage.read_parquet(os.path.join(shard_dir, n))
         keys += t.column("key").to_pylist()
-        got.update(zip(t.column("key").to_pylist(), t.column("image_tokens").to_pylist()))
+        got.update(zip(t.column("key").to_pylist(), t.column("image_tokens").to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == SHARDS * 12 - 2
     expected = expected_tokens(dataset, ckpt)
     assert got.keys() == expected.keys()
     for k, v in expected.items():
         np.testing.assert_array_equal(np.array(got[k], np.uint16), v)
     manifest = storage.read_json(os.path.join(out, "manifest.json"))
-    assert manifest["counts"] == {"input_rows": SHARDS * 12, "encoded": SHARDS * 12 - 2, "rejected": {"decode_error": 2}}
+    assert manifest["counts"] == {
+        "input_rows": SHARDS * 12,
+        "encoded": SHARDS * 12 - 2,
+        "rejected": {"decode_error": 2},
+    }

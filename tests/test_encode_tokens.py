@@ -32,7 +32,7 @@ def expected_tokens(dataset, ckpt):
     out = {}
     for path in storage.glob(os.path.join(dataset, "shards", "*.parquet")):
         t = storage.read_parquet(path)
-        for key, data in zip(t.column("key").to_pylist(), t.column("image").to_pylist()):
+        for key, data in zip(t.column("key").to_pylist(), t.column("image").to_pylist(), strict=True):
             try:
                 img = load_image(data, model.cfg.image_size)
             except Exception:
@@ -45,13 +45,23 @@ def expected_tokens(dataset, ckpt):
 @pytest.mark.slow
 def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
     dataset, out = str(tmp_path / "ds"), str(tmp_path / "tokens")
-    keys = write_dataset(dataset, shards=2, rows_per_shard=10, size_range=(40, 90), corrupt_rows=3,
-                         photos=str(PHOTOS) if PHOTOS.is_dir() else None)
+    keys = write_dataset(
+        dataset,
+        shards=2,
+        rows_per_shard=10,
+        size_range=(40, 90),
+        corrupt_rows=3,
+        photos=str(PHOTOS) if PHOTOS.is_dir() else None,
+    )
     ckpt = tmp_path / "dvae.pt"
     sha = tiny_dvae(ckpt)
-    cfg = EncodeConfig(dataset=dataset, dvae=str(ckpt), output=out,
-                       run=EncodeRunConfig(batch_size=4, read_batch_rows=4, num_cpus=2, grid_images=4),
-                       tokenizer=TokenizerConfig(vocab_size=300, min_frequency=1))
+    cfg = EncodeConfig(
+        dataset=dataset,
+        dvae=str(ckpt),
+        output=out,
+        run=EncodeRunConfig(batch_size=4, read_batch_rows=4, num_cpus=2, grid_images=4),
+        tokenizer=TokenizerConfig(vocab_size=300, min_frequency=1),
+    )
     manifest = encode_tokens(cfg)
 
     expected = expected_tokens(dataset, str(ckpt))
@@ -65,15 +75,16 @@ def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
         assert meta[schemas.TOKEN_META_VOCAB] == "64" and meta[schemas.TOKEN_META_IMAGE_SIZE] == "32"
         assert f.metadata.row_group(0).column(0).compression == "ZSTD"
         t = f.read()
-        for k, tok in zip(t.column("key").to_pylist(), t.column("image_tokens").to_pylist()):
+        for k, tok in zip(t.column("key").to_pylist(), t.column("image_tokens").to_pylist(), strict=True):
             got[k] = np.array(tok, dtype=np.uint16)
     assert got.keys() == expected.keys()
     for k in expected:
         np.testing.assert_array_equal(got[k], expected[k])
     # Rows keep their input order inside a shard.
     order = [k for k in keys if k in got]
-    assert [k for k in storage.read_parquet(os.path.join(out, "shards", "00000.parquet")).column("key").to_pylist()] \
-        == order[:7]
+    assert [
+        k for k in storage.read_parquet(os.path.join(out, "shards", "00000.parquet")).column("key").to_pylist()
+    ] == order[:7]
 
     # The three corrupt rows: counted, listed with a reason, no crash.
     rejected = storage.read_parquet(os.path.join(out, "rejected", "00000.parquet"))
@@ -90,7 +101,7 @@ def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
     assert manifest["run"]["encoded"] == 17 and manifest["run"]["images_per_s"] > 0
 
     tok = load_text_tokenizer(out)
-    assert tok.decode(tok.encode("A RED Circle").ids).strip() == "a red circle"   # lowercased BPE
+    assert tok.decode(tok.encode("A RED Circle").ids).strip() == "a red circle"  # lowercased BPE
 
     client = mlflow.tracking.MlflowClient()
     exp = client.get_experiment_by_name("encode_tokens")
@@ -104,7 +115,9 @@ def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
     before = {n: os.path.getmtime(os.path.join(out, "shards", n)) for n in os.listdir(os.path.join(out, "shards"))}
     again = encode_tokens(cfg)
     assert again["run"]["shards_written"] == 0 and again["run"]["shards_skipped"] == 2
-    assert before == {n: os.path.getmtime(os.path.join(out, "shards", n)) for n in os.listdir(os.path.join(out, "shards"))}
+    assert before == {
+        n: os.path.getmtime(os.path.join(out, "shards", n)) for n in os.listdir(os.path.join(out, "shards"))
+    }
 
     # A different dVAE into the same root is refused rather than mixed.
     other = tmp_path / "other.pt"

@@ -45,21 +45,29 @@ def library_modules():
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_layers_point_one_way(package):
-    wrong = {str(path.relative_to(REPO)): sorted(project_imports(path) - ALLOWED[package])
-             for pkg, path in library_modules() if pkg == package}
+    wrong = {
+        str(path.relative_to(REPO)): sorted(project_imports(path) - ALLOWED[package])
+        for pkg, path in library_modules()
+        if pkg == package
+    }
     assert {k: v for k, v in wrong.items() if v} == {}
 
 
 def test_only_entry_scripts_touch_sys_path():
     entry = {REPO / "training" / "train_prior.py"}
-    touching = [str(path.relative_to(REPO)) for package, path in library_modules()
-                if package != "orchestration" and path not in entry and "sys.path" in path.read_text()]
+    touching = [
+        str(path.relative_to(REPO))
+        for package, path in library_modules()
+        if package != "orchestration" and path not in entry and "sys.path" in path.read_text()
+    ]
     assert touching == []
 
 
 def test_config_modules_import_without_torch():
-    code = ("import sys; import harness.config, pipeline.config, tokenize_images.config, training.config; "
-            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    code = (
+        "import sys; import harness.config, pipeline.config, tokenize_images.config, training.config; "
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -71,11 +79,13 @@ def test_entry_scripts_run_by_path_and_as_modules(script, tmp_path):
     path = REPO / ("training" if script == "train_prior" else "orchestration") / f"{script}.py"
     module = f"{path.parent.name}.{script}"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    by_path = subprocess.run([sys.executable, str(path), "--help"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=120)
+    by_path = subprocess.run(
+        [sys.executable, str(path), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert by_path.returncode == 0, by_path.stderr
-    as_module = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, env=env, capture_output=True,
-                               text=True, timeout=120)
+    as_module = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert as_module.returncode == 0, as_module.stderr
     summary = ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
     assert summary in by_path.stdout and summary in as_module.stdout

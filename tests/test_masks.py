@@ -84,8 +84,24 @@ def test_cli_prints_fig11(kind, image_rows, capsys):
 
 @pytest.mark.slow  # a subprocess that imports torch: ~2-3 s
 def test_cli_runs_as_a_module():
-    out = subprocess.run([sys.executable, "-m", "orchestration.print_mask", "--kind", "conv", "--text-len", "6", "--grid", "4",
-                          "--kernel", "3"], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestration.print_mask",
+            "--kind",
+            "conv",
+            "--text-len",
+            "6",
+            "--grid",
+            "4",
+            "--kernel",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out == TEXT + CONV
 
 
@@ -143,7 +159,7 @@ def test_sdpa_with_cached_mask_equals_dense_attention(kind):
     assert mask is cached_mask(kind, text_len, gh, gw, kernel, "cpu")  # built once, then reused
     fast = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     ref_mask = reference_mask(kind, text_len, gh, gw, kernel)
-    scores = (q @ k.transpose(-1, -2)) / 8 ** 0.5
+    scores = (q @ k.transpose(-1, -2)) / 8**0.5
     dense = scores.masked_fill(~ref_mask, float("-inf")).softmax(-1) @ v
     torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-5)
 
@@ -165,5 +181,5 @@ def test_flex_block_mask_equals_dense_attention(kind):
     assert block_mask.seq_lengths == (n, n)
     out = flex_attention(q, k, v, block_mask=block_mask)
     ref_mask = reference_mask(kind, text_len, gh, gw, kernel)[:n, :n]
-    dense = ((q @ k.transpose(-1, -2)) / 8 ** 0.5).masked_fill(~ref_mask, float("-inf")).softmax(-1) @ v
+    dense = ((q @ k.transpose(-1, -2)) / 8**0.5).masked_fill(~ref_mask, float("-inf")).softmax(-1) @ v
     torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)

@@ -18,7 +18,7 @@ def source(tmp_path_factory):
 
 
 def test_synthetic_shards_follow_the_stage2_contract(source):
-    assert len(source.train_files) == 2 and len(source.val_files) == 1   # last shard held out
+    assert len(source.train_files) == 2 and len(source.val_files) == 1  # last shard held out
     table = storage.read_parquet(source.train_files[0])
     assert table.schema.remove_metadata() == token_shard_schema(4, 4)
     meta = storage.parquet_metadata(source.train_files[0])
@@ -42,8 +42,8 @@ def test_bpe_dropout_only_when_training(source):
     captions = ["a purple circle and a yellow stripe"] * 200
     train = CaptionEncoder(source.tokenizer_json, 32, vocab, dropout=0.1)(captions)
     val = CaptionEncoder(source.tokenizer_json, 32, vocab, dropout=0.0)(captions)
-    assert len({tuple(r) for r in val.tolist()}) == 1          # validation: deterministic
-    assert len({tuple(r) for r in train.tolist()}) > 10        # training: segmentations vary
+    assert len({tuple(r) for r in val.tolist()}) == 1  # validation: deterministic
+    assert len({tuple(r) for r in train.tolist()}) > 10  # training: segmentations vary
 
 
 def test_first_batch_ahead_keeps_order_and_overlaps():
@@ -53,7 +53,7 @@ def test_first_batch_ahead_keeps_order_and_overlaps():
 
     start = time.perf_counter()
     ahead = FirstBatchAhead(slow())
-    time.sleep(0.3)                     # the consumer is busy; the fetch happens meanwhile
+    time.sleep(0.3)  # the consumer is busy; the fetch happens meanwhile
     assert list(ahead) == [0, 1, 2, 3, 4]
     assert time.perf_counter() - start < 0.55
 

@@ -23,10 +23,11 @@ def test_fsdp2_with_activation_checkpointing_trains_and_exports_full_state():
         torch.manual_seed(0)
         model = Prior(preset("tiny"))
         ema = ModelEMA(model, 0.99)
-        ctx = WorkerContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), parallel="fsdp2",
-                            log_every=0, run_id="")
+        ctx = WorkerContext(
+            rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), parallel="fsdp2", log_every=0, run_id=""
+        )
         model = prepare_model(model, ctx, activation_checkpointing=True)
-        assert type(model).__name__.startswith("FSDP")          # fully_shard swapped the class
+        assert type(model).__name__.startswith("FSDP")  # fully_shard swapped the class
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         text, image = torch.randint(0, 256, (4, 8)), torch.randint(0, 16, (4, 16))
         losses = []
@@ -42,9 +43,10 @@ def test_fsdp2_with_activation_checkpointing_trains_and_exports_full_state():
         state = model_state_dict(model)
         assert all(type(v) is torch.Tensor for v in state.values())  # full tensors, not DTensor shards
         plain = Prior(preset("tiny"))
-        plain.load_state_dict(state)                                   # no wrapper prefixes in the keys
-        torch.testing.assert_close(prior_loss(*plain(text, image), text, image)["loss"],
-                                   prior_loss(*model(text, image), text, image)["loss"])
+        plain.load_state_dict(state)  # no wrapper prefixes in the keys
+        torch.testing.assert_close(
+            prior_loss(*plain(text, image), text, image)["loss"], prior_loss(*model(text, image), text, image)["loss"]
+        )
         # after a forward without backward (as in validation) the optimiser state still exports
         assert len(optimizer_state_dict(model, opt)["state"]) == len(list(model.parameters()))
         ema_copy = Prior(preset("tiny"))

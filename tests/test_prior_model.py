@@ -49,7 +49,9 @@ def test_loss_is_weighted_and_normalised_per_modality():
     text_logits, image_logits = torch.randn(b, t - 1, vt), torch.randn(b, n, vi)
     out = prior_loss(text_logits, image_logits, text, image)
     # by hand: sum of per-position NLL divided by that modality's own count
-    lt = -sum(F.log_softmax(text_logits[i, j], -1)[text[i, j + 1]] for i in range(b) for j in range(t - 1)) / (b * (t - 1))
+    lt = -sum(F.log_softmax(text_logits[i, j], -1)[text[i, j + 1]] for i in range(b) for j in range(t - 1)) / (
+        b * (t - 1)
+    )
     li = -sum(F.log_softmax(image_logits[i, j], -1)[image[i, j]] for i in range(b) for j in range(n)) / (b * n)
     torch.testing.assert_close(out["loss_text"], lt)
     torch.testing.assert_close(out["loss_image"], li)
@@ -76,7 +78,7 @@ def test_image_tokens_are_causal(tiny):
     _, a = tiny(text, image)
     _, b = tiny(text, changed)
     torch.testing.assert_close(a[:, : j + 1], b[:, : j + 1])  # logits predicting image tokens 0..j
-    assert not torch.allclose(a[:, j + 1:], b[:, j + 1:])
+    assert not torch.allclose(a[:, j + 1 :], b[:, j + 1 :])
 
 
 def test_flex_attention_model_equals_sdpa_model(tiny):
@@ -87,7 +89,7 @@ def test_flex_attention_model_equals_sdpa_model(tiny):
     text = tiny.pad_text([[3, 4, 5], [6]])
     image = torch.randint(0, tiny.s.image_vocab, (2, tiny.s.image_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        for a, b in zip(tiny(text, image), flex(text, image)):
+        for a, b in zip(tiny(text, image), flex(text, image), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -122,15 +124,17 @@ def test_kv_cache_logits_match_forward(tiny):
     text = tiny.pad_text([[7, 8]])
     image = torch.randint(0, s.image_vocab, (1, s.image_len))
     _, full = tiny(text, image)
-    caches = [{"k": torch.zeros(1, s.n_head, s.seq_len, s.head_dim), "v": torch.zeros(1, s.n_head, s.seq_len, s.head_dim)}
-              for _ in tiny.blocks]
+    caches = [
+        {"k": torch.zeros(1, s.n_head, s.seq_len, s.head_dim), "v": torch.zeros(1, s.n_head, s.seq_len, s.head_dim)}
+        for _ in tiny.blocks
+    ]
     x = tiny.embed(text, None)
-    for block, cache in zip(tiny.blocks, caches):
+    for block, cache in zip(tiny.blocks, caches, strict=True):
         x = block(x, cache, 0)
     steps = [tiny.image_head(tiny.ln_f(x[:, -1]))]
     for i in range(1, s.image_len):
-        x = tiny.embed(None, image[:, i - 1:i], image_start=i - 1)
-        for block, cache in zip(tiny.blocks, caches):
+        x = tiny.embed(None, image[:, i - 1 : i], image_start=i - 1)
+        for block, cache in zip(tiny.blocks, caches, strict=True):
             x = block(x, cache, s.text_len + i - 1)
         steps.append(tiny.image_head(tiny.ln_f(x[:, -1])))
     torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
@@ -156,10 +160,10 @@ def test_warmup_then_halving_on_plateau_at_most_max_times():
         lrs.append(sched.apply())
         sched.step()
     assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0]
-    assert not sched.validated(2.0)          # improvement from inf
-    assert sched.validated(2.0)              # plateau -> halve
+    assert not sched.validated(2.0)  # improvement from inf
+    assert sched.validated(2.0)  # plateau -> halve
     assert sched.apply() == 0.5
-    assert not sched.validated(1.0)          # real improvement: no halving
+    assert not sched.validated(1.0)  # real improvement: no halving
     assert sched.validated(1.0) and sched.apply() == 0.25
     assert not sched.validated(1.0) and not sched.validated(1.0)  # at most max_halvings
     assert sched.apply() == 0.25
@@ -190,8 +194,12 @@ def test_gradient_accumulation_equals_one_large_batch():
     model = Prior(preset("tiny"))
     s = model.s
     g = torch.Generator().manual_seed(1)
-    text = model.pad_text([torch.randint(0, s.text_vocab, (int(n),), generator=g).tolist()
-                           for n in torch.randint(1, s.text_len + 1, (6,), generator=g)])
+    text = model.pad_text(
+        [
+            torch.randint(0, s.text_vocab, (int(n),), generator=g).tolist()
+            for n in torch.randint(1, s.text_len + 1, (6,), generator=g)
+        ]
+    )
     image = torch.randint(0, s.image_vocab, (6, s.image_len), generator=g)
 
     whole = prior_loss(*model(text, image), text, image)
@@ -201,10 +209,15 @@ def test_gradient_accumulation_equals_one_large_batch():
 
     micro = iter([{"text": text[:3], "image": image[:3]}, {"text": text[3:], "image": image[3:]}])
     seen = []
-    losses = accumulate_gradients(model, micro, 2, None, contextlib.nullcontext, StepTimer(), "cpu", s.seq_len,
-                                  on_batch=seen.append)
+    losses = accumulate_gradients(
+        model, micro, 2, None, contextlib.nullcontext, StepTimer(), "cpu", s.seq_len, on_batch=seen.append
+    )
     assert len(seen) == 2
-    torch.testing.assert_close(torch.tensor(losses), torch.stack([whole["loss"], whole["loss_text"],
-                                                                   whole["loss_image"]]).detach(), rtol=1e-5, atol=1e-6)
-    for p, e in zip(model.parameters(), expected):
+    torch.testing.assert_close(
+        torch.tensor(losses),
+        torch.stack([whole["loss"], whole["loss_text"], whole["loss_image"]]).detach(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    for p, e in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-6)

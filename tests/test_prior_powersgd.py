@@ -23,8 +23,9 @@ def test_powersgd_hook_runs_on_gloo_and_state_round_trips(tmp_path):
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
-        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(16, 32),
-                                                                              torch.nn.Linear(32, 4)))
+        model = torch.nn.parallel.DistributedDataParallel(
+            torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 4))
+        )
         state = register_powersgd(model, rank=1, start_iter=2)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         for _ in range(5):
@@ -35,10 +36,11 @@ def test_powersgd_hook_runs_on_gloo_and_state_round_trips(tmp_path):
 
         path = tmp_path / "rank-0.pt"
         torch.save({"powersgd": powersgd_state_dict(state)}, path)
-        saved = torch.load(path, weights_only=True)["powersgd"]   # no pickled code needed
+        saved = torch.load(path, weights_only=True)["powersgd"]  # no pickled code needed
 
-        other = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(16, 32),
-                                                                              torch.nn.Linear(32, 4)))
+        other = torch.nn.parallel.DistributedDataParallel(
+            torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 4))
+        )
         fresh = register_powersgd(other, rank=1, start_iter=2)
         load_powersgd_state_dict(fresh, saved)
         assert fresh.iter == state.iter

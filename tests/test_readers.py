@@ -31,10 +31,16 @@ def fixture(name: str) -> str:
 
 
 CC3M_EXPECTED = [
-    ("http://lh6.ggpht.com/-IvRtNLNcG8o/TpFyrudaT6I/AAAAAAAAM6o/_Tl9cq3tG5Y/s1600/bus-station.jpg",
-     "a very typical bus station", None),
-    ("http://78.media.tumblr.com/3b133294bdc9c7b6a3bd5b0abf7c0d6a/tumblr_nttyoyHnzh1r8x8ylo1_500.jpg",
-     "sierra looked stunning in this top and this skirt while performing with person at their concert", None),
+    (
+        "http://lh6.ggpht.com/-IvRtNLNcG8o/TpFyrudaT6I/AAAAAAAAM6o/_Tl9cq3tG5Y/s1600/bus-station.jpg",
+        "a very typical bus station",
+        None,
+    ),
+    (
+        "http://78.media.tumblr.com/3b133294bdc9c7b6a3bd5b0abf7c0d6a/tumblr_nttyoyHnzh1r8x8ylo1_500.jpg",
+        "sierra looked stunning in this top and this skirt while performing with person at their concert",
+        None,
+    ),
     (None, None, "expected 2 tab-separated columns (caption, url), got 3"),
     (None, None, "undecodable bytes (not UTF-8)"),
     (None, "a caption without a url", "missing url"),
@@ -108,8 +114,11 @@ def test_wit_caption_rule_sizes_and_quoting():
 def test_yfcc100m_decodes_title_and_description_and_skips_videos():
     rows, _, reader = read_all(f"yfcc100m:{fixture('yfcc100m_dataset.bz2')}")
     assert [(r["url"], r["caption"], r["malformed"]) for r in rows] == [
-        ("http://farm4.staticflickr.com/3040/2588461524_0a1b2c3d4e.jpg",
-         "Golden Gate Bridge at sunset, seen from Baker Beach", None),
+        (
+            "http://farm4.staticflickr.com/3040/2588461524_0a1b2c3d4e.jpg",
+            "Golden Gate Bridge at sunset, seen from Baker Beach",
+            None,
+        ),
         ("http://farm4.staticflickr.com/3040/4459371082_0a1b2c3d4e.mp4", "Surfing at Ocean Beach", "skipped: video"),
         (None, None, "expected 25 tab-separated columns, got 5"),
         ("http://farm4.staticflickr.com/3040/3191113320_0a1b2c3d4e.jpg", "IMG_0423.JPG", None),
@@ -164,8 +173,9 @@ def test_generic_tsv_undecodable_row():
 
 
 def test_generic_jsonl_bz2_bad_lines_are_rows_not_errors():
-    rows, _, reader = read_all(f"jsonl:{fixture('generic.jsonl.bz2')}",
-                               ReaderConfig(width_column="width", height_column="height"))
+    rows, _, reader = read_all(
+        f"jsonl:{fixture('generic.jsonl.bz2')}", ReaderConfig(width_column="width", height_column="height")
+    )
     assert [(r["url"], r["width"], r["malformed"]) for r in rows] == [
         ("https://example.com/j1.jpg", 512, None),
         (None, None, "bad JSON: Unterminated string starting at"),

@@ -43,15 +43,33 @@ def fetch(url: str) -> bytes:
         return r.read()
 
 
-@pytest.mark.parametrize("ip,reason", [
-    ("127.0.0.1", "loopback"), ("127.3.4.5", "loopback"), ("10.1.2.3", "private"), ("172.16.0.1", "private"),
-    ("192.168.1.1", "private"), ("169.254.169.254", "link_local"), ("224.0.0.1", "multicast"),
-    ("240.0.0.1", "reserved"), ("0.0.0.0", "unspecified"), ("100.64.0.1", "not_global"),
-    ("::1", "loopback"), ("fe80::1", "link_local"), ("fc00::1", "private"), ("ff02::1", "multicast"),
-    ("::", "unspecified"), ("::ffff:127.0.0.1", "loopback"), ("::ffff:169.254.169.254", "link_local"),
-    ("64:ff9b::a9fe:a9fe", "link_local"), ("::ffff:10.0.0.1", "private"),
-    ("8.8.8.8", None), ("1.1.1.1", None), ("2606:4700:4700::1111", None),
-])
+@pytest.mark.parametrize(
+    "ip,reason",
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.3.4.5", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("169.254.169.254", "link_local"),
+        ("224.0.0.1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("0.0.0.0", "unspecified"),
+        ("100.64.0.1", "not_global"),
+        ("::1", "loopback"),
+        ("fe80::1", "link_local"),
+        ("fc00::1", "private"),
+        ("ff02::1", "multicast"),
+        ("::", "unspecified"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::ffff:169.254.169.254", "link_local"),
+        ("64:ff9b::a9fe:a9fe", "link_local"),
+        ("::ffff:10.0.0.1", "private"),
+        ("8.8.8.8", None),
+        ("1.1.1.1", None),
+        ("2606:4700:4700::1111", None),
+    ],
+)
 def test_non_public_addresses_are_classified(ip, reason):
     assert safe_http.non_public_reason(ipaddress.ip_address(ip)) == reason
     assert FetchPolicy().address_refusal(ip) == reason
@@ -75,19 +93,29 @@ def test_blocked_addresses_are_refused_before_any_connection(policy, monkeypatch
     real_connect = safe_http.socket.socket.connect
     monkeypatch.setattr(safe_http.socket.socket, "connect", lambda s, a: connects.append(a) or real_connect(s, a))
     policy(FetchPolicy())
-    for url in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/x.jpg", "http://[fe80::1]/x.jpg",
-                "http://[::ffff:169.254.169.254]/x.jpg"):
+    for url in (
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/x.jpg",
+        "http://[fe80::1]/x.jpg",
+        "http://[::ffff:169.254.169.254]/x.jpg",
+    ):
         with pytest.raises(BlockedAddress):
             fetch(url)
     assert connects == []
 
 
-@pytest.mark.parametrize("target,message", [
-    ("http://127.0.0.2:{port}/img.jpg", "blocked_address: 127.0.0.2 -> 127.0.0.2 (loopback)"),
-    ("http://[::1]:{port}/img.jpg", "blocked_address: ::1 -> ::1 (loopback)"),
-    ("http://169.254.169.254/latest/meta-data/", "blocked_address: 169.254.169.254 -> 169.254.169.254 (link_local)"),
-    ("http://10.0.0.1/x.jpg", "blocked_address: 10.0.0.1 -> 10.0.0.1 (private)"),
-])
+@pytest.mark.parametrize(
+    "target,message",
+    [
+        ("http://127.0.0.2:{port}/img.jpg", "blocked_address: 127.0.0.2 -> 127.0.0.2 (loopback)"),
+        ("http://[::1]:{port}/img.jpg", "blocked_address: ::1 -> ::1 (loopback)"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "blocked_address: 169.254.169.254 -> 169.254.169.254 (link_local)",
+        ),
+        ("http://10.0.0.1/x.jpg", "blocked_address: 10.0.0.1 -> 10.0.0.1 (private)"),
+    ],
+)
 def test_redirect_to_blocked_address_is_refused(server, policy, target, message):
     """The first hop (127.0.0.1, allow-listed) is fetched; the redirect's target is checked again."""
     policy(LOOPBACK_ONLY)
@@ -165,8 +193,13 @@ def test_https_goes_through_the_checked_connection(server, policy):
 
 
 def test_robots_header_refused_before_reading_the_body(server, policy):
-    policy(FetchPolicy(allowed_networks=("127.0.0.1/32",), disallowed_header_directives=("noai", "noimageai"),
-                       user_agent_token="dalle-pipeline"))
+    policy(
+        FetchPolicy(
+            allowed_networks=("127.0.0.1/32",),
+            disallowed_header_directives=("noai", "noimageai"),
+            user_agent_token="dalle-pipeline",
+        )
+    )
     with pytest.raises(RobotsDisallowed, match="^robots_disallowed: X-Robots-Tag: noai"):
         fetch(f"{server}/noai/img.jpg")
     assert fetch(f"{server}/img.jpg")[:2] == b"\xff\xd8"
@@ -185,7 +218,8 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert out[:5] == (None,) * 5 and out[5].startswith("too_many_pixels: ")
     # Under PIL's own 2x bomb limit but over our cap: our check, with the size in the detail.
     out = HeaderGate(DownloadConfig(max_pixels=10_000_000), 0.5, 2.0, inner=lambda s, b: calls.append(1))(
-        io.BytesIO(png_bomb(4000, 4000)))
+        io.BytesIO(png_bomb(4000, 4000))
+    )
     assert out[5] == "too_many_pixels: 4000x4000 = 16000000 pixels > 10000000"
     assert calls == [] and time.monotonic() - start < 1.0
 

@@ -34,15 +34,30 @@ def demo(tmp_path_factory, shared_data):
 
 def candidates(urls_captions: list[tuple[str | None, str]]) -> pa.Table:
     n = len(urls_captions)
-    return pa.table({
-        "key": [hashlib.sha1(f"{i}".encode()).hexdigest()[:16] for i in range(n)],
-        "source": ["test"] * n, "url": [u for u, _ in urls_captions], "caption": [c for _, c in urls_captions],
-        "width": pa.nulls(n, pa.int64()), "height": pa.nulls(n, pa.int64())}, schema=schemas.CANDIDATE)
+    return pa.table(
+        {
+            "key": [hashlib.sha1(f"{i}".encode()).hexdigest()[:16] for i in range(n)],
+            "source": ["test"] * n,
+            "url": [u for u, _ in urls_captions],
+            "caption": [c for _, c in urls_captions],
+            "width": pa.nulls(n, pa.int64()),
+            "height": pa.nulls(n, pa.int64()),
+        },
+        schema=schemas.CANDIDATE,
+    )
 
 
 def config(**kw) -> DownloadConfig:
-    return DownloadConfig(**{"allow_private_networks": True, "max_bytes": MAX_BYTES, "thread_count": 8,
-                             "timeout": 5.0, "total_timeout": 10.0, **kw})
+    return DownloadConfig(
+        **{
+            "allow_private_networks": True,
+            "max_bytes": MAX_BYTES,
+            "thread_count": 8,
+            "timeout": 5.0,
+            "total_timeout": 10.0,
+            **kw,
+        }
+    )
 
 
 def served_bytes(demo, url: str) -> bytes:
@@ -63,10 +78,15 @@ def assert_partition(rows: pa.Table, kept: pa.Table, rejected: pa.Table) -> None
 def test_demo_rows_get_their_expected_reasons(demo, tmp_path):
     # Rows that reach the download: everything the caption side lets through (both duplicate rows
     # are downloaded here; choosing between them is the build's cross-shard job, not this one's).
-    image_side = [r for r in demo.expected if r["expected"] not in set(schemas.CAPTION_REASONS) - {"duplicate_url"}
-                  or "known only after download" in r.get("detail", "")]
-    expected = {r["url"]: "kept" if r["expected"] in ("duplicate_image", "duplicate_url") else r["expected"]
-                for r in image_side}
+    image_side = [
+        r
+        for r in demo.expected
+        if r["expected"] not in set(schemas.CAPTION_REASONS) - {"duplicate_url"}
+        or "known only after download" in r.get("detail", "")
+    ]
+    expected = {
+        r["url"]: "kept" if r["expected"] in ("duplicate_image", "duplicate_url") else r["expected"] for r in image_side
+    }
     bad_input = [(None, "a row without a URL"), ("", "an empty URL"), ("javascript:alert(1)", "a script URL")]
     rows = candidates(sorted({(r["url"], r["caption"]) for r in image_side}) + bad_input)
 
@@ -79,11 +99,22 @@ def test_demo_rows_get_their_expected_reasons(demo, tmp_path):
     got.update({u: "kept" for u in kept["url"].to_pylist()})
     assert {u: got[u] for u in expected} == expected
     assert all(got[u] == "download_error" for u, _ in bad_input)
-    assert set(expected.values()) >= {"kept", "download_error", "decode_error", "too_large", "too_many_pixels",
-                                      "robots_disallowed", "too_small", "aspect_ratio"}
+    assert set(expected.values()) >= {
+        "kept",
+        "download_error",
+        "decode_error",
+        "too_large",
+        "too_many_pixels",
+        "robots_disallowed",
+        "too_small",
+        "aspect_ratio",
+    }
 
-    details = {r["url"].rsplit("/", 2)[-2] + "/" + r["url"].rsplit("/", 1)[-1]: r["detail"] for r in rejected.to_pylist()
-               if (r["url"] or "").startswith("http")}
+    details = {
+        r["url"].rsplit("/", 2)[-2] + "/" + r["url"].rsplit("/", 1)[-1]: r["detail"]
+        for r in rejected.to_pylist()
+        if (r["url"] or "").startswith("http")
+    }
     assert details["images/missing.jpg"] == "HTTP 404 Not Found"
     assert details["127.0.0.1:1/refused.jpg"].startswith("connection refused")
     assert details["hostile/truncated.jpg"].startswith("truncated JPEG")
@@ -113,8 +144,9 @@ def test_demo_rows_get_their_expected_reasons(demo, tmp_path):
 def test_real_photos_as_their_sizes_dictate(demo, shared_data, tmp_path, min_size, image_size):
     names = sorted(os.listdir(shared_data / "photos"))
     rows = candidates([(f"{demo.base_url}/photos/{n}", f"a real photograph number {i}") for i, n in enumerate(names)])
-    kept, rejected = download_shard(rows, config(min_image_size=min_size, image_size=image_size), 0.5, 2.0,
-                                    str(tmp_path))
+    kept, rejected = download_shard(
+        rows, config(min_image_size=min_size, image_size=image_size), 0.5, 2.0, str(tmp_path)
+    )
     assert_partition(rows, kept, rejected)
     by_url = {r["url"]: r for r in kept.to_pylist()}
     reasons = {r["url"]: r["reason"] for r in rejected.to_pylist()}
@@ -131,9 +163,12 @@ def test_real_photos_as_their_sizes_dictate(demo, shared_data, tmp_path, min_siz
             short = min(row["width"], row["height"])
             assert short == min(image_size, min(w, h)), name  # brought down to image_size, never up
             assert abs(row["width"] / row["height"] - w / h) < 0.01
-    assert len(by_url) == sum(1 for n in names
-                              if min(map(int, n[:-4].split("_"))) >= min_size
-                              and 0.5 <= int(n.split("_")[0]) / int(n[:-4].split("_")[1]) <= 2.0)
+    assert len(by_url) == sum(
+        1
+        for n in names
+        if min(map(int, n[:-4].split("_"))) >= min_size
+        and 0.5 <= int(n.split("_")[0]) / int(n[:-4].split("_")[1]) <= 2.0
+    )
 
 
 def test_empty_shard(tmp_path):
@@ -141,22 +176,42 @@ def test_empty_shard(tmp_path):
     assert kept.num_rows == rejected.num_rows == 0
 
 
-@pytest.mark.parametrize("status,message,reason,detail", [
-    ("failed_to_download", "HTTP Error 404: Not Found", "download_error", "HTTP 404 Not Found"),
-    ("failed_to_download", "HTTP Error 503: Service Unavailable", "download_error", "HTTP 503 Service Unavailable"),
-    ("failed_to_download", "<urlopen error [Errno -2] Name or service not known>", "download_error",
-     "DNS failure: [Errno -2] Name or service not known"),
-    ("failed_to_download", "The read operation timed out", "download_error", "timeout: The read operation timed out"),
-    ("failed_to_download", "<urlopen error [Errno 111] Connection refused>", "download_error",
-     "connection refused: [Errno 111] Connection refused"),
-    ("failed_to_download", ROBOTS_MESSAGE, "robots_disallowed", ROBOTS_MESSAGE),
-    ("failed_to_download", "blocked_address: 10.0.0.1 -> 10.0.0.1 (private)", "blocked_address",
-     "10.0.0.1 -> 10.0.0.1 (private)"),
-    ("failed_to_download", "<urlopen error too_large: > 5 bytes>", "too_large", "> 5 bytes"),
-    ("failed_to_resize", "Image decoding error", "decode_error", "Image decoding error"),
-    ("failed_to_resize", "too_small: 10x10, short side 10 < 256", "too_small", "10x10, short side 10 < 256"),
-    ("failed_to_download", "weird: not a reason", "download_error", "weird: not a reason"),
-    ("failed_to_download", None, "download_error", "no detail (status failed_to_download)"),
-])
+@pytest.mark.parametrize(
+    "status,message,reason,detail",
+    [
+        ("failed_to_download", "HTTP Error 404: Not Found", "download_error", "HTTP 404 Not Found"),
+        ("failed_to_download", "HTTP Error 503: Service Unavailable", "download_error", "HTTP 503 Service Unavailable"),
+        (
+            "failed_to_download",
+            "<urlopen error [Errno -2] Name or service not known>",
+            "download_error",
+            "DNS failure: [Errno -2] Name or service not known",
+        ),
+        (
+            "failed_to_download",
+            "The read operation timed out",
+            "download_error",
+            "timeout: The read operation timed out",
+        ),
+        (
+            "failed_to_download",
+            "<urlopen error [Errno 111] Connection refused>",
+            "download_error",
+            "connection refused: [Errno 111] Connection refused",
+        ),
+        ("failed_to_download", ROBOTS_MESSAGE, "robots_disallowed", ROBOTS_MESSAGE),
+        (
+            "failed_to_download",
+            "blocked_address: 10.0.0.1 -> 10.0.0.1 (private)",
+            "blocked_address",
+            "10.0.0.1 -> 10.0.0.1 (private)",
+        ),
+        ("failed_to_download", "<urlopen error too_large: > 5 bytes>", "too_large", "> 5 bytes"),
+        ("failed_to_resize", "Image decoding error", "decode_error", "Image decoding error"),
+        ("failed_to_resize", "too_small: 10x10, short side 10 < 256", "too_small", "10x10, short side 10 < 256"),
+        ("failed_to_download", "weird: not a reason", "download_error", "weird: not a reason"),
+        ("failed_to_download", None, "download_error", "no detail (status failed_to_download)"),
+    ],
+)
 def test_classify(status, message, reason, detail):
     assert classify(status, message) == (reason, detail)

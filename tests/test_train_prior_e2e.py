@@ -1,7 +1,8 @@
 """End to end on real Ray (private local instance), real MLflow (sqlite in tmp), real gloo DDP:
 2 workers train the tiny prior from synthetic token shards with PowerSGD; one worker is killed
 at step 12; the group restarts from the step-8 checkpoint. Then the same command is rerun: it
-resumes from the final checkpoint and reopens the same MLflow run. One run serves several tests to keep the suite inside its time budget."""
+resumes from the final checkpoint and reopens the same MLflow run. One run serves several tests to keep
+the suite inside its time budget."""
 
 import json
 import math
@@ -20,15 +21,39 @@ pytestmark = pytest.mark.slow
 
 
 def config(tmp, max_steps):
-    return parse_cli(PriorTrainConfig, [
-        "--config", "configs/prior_tiny.toml", "--data.tokens", str(tmp / "tokens"),
-        # 4 logical CPUs on a 2-core box: the two workers take 0.5 each and Ray Data's read tasks
-        # must never wait behind them (a Ray Data read starved of CPU slots stalls the run).
-        "--run.storage_path", str(tmp / "ray"), "--run.num_cpus", "4", "--run.log_every", "4",
-        "--train.max_steps", str(max_steps), "--train.checkpoint_every", str(CKPT_EVERY), "--train.val_every", "12",
-        "--train.fail_at_step", str(FAIL_AT), "--train.trace_batches", str(tmp / "trace.jsonl"),
-        "--optim.powersgd", "true", "--optim.powersgd_rank", "1", "--optim.powersgd_start_iter", "2",
-    ])
+    return parse_cli(
+        PriorTrainConfig,
+        [
+            "--config",
+            "configs/prior_tiny.toml",
+            "--data.tokens",
+            str(tmp / "tokens"),
+            # 4 logical CPUs on a 2-core box: the two workers take 0.5 each and Ray Data's read tasks
+            # must never wait behind them (a Ray Data read starved of CPU slots stalls the run).
+            "--run.storage_path",
+            str(tmp / "ray"),
+            "--run.num_cpus",
+            "4",
+            "--run.log_every",
+            "4",
+            "--train.max_steps",
+            str(max_steps),
+            "--train.checkpoint_every",
+            str(CKPT_EVERY),
+            "--train.val_every",
+            "12",
+            "--train.fail_at_step",
+            str(FAIL_AT),
+            "--train.trace_batches",
+            str(tmp / "trace.jsonl"),
+            "--optim.powersgd",
+            "true",
+            "--optim.powersgd_rank",
+            "1",
+            "--optim.powersgd_start_iter",
+            "2",
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +100,8 @@ def test_killed_worker_resumes_from_checkpoint_and_skips_ahead_exactly(runs):
         assert all(len(seen[(s, rank)]) == 1 for s in range(1, CKPT_EVERY + 1))
         for s in range(CKPT_EVERY + 1, FAIL_AT + 1):
             (pid_a, keys_a), (pid_b, keys_b) = seen[(s, rank)]
-            assert pid_a != pid_b           # a new worker process after the restart...
-            assert keys_a == keys_b         # ...trained on exactly the same rows (skip-ahead)
+            assert pid_a != pid_b  # a new worker process after the restart...
+            assert keys_a == keys_b  # ...trained on exactly the same rows (skip-ahead)
         assert all(len(seen[(s, rank)]) == 1 for s in range(FAIL_AT + 1, STEPS + 1))
     # and the restarted worker began at the checkpoint's step + 1, not at step 1
     restarted_pid = seen[(CKPT_EVERY + 1, 1)][1][0]
@@ -106,11 +131,22 @@ def test_mlflow_run_contents(runs):
     client = mlflow_client()
     exp = client.get_experiment_by_name("train_prior")
     all_runs = client.search_runs([exp.experiment_id])
-    assert [r.info.run_id for r in all_runs] == [first.run_id]   # one run, reopened by the rerun
+    assert [r.info.run_id for r in all_runs] == [first.run_id]  # one run, reopened by the rerun
     run = all_runs[0]
     assert run.info.status == "FINISHED"
-    for key in ("loss", "loss_text", "loss_image", "lr", "grad_norm", "tokens_per_s", "data_wait_share", "mfu",
-                "val_loss", "val_loss_text", "val_loss_image"):
+    for key in (
+        "loss",
+        "loss_text",
+        "loss_image",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "data_wait_share",
+        "mfu",
+        "val_loss",
+        "val_loss_text",
+        "val_loss_image",
+    ):
         assert key in run.data.metrics, key
     assert 0 <= run.data.metrics["data_wait_share"] < 1 and run.data.metrics["tokens_per_s"] > 0
     assert run.data.params["optim.powersgd"] == "True" and run.data.params["shape.grid_h"] == "4"
@@ -137,6 +173,18 @@ def test_sample_cli_on_the_trained_checkpoint(runs, tmp_path):
 
     _, _, second = runs
     out = tmp_path / "grid.png"
-    main(["--checkpoint", second.checkpoint_path, "--prompt", "a red square", "--n", "3", "--out", str(out),
-          "--top-k", "4"])
+    main(
+        [
+            "--checkpoint",
+            second.checkpoint_path,
+            "--prompt",
+            "a red square",
+            "--n",
+            "3",
+            "--out",
+            str(out),
+            "--top-k",
+            "4",
+        ]
+    )
     assert Image.open(out).size == (3 * (4 * 8 + 2) + 2, 4 * 8 + 4)  # 3 token maps of 4x4 cells of 8 px
