@@ -7,7 +7,8 @@ settle most of these: a word is ENGLISH when it is common in English (zipf >= 2.
 in wordfreq's 41 other languages - 1.0): "dress", "grey", "is", "under" are English; "die", "honger",
 "beste", "est" are not. Every other word counts against English, except a capitalised word that is
 not common in any language (zipf < 4.5 everywhere), which is a name or a brand ("Rozalski",
-"Hogsmeade", "SWE"): it is skipped, since names carry no language. Words of one letter and words
+"Hogsmeade", "SWE"): it is skipped, since names carry no language. (So are capitalised German nouns
+rarer than that: German titles without a function word can pass; see docs/filters.md.) Words of one letter and words
 with digits (sizes, model numbers) are skipped too; slugs and file names split on '-' and '_'.
 
 score(caption) -> (English words, counted words). The lexicon is pipeline/filters/data/
@@ -77,6 +78,11 @@ class EnglishWords:
             if word in english_words:
                 english += 1
                 counted += 1
-            elif not token[0].isupper() or word in common:
+            elif not token[0].isupper() or word in common or not _cased(token):
                 counted += 1
         return english, counted
+
+
+def _cased(token: str) -> bool:
+    """Every letter has case: "GAMESのアーカイブ画像" is not a capitalised name, whatever its first letter."""
+    return all(ch.lower() != ch.upper() for ch in token if ch.isalpha())
