@@ -19,7 +19,7 @@ from pipeline.captions import CaptionPipeline
 from pipeline.config import CaptionFilterConfig
 from pipeline.filters.aspect_ratio import AspectRatioFilter
 from pipeline.filters.base import CaptionRow
-from pipeline.filters.boilerplate import BoilerplateFilter
+from pipeline.filters.boilerplate import BoilerplateFilter, strip_spans
 from pipeline.filters.english_words import EnglishWords
 from pipeline.filters.invalid_url import InvalidUrlFilter
 from pipeline.filters.non_english import NonEnglishFilter, default_model_path, load_model, predict_english
@@ -123,6 +123,18 @@ def test_too_short_on_real_captions(cfg):
     assert decisions[len(dropped) :] == [None] * len(kept)
     assert run(flt, [real("Matt Damon")]) == ["2 words < 3"]
     assert run(TooShortFilter(CaptionFilterConfig(min_words=2)), [real("Matt Damon")]) == [None]
+
+
+def test_too_short_counts_the_words_of_slugs_and_file_names(cfg):
+    flt = TooShortFilter(cfg)
+    slugs = [
+        real("manchester-united-celebrates-goal-in-front-of-city-players"),
+        real("my-sisters-prayer"),
+        real("Crop_oktoberfest_old_couple_in_tracht"),
+        real("inside-blue-mosque-istanbul-turkey"),
+    ]
+    assert run(flt, slugs) == [None] * len(slugs)
+    assert run(flt, ["Spider-Man", "red_circle"]) == ["2 words < 3", "2 words < 3"]  # still two words each
     assert run(TooShortFilter(CaptionFilterConfig(min_words=1, min_chars=12)), [real("dew and grass")]) == [None]
     assert run(TooShortFilter(CaptionFilterConfig(min_words=1, min_chars=14)), [real("dew and grass")]) == [
         "13 chars < 14"
@@ -219,6 +231,36 @@ def test_boilerplate_with_a_real_description_is_kept_and_stripped(cfg):
     )
     kept, _ = unstripped.process(table_of(list(cases)))
     assert kept.column("caption").to_pylist() == list(cases)
+
+
+def test_boilerplate_issue_11_cases(cfg):
+    flt = BoilerplateFilter(cfg)
+    cases = {
+        # size ranges are not dates; real dates still are
+        "Girls dress size 8-10-12": (None, "Girls dress size 8-10-12"),
+        "Red kite over the hills, taken on 14/06/2015": (None, "Red kite over the hills"),
+        # a placeholder is stripped only where it stands alone: never with the words after it
+        "No Description yet for this red barn": (None, "No Description yet for this red barn"),
+        "Red barn in the snow - No Description": (None, "Red barn in the snow"),
+        # stock-site and credit boilerplate
+        real("gray and white seamless pattern vector image vector image"): (None, "gray and white seamless pattern"),
+        "vector image vector image": ("0 descriptive words left after removing stock_credit", ""),
+        "Artist: naumoid, Code: 400-04986850": ("0 descriptive words left after removing artist_credit,item_code", ""),
+        "Old mill on the river (photo: Al Jazeera English, CC: BY 2.0)": (None, "Old mill on the river"),
+        real("Address not provided New Bedford, MA MLS# 71895205"): (None, "Address not provided New Bedford, MA"),
+        real("Haleakala, photo by Wendy Osher."): ("1 descriptive words left after removing photo_by", "Haleakala"),
+        real("Free Server Room Royalty Free Stock Photo - 13836925"): (None, "Free Server Room"),
+        normalize(next(c for c in sample_captions() if c.startswith("Closeup of burning camping bonfire Stock"))): (
+            None,
+            "Closeup of burning camping bonfire",
+        ),
+    }
+    captions = list(cases)
+    decisions = flt.filter_batch(captions, [ROW] * len(captions))
+    rewritten = flt.rewrite_batch(captions)
+    got = {c: (d, r if d is None else strip_spans(c)) for c, d, r in zip(captions, decisions, rewritten, strict=True)}
+    assert got == cases
+    assert [flt.filter(c, ROW) for c in captions] == decisions  # the batch gate misses none of them
 
 
 def test_boilerplate_min_remaining_words_is_configurable():
