@@ -188,7 +188,13 @@ _SPANS = [
         ("photo by", "image by", "picture by", "photograph by", "photos by", "courtesy of"),
         None,
     ),
-    ("copyright", r"(?:©|\bcopyright\b)(?:\s*\d{4})?\s*:?\s*[^,;|()]{0,60}", ("©", "copyright"), None),
+    # "© Gail Harker - hand woven papers": the owner's name (capitalised words or one token), not what follows
+    (
+        "copyright",
+        r"(?:©|\bcopyright\b)(?:\s*\d{4})?\s*:?\s*(?:(?-i:[A-Z])[\w.'-]*(?:\s+(?-i:[A-Z])[\w.'-]*){0,3}|[\w.-]+)?",
+        ("©", "copyright"),
+        None,
+    ),
     # "Artist: naumoid", "Photographer: Jane Doe": the uploader, up to the next separator
     (
         "artist_credit",
@@ -199,8 +205,8 @@ _SPANS = [
     # "Code: 400-04986850", "MLS# 71895205", "SKU 1234567": catalogue and listing numbers (5+ digits)
     (
         "item_code",
-        r"\b(?:mls|sku|code|item|ref|lot|id)\s*(?:#|no\.?|nr\.?)?\s*[:#]?\s*[\w-]*\d{5,}[\w-]*",
-        ("mls", "sku", "code", "item", "ref", "lot", "id"),
+        r"(?:\b(?:mls|sku|code|item|ref|lot|id)|№)\s*(?:#|no\.?|nr\.?)?\s*[:#]?\s*[\w-]*\d{5,}[\w-]*",
+        ("mls", "sku", "code", "item", "ref", "lot", "id", "№"),
         re.compile(r"\d{5}"),
     ),
 ]
@@ -235,6 +241,7 @@ _GENERIC_WORDS = frozenset(
 )
 _GENERIC_RE = re.compile(r"\b(?:" + "|".join(sorted(_GENERIC_WORDS)) + r")\b", re.I)
 _LETTER = re.compile(r"[^\W\d_]")
+_SLUG_SPLIT = re.compile(r"[\s_]+|(?<=\w)-+(?=\w)")
 _PUNCT = "\"'()[]{}<>.,;:!?-–—|/*~+&"
 # Separators left dangling once a span is gone: "Sky | Stock Foto" -> "Sky |" -> "Sky".
 _DANGLING = re.compile(r"(?:\s*[-–—|:,;/~+])+\s*$|^\s*(?:[-–—|:,;/~+]\s*)+|\(\s*\)|\[\s*\]")
@@ -268,7 +275,7 @@ _SPAN_RE2 = "|".join(
         r"\((?:photo|image|picture|foto|credit|source)",  # credit
         r"cc[: -]*by",  # license
         r"(?:artist|photographer|author|credit|uploaded by|photo by|image by) ?:",  # artist_credit
-        r"(?:mls|sku|code|item|ref|lot|id)[^a-z]{0,6}[a-z0-9-]*\d{5}",  # item_code
+        r"(?:mls|sku|code|item|ref|lot|id|№)[^a-z]{0,6}[a-z0-9-]*\d{5}",  # item_code
         r"\d{6}$",  # stock_id: a trailing stock number
         r"(?:photo|photograph|image|picture)s? (?:by|courtesy of) |©|copyright",  # photo_by, copyright
     ]
@@ -286,9 +293,12 @@ def has_generic(text: str) -> bool:
 
 
 def descriptive_words(text: str) -> int:
-    """Tokens that carry description: contain a letter and are not a generic word."""
+    """Tokens that carry description: contain a letter and are not a generic word.
+
+    Slugs count word by word, as in too_short: "NWT-Polo-Sport-Ralph-Lauren-Drawstring-Bag" describes.
+    """
     count = 0
-    for token in text.split():
+    for token in _SLUG_SPLIT.split(text):
         if _LETTER.search(token) and token.strip(_PUNCT).lower() not in _GENERIC_WORDS:
             count += 1
     return count
