@@ -298,7 +298,7 @@ def test_non_english_drops_real_foreign_captions_and_keeps_real_english(non_engl
     for caption, detail in zip(foreign, decisions[: len(foreign)], strict=True):
         assert detail is not None and "fasttext=" in detail, (caption, detail)
     assert decisions[len(foreign) :] == [None] * len(english)
-    assert decisions[0].startswith("english words 5/12, fasttext=de:")
+    assert decisions[0].startswith("english words 4/11, fasttext=de:")
 
 
 @pytest.fixture(scope="module")
@@ -347,13 +347,13 @@ def test_langdetect_decides_inside_the_band_on_real_captions(band_cfg):
 def test_english_words_skip_names_codes_and_split_slugs():
     words = EnglishWords()
     assert words.score("Kate middleton grey dress") == (4, 4)  # fastText: P(en) 0.07
-    assert words.score("manchester-united-celebrates-goal-in-front-of-city-players") == (9, 9)
-    assert words.score("The Art of Jakub Rozalski") == (3, 4)  # "Rozalski" is rare everywhere: a name;
+    assert words.score("manchester-united-celebrates-goal-in-front-of-city-players") == (7, 7)  # not "in", "of"
+    assert words.score("The Art of Jakub Rozalski") == (2, 3)  # "Rozalski" is rare everywhere: a name;
     # "Jakub" is a common word in Polish and Czech texts, so it counts
     assert words.score("CHIMERA GAMESのアーカイブ画像") == (1, 2)  # a name only when all its letters are cased
     assert words.score("Hunden sover under bordet.") == (1, 4)  # capitalised but common Danish: counted
-    assert words.score("4512 x 12kg 3D") == (0, 0)  # digits and single letters carry no language
-    assert words.score("Don\u2019t stop me now") == words.score("Don't stop me now") == (4, 4)
+    assert words.score("4512 x 12kg 3D to be") == (0, 0)  # digits and 1-2 letter words carry no language
+    assert words.score("Don\u2019t stop me now") == words.score("Don't stop me now") == (3, 3)
     assert EnglishWords().english is words.english  # read once per process
 
 

@@ -8,8 +8,10 @@ in wordfreq's 41 other languages - 1.0): "dress", "grey", "is", "under" are Engl
 "beste", "est" are not. Every other word counts against English, except a capitalised word that is
 not common in any language (zipf < 4.5 everywhere), which is a name or a brand ("Rozalski",
 "Hogsmeade", "SWE"): it is skipped, since names carry no language. (So are capitalised German nouns
-rarer than that: German titles without a function word can pass; see docs/filters.md.) Words of one letter and words
-with digits (sizes, model numbers) are skipped too; slugs and file names split on '-' and '_'.
+rarer than that: German titles without a function word can pass; see docs/filters.md.) Words of one or two letters
+are skipped too ("is", "in", "an", "me", "no", "de", "la" are words in many languages and decided
+2 of the 3 foreign sentences a held-out set let through), and so are words with digits (sizes,
+model numbers); slugs and file names split on '-' and '_'.
 
 score(caption) -> (English words, counted words). The lexicon is pipeline/filters/data/
 english_lexicon.tsv.gz, built from wordfreq by pipeline/filters/build_lexicon.py; it is read once
@@ -26,6 +28,7 @@ import threading
 ENGLISH_MIN_ZIPF = 2.5  # "common in English": about once in 3M words; rarer words prove little
 FOREIGN_MARGIN = 1.0  # English still wins a word up to 10x more frequent elsewhere ("is": en 7.1, nl 7.2)
 NAME_MAX_ZIPF = 4.5  # a capitalised word rarer than this in every language reads as a name
+MIN_LETTERS = 3  # shorter words are shared by too many languages to tell English apart
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "english_lexicon.tsv.gz")
 
 # Letters and digits, apostrophes inside words ("don't"); '-' and '_' split (slugs, file names).
@@ -68,11 +71,11 @@ class EnglishWords:
         self.__init__(state["path"])
 
     def score(self, caption: str) -> tuple[int, int]:
-        """(English words, counted words) of a caption; names, digits and single letters are not counted."""
+        """(English words, counted words) of a caption; names, digits and 1-2 letter words are not counted."""
         english_words, common = self.english, self.common
         english = counted = 0
         for token in _WORD.findall(caption):
-            if len(token) < 2 or _DIGIT.search(token):
+            if len(token) < MIN_LETTERS or _DIGIT.search(token):
                 continue
             word = token.lower().replace("’", "'")
             if word in english_words:
