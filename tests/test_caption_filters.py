@@ -572,3 +572,20 @@ def test_pipeline_pickles_into_workers_and_decides_the_same():
         # each copy counts its own work: one in-band caption ("Stir Fry Mango Chicken") each in langdetect mode
         calls = 1 if cfg.language_id == "langdetect" else 0
         assert clone.stats()["langdetect_calls"] == pipeline.stats()["langdetect_calls"] == calls
+
+
+def test_reader_skips_have_their_own_reason():
+    pipeline = CaptionPipeline(CaptionFilterConfig())
+    table = table_of(
+        [real("dew and grass"), "Surfing at Ocean Beach", None],
+        malformed=[None, "video: /data/yfcc100m_dataset-0:2: marker column = 1", "/data/x.tsv:3: blank line"],
+    )
+    kept, rejected = pipeline.process(table)
+    assert kept.column("caption").to_pylist() == ["dew and grass"]
+    reasons, details = rejected.column("reason").to_pylist(), rejected.column("detail").to_pylist()
+    assert list(zip(reasons, details, strict=True)) == [
+        ("video", "video: /data/yfcc100m_dataset-0:2: marker column = 1"),
+        ("malformed", "/data/x.tsv:3: blank line"),
+    ]
+    stats = pipeline.stats()
+    assert (stats["video"]["dropped"], stats["malformed"]["dropped"]) == (1, 1)
