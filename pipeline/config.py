@@ -39,8 +39,8 @@ class CaptionFilterConfig:
         "lexicon",
         "non_english: how English is recognised. 'lexicon' (default): the share of a caption's words "
         "that are common English words (wordfreq), plus lexicon_fasttext_weight x fastText P(en), "
-        "must reach lexicon_min_score; on the labelled LAION sample it keeps 97.2% of English (fastText "
-        "alone: 81.4%), of short sentences in 61 languages it keeps 0.2% (held-out set: 0.5%), and the "
+        "must reach lexicon_min_score; on the labelled LAION sample it keeps 97.9% of English (fastText "
+        "alone: 81.4%), of short sentences in 61 languages it keeps 0.37% (held-out set: 0.48%), and the "
         "caption stage runs at 0.5x+ bare fastText. "
         "'langdetect': fastText >= english_threshold, langdetect inside uncertain_band (~20x slower). "
         "'fasttext': fastText >= english_threshold alone (docs/filters.md, bench/language_band.py).",
@@ -67,7 +67,7 @@ class CaptionFilterConfig:
         "non_english, 'lexicon' mode: keep when English-word share + weight x P(en) >= this. "
         "Alone (P(en) = 0) 70% of the counted words must be English; a caption fastText "
         "calls English needs 45%. Chosen on the labelled LAION sample and bench/data/short_sentences.tsv "
-        "(docs/filters.md: 0.65 keeps 97.8% of English but 0.75% of non-English; 0.75 keeps 96.1% of English).",
+        "(docs/filters.md: 0.65 keeps 98.2% of English but 1.1% of non-English; 0.8 keeps 96.3% of English).",
     )
     lexicon_fasttext_weight: float = doc(
         0.25,
