@@ -135,6 +135,10 @@ def test_too_short_counts_the_words_of_slugs_and_file_names(cfg):
     ]
     assert run(flt, slugs) == [None] * len(slugs)
     assert run(flt, ["Spider-Man", "red_circle"]) == ["2 words < 3", "2 words < 3"]  # still two words each
+    # numbers are not words: a title with its year or a size says two things
+    padded = [real("Sunshine (DVD, 2008)"), real("Lawless Range (2016)"), real("bathroom project 5")]
+    assert run(flt, padded) == ["2 words < 3"] * 3
+    assert run(flt, [real("7 Pumpkin Drink Recipes"), real("322206 Nias Skirt purple")]) == [None, None]
     assert run(TooShortFilter(CaptionFilterConfig(min_words=1, min_chars=12)), [real("dew and grass")]) == [None]
     assert run(TooShortFilter(CaptionFilterConfig(min_words=1, min_chars=14)), [real("dew and grass")]) == [
         "13 chars < 14"
