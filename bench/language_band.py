@@ -1,12 +1,15 @@
-"""Measure where fastText lid.176 needs a second opinion: the numbers behind `uncertain_band`.
+"""The language numbers: English kept on real alt-texts, non-English kept on short sentences.
 
-On the shared LAION sample (1,000 real alt-texts) it prints
-  1. the distribution of fastText P(en), and per P(en) bucket how often langdetect says 'en'
-     (agreement / disagreement of the two detectors);
-  2. against hand labels (LABELS below), English kept and non-English dropped for fastText alone
-     at several thresholds and for threshold + langdetect band combinations, with the share of
-     captions that reach langdetect (the cost).
-Run:  python bench/language_band.py [--sample PATH]
+Default run: every `captions.language_id` rule (lexicon = the default, fasttext, langdetect), through
+the real NonEnglishFilter, on
+  * the shared LAION sample (1,000 real alt-texts, normalised as the pipeline does) against the hand
+    labels below: English kept, non-English dropped;
+  * bench/data/short_sentences.tsv (short sentences in 61 languages + 100 English ones): non-English
+    kept, English flagged.
+--sweep adds the lexicon rule at other lexicon_min_score / lexicon_fasttext_weight values, and
+--buckets the older study of where fastText needs a second opinion (P(en) buckets, langdetect
+agreement, threshold and band combinations: the numbers behind `uncertain_band`).
+Run:  python bench/language_band.py [--sample PATH] [--sentences PATH] [--sweep] [--buckets]
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ if __package__ in (None, ""):  # `python bench/x.py`: make the repository import
 
 import pyarrow.parquet as pq
 
-from pipeline.filters.non_english import EN, LangDetect, load_model
+from pipeline.config import CaptionFilterConfig
+from pipeline.filters.non_english import EN, LangDetect, NonEnglishFilter, load_model
 from pipeline.filters.normalize import Normalizer
+
+SENTENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "short_sentences.tsv")
 
 # Hand labels for the shared sample (row index -> language), made by reading every caption with
 # fastText P(en) < 0.5 and every caption where langdetect disagreed with fastText. Every other
@@ -83,12 +89,81 @@ def p_en_all(model, texts: list[str], lower: str) -> list[float]:
     return out
 
 
+def read_sentences(path: str = SENTENCES) -> list[tuple[str, str]]:
+    """(language, sentence) rows of a `lang<TAB>sentence` file; '#' lines are comments."""
+    with open(path, encoding="utf-8") as fh:
+        return [tuple(line.rstrip("\n").split("\t", 1)) for line in fh if line.strip() and not line.startswith("#")]
+
+
+def measure(cfg: CaptionFilterConfig, texts: list[str], sentences: list[tuple[str, str]]) -> dict[str, float]:
+    """English kept / non-English dropped on the labelled LAION sample, non-English kept / English
+    flagged on the sentences, for one config, through the real filter."""
+    flt = NonEnglishFilter(cfg)
+    kept = [d is None for d in flt.filter_batch(texts, [None] * len(texts))]
+    said = [d is None for d in flt.filter_batch([s for _, s in sentences], [None] * len(sentences))]
+    english = [i for i in range(len(texts)) if i not in MIXED and i not in NON_ENGLISH]
+    foreign = [i for i in NON_ENGLISH if i not in MIXED]
+    short_en = [i for i, (lang, _) in enumerate(sentences) if lang == "en"]
+    short_other = [i for i, (lang, _) in enumerate(sentences) if lang != "en"]
+    return {
+        "laion_english_kept": sum(kept[i] for i in english) / len(english),
+        "laion_non_english_dropped": sum(not kept[i] for i in foreign) / len(foreign),
+        "short_non_english_kept": sum(said[i] for i in short_other) / len(short_other),
+        "short_english_flagged": sum(not said[i] for i in short_en) / len(short_en),
+        "short_kept_examples": [sentences[i] for i in short_other if said[i]],
+    }
+
+
+def print_rules(texts: list[str], sentences: list[tuple[str, str]], sweep: bool) -> None:
+    n_lang = len({lang for lang, _ in sentences if lang != "en"})
+    n_other = sum(lang != "en" for lang, _ in sentences)
+    print(
+        f"LAION sample: {len(texts)} captions ({len(NON_ENGLISH)} non-English, {len(MIXED)} mixed not scored); "
+        f"sentences: {n_other} non-English in {n_lang} languages + {len(sentences) - n_other} English\n"
+    )
+    rules = [("lexicon (default)", CaptionFilterConfig())]
+    if sweep:
+        for score, weight in ((0.6, 0.25), (0.65, 0.25), (0.75, 0.25), (0.8, 0.25), (0.7, 0.0), (0.7, 0.5)):
+            rules.append(
+                (
+                    f"lexicon min_score {score} weight {weight}",
+                    CaptionFilterConfig(lexicon_min_score=score, lexicon_fasttext_weight=weight),
+                )
+            )
+    rules += [
+        ("fasttext >= 0.4", CaptionFilterConfig(language_id="fasttext")),
+        ("langdetect band [0.2, 0.4)", CaptionFilterConfig(language_id="langdetect")),
+    ]
+    print(
+        f"{'rule':38s}{'LAION English kept':>20s}{'LAION non-En dropped':>22s}{'short non-En kept':>19s}"
+        f"{'short En flagged':>18s}"
+    )
+    for name, cfg in rules:
+        m = measure(cfg, texts, sentences)
+        print(
+            f"{name:38s}{m['laion_english_kept']:20.1%}{m['laion_non_english_dropped']:22.1%}"
+            f"{m['short_non_english_kept']:19.2%}{m['short_english_flagged']:18.1%}"
+        )
+        if name.startswith("lexicon (default)") and m["short_kept_examples"]:
+            print(f"{'':38s}non-English kept: {m['short_kept_examples']}")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sample", default=default_sample())
+    ap.add_argument("--sentences", default=SENTENCES)
+    ap.add_argument("--sweep", action="store_true", help="also other lexicon_min_score / weight values")
+    ap.add_argument("--buckets", action="store_true", help="also the P(en) bucket and langdetect band study")
     args = ap.parse_args()
     normalize = Normalizer()
     texts = [normalize(t) for t in pq.read_table(args.sample, columns=["TEXT"]).column("TEXT").to_pylist()]
+    print_rules(texts, read_sentences(args.sentences), args.sweep)
+    if args.buckets:
+        buckets(texts)
+
+
+def buckets(texts: list[str]) -> None:
     n = len(texts)
     model = load_model("")  # prepare() in non_english.py lower-cases: the "all" rows below are the pipeline's
     detector = LangDetect()

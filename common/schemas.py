@@ -12,8 +12,9 @@ import hashlib
 import pyarrow as pa
 
 # --- Stage 1: what a reader yields for each input row -------------------------------------------
-# `malformed` is null for a usable row, otherwise the reason detail (the row is rejected as
-# `malformed` with that detail; it is still counted as input).
+# `malformed` is null for a usable row, otherwise the rejection detail, "PATH:LINE: detail" (the row
+# is rejected as `malformed`, or as the reader reason its detail starts with, see reader_reason();
+# it is still counted as input).
 SOURCE_ROW = pa.schema(
     [
         ("url", pa.string()),
@@ -67,6 +68,7 @@ REJECTED = pa.schema(
 # Reason codes, in the order rows meet them. Caption-side reasons cost no bandwidth.
 CAPTION_REASONS = (
     "malformed",
+    "video",  # a reader skips a row that is well-formed but not an image (YFCC100M marker = 1)
     "invalid_url",
     "too_short",
     "boilerplate",
@@ -87,6 +89,14 @@ IMAGE_REASONS = (
     "shard_failed",
 )
 REASONS = tuple(dict.fromkeys(CAPTION_REASONS + IMAGE_REASONS))
+# Reasons a READER gives besides `malformed`: its SOURCE_ROW detail starts with "<reason>: ".
+READER_SKIP_REASONS = ("video",)
+
+
+def reader_reason(detail: str) -> str:
+    """The reason code of a reader-rejected row from its `malformed` detail."""
+    head = detail.partition(": ")[0]
+    return head if head in READER_SKIP_REASONS else "malformed"
 
 
 def row_key(source: str, url: str | None, position: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from common.schemas import CANDIDATE, CAPTION_REASONS, REJECTED
+from common.schemas import CANDIDATE, CAPTION_REASONS, READER_SKIP_REASONS, REJECTED, reader_reason
 from pipeline.config import CaptionFilterConfig
 from pipeline.filters.aspect_ratio import AspectRatioFilter
 from pipeline.filters.base import CaptionFilter, CaptionRows
@@ -48,7 +48,8 @@ class CaptionPipeline:
         unknown = {f.name for f in self.filters} - set(CAPTION_REASONS)
         assert not unknown, f"filters with reason codes outside CAPTION_REASONS: {unknown}"
         self._stats: dict[str, dict[str, float]] = {
-            name: {"dropped": 0, "seconds": 0.0} for name in (MALFORMED, NORMALIZE, *[f.name for f in self.filters])
+            name: {"dropped": 0, "seconds": 0.0}
+            for name in (MALFORMED, *READER_SKIP_REASONS, NORMALIZE, *[f.name for f in self.filters])
         }
 
     def process(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -67,14 +68,15 @@ class CaptionPipeline:
             rejected["reason"].append(reason)
             rejected["detail"].append(detail)
 
-        # Reader-side failures first: they never reach a filter.
+        # Reader-side failures and skips first: they never reach a filter.
         alive: list[int] = []
         for i, detail in enumerate(col["malformed"]):
             if detail is None:
                 alive.append(i)
             else:
-                reject(i, col["caption"][i], MALFORMED, detail)
-        self._stats[MALFORMED]["dropped"] += len(col["malformed"]) - len(alive)
+                reason = reader_reason(detail)
+                reject(i, col["caption"][i], reason, detail)
+                self._stats[reason]["dropped"] += 1
 
         start = time.perf_counter()
         raw = col["caption"]

@@ -21,7 +21,6 @@ Layout of OUT:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import io
@@ -202,12 +201,13 @@ def write_demo_source(
         _write_hostile(w, rng, unique_scene, good_urls, max_bytes)
 
     for rel in ("demo.tsv", "demo_cc3m.tsv"):
+        # IANA TSV, as the tsv and cc3m readers read it: a line is a row, no quoting (quotes are text).
         with open(os.path.join(out_dir, rel), "w", newline="", encoding="utf-8") as f:
-            out = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-            if rel == "demo.tsv":
-                out.writerow(["url", "caption"])
-            for r in w.rows[rel]:
-                out.writerow([r["url"], r["caption"]] if rel == "demo.tsv" else [r["caption"], r["url"]])
+            rows = [["url", "caption"]] if rel == "demo.tsv" else []
+            rows += [[r["url"], r["caption"]] if rel == "demo.tsv" else [r["caption"], r["url"]] for r in w.rows[rel]]
+            for fields in rows:
+                assert not any(c in field for field in fields for c in "\t\r\n"), fields
+                f.write("\t".join(fields) + "\n")
     laion = w.rows["demo_laion.parquet"]
     pq.write_table(
         pa.table(

@@ -38,9 +38,13 @@ _DATE_CORE = (
     + r"(?:"
     + _YEAR
     + r"[-/.:]\d{1,2}[-/.:]\d{1,2}"  # 2015-06-14, EXIF 2015:06:14
-    + r"|\d{1,2}[-/.]\d{1,2}[-/.](?:"
+    # 14/06/2015, 6.14.15, 14-06-2015; NOT 8-10-12: hyphenated with a 2-digit "year" is a size range
+    + r"|\d{1,2}/\d{1,2}/(?:"
     + _YEAR
-    + r"|\d{2})"  # 14/06/2015, 6.14.15
+    + r"|\d{2})|\d{1,2}\.\d{1,2}\.(?:"
+    + _YEAR
+    + r"|\d{2})|\d{1,2}-\d{1,2}-"
+    + _YEAR
     + r"|"
     + _DAY
     + r"\s+(?:of\s+)?"
@@ -130,7 +134,8 @@ _SPANS = [
         None,
     ),
     ("hashtag", r"(?<![\w&])#[^\W\d]\w*|(?<![\w.])@\w+", ("#", "@"), None),
-    ("stock_id", r"(?<!\w)#\d{5,}", ("#",), None),
+    # "#7911579"; "Royalty Free Stock Photo - 13836925": a bare stock number closing the caption
+    ("stock_id", r"(?<!\w)#\d{5,}|\s[-–—|]\s*\d{6,}$", ("#", "-", "–", "—", "|"), re.compile(r"#\d{5}|\d{6}$")),
     (
         "photo_credit",
         r"\((?:AP|AFP|EPA|Reuters|Getty Images)\b[^()]{0,80}\)|\bREUTERS/[^\s.,;]+(?:[ /][A-Z][^\s.,;]*)*",
@@ -141,7 +146,9 @@ _SPANS = [
         "ui_text",
         r"\bclick (?:here )?(?:to|for) (?:enlarge|zoom|view|see)(?: (?:the )?(?:larger|full)(?:[- ]size)?"
         r"(?: image| version| photo| picture)?)?|\bview (?:larger|full[- ]size)(?: image| version| photo)?"
-        r"|\bimage is loading\b|\b(?:image|photo) may contain:?[^.|]*|\bno (?:title|description)(?: available)?\b"
+        r"|\bimage is loading\b|\b(?:image|photo) may contain:?[^.|]*"
+        # a placeholder only when it stands alone: "No Description yet for this red barn" is a sentence
+        r"|\bno (?:title|description)(?: available| yet)?(?=\s*(?:$|[|:\-–—,;.)\]]))"
         r"|\buntitled\b|%name\b|\b(?:image|photo|picture) (?:not )?available\b",
         (
             "click",
@@ -160,9 +167,47 @@ _SPANS = [
     (
         "stock_credit",
         r"\broyalty[- ]free\b|\bstock[- ]?(?:photo(?:graphy|s)?|images?|footage|vectors?|illustrations?|"
-        r"fotografie|foto|pictures?|vektorgrafik)\b|\bstockfoto\b|\bvetorial stock\b",
-        ("royalty", "stock", "vetorial"),
+        r"fotografie|foto|pictures?|vektorgrafik)\b|\bstockfoto\b|\bvetorial stock\b"
+        r"|\bvector (?:image|illustration|graphic|clip ?art)s?\b",
+        ("royalty", "stock", "vetorial", "vector"),
         None,
+    ),
+    # "(photo: Al Jazeera English, CC: BY 2.0)", "(Image source: Wikimedia)": a credit in brackets
+    (
+        "credit",
+        r"\((?:photo|image|picture|foto|credit|source)s?(?: (?:by|credit|source))?\s*[:/][^()]{0,120}\)",
+        ("(photo", "(image", "(picture", "(foto", "(credit", "(source"),
+        None,
+    ),
+    ("license", r"\bcc[:\s-]*by(?:[\s-]*(?:sa|nd|nc))*(?:[\s-]*\d\.\d)?\b", ("cc",), re.compile(r"(?i)cc[:\s-]*by")),
+    # "Haleakala, photo by Wendy Osher.": a credit names someone (capitalised); "photo by the lake" stays
+    (
+        "photo_by",
+        r"\b(?:photo(?:graph)?|image|picture)s? (?:by|courtesy of)\s+"
+        r"(?-i:[A-Z])[\w.'-]*(?:\s+(?-i:[A-Z])[\w.'-]*){0,3}",
+        ("photo by", "image by", "picture by", "photograph by", "photos by", "courtesy of"),
+        None,
+    ),
+    # "© Gail Harker - hand woven papers": the owner's name (capitalised words or one token), not what follows
+    (
+        "copyright",
+        r"(?:©|\bcopyright\b)(?:\s*\d{4})?\s*:?\s*(?:(?-i:[A-Z])[\w.'-]*(?:\s+(?-i:[A-Z])[\w.'-]*){0,3}|[\w.-]+)?",
+        ("©", "copyright"),
+        None,
+    ),
+    # "Artist: naumoid", "Photographer: Jane Doe": the uploader, up to the next separator
+    (
+        "artist_credit",
+        r"\b(?:artist|photographer|author|credit|uploaded by|photo by|image by)\s*:\s*[^,;|()]{1,60}",
+        ("artist", "photographer", "author", "credit", "uploaded by", "photo by", "image by"),
+        re.compile(r":"),
+    ),
+    # "Code: 400-04986850", "MLS# 71895205", "SKU 1234567": catalogue and listing numbers (5+ digits)
+    (
+        "item_code",
+        r"(?:\b(?:mls|sku|code|item|ref|lot|id)|№)\s*(?:#|no\.?|nr\.?)?\s*[:#]?\s*[\w-]*\d{5,}[\w-]*",
+        ("mls", "sku", "code", "item", "ref", "lot", "id", "№"),
+        re.compile(r"\d{5}"),
     ),
 ]
 _PATTERNS = [(name, re.compile(pattern, re.I), substrings, gate) for name, pattern, substrings, gate in _SPANS]
@@ -192,10 +237,11 @@ def find_spans(text: str) -> list[tuple[int, int, str]]:
 
 _GENERIC_WORDS = frozenset(
     "image images photo photos photograph photographs picture pictures pic pics img foto fotos "
-    "thumbnail screenshot screenshots untitled stock file".split()
+    "thumbnail screenshot screenshots untitled stock file vector vectors illustration illustrations clipart".split()
 )
 _GENERIC_RE = re.compile(r"\b(?:" + "|".join(sorted(_GENERIC_WORDS)) + r")\b", re.I)
 _LETTER = re.compile(r"[^\W\d_]")
+_SLUG_SPLIT = re.compile(r"[\s_]+|(?<=\w)-+(?=\w)")
 _PUNCT = "\"'()[]{}<>.,;:!?-–—|/*~+&"
 # Separators left dangling once a span is gone: "Sky | Stock Foto" -> "Sky |" -> "Sky".
 _DANGLING = re.compile(r"(?:\s*[-–—|:,;/~+])+\s*$|^\s*(?:[-–—|:,;/~+]\s*)+|\(\s*\)|\[\s*\]")
@@ -225,7 +271,13 @@ _SPAN_RE2 = "|".join(
         "[#@]",  # hashtag, stock_id
         r"\((?:ap|afp|epa|reuters|getty)|reuters/",  # photo_credit
         "click|view larger|view full|loading|may contain|no title|no description|untitled|%name|available",  # ui_text
-        "royalty|stock|vetorial",  # stock_credit
+        "royalty|stock|vetorial|vector (?:image|illus|graph|clip)",  # stock_credit
+        r"\((?:photo|image|picture|foto|credit|source)",  # credit
+        r"cc[: -]*by",  # license
+        r"(?:artist|photographer|author|credit|uploaded by|photo by|image by) ?:",  # artist_credit
+        r"(?:mls|sku|code|item|ref|lot|id|№)[^a-z]{0,6}[a-z0-9-]*\d{5}",  # item_code
+        r"\d{6}$",  # stock_id: a trailing stock number
+        r"(?:photo|photograph|image|picture)s? (?:by|courtesy of) |©|copyright",  # photo_by, copyright
     ]
 )
 _GENERIC_RE2 = _GENERIC_RE.pattern  # RE2's ASCII \b never misses a boundary Python's Unicode \b sees here
@@ -241,9 +293,12 @@ def has_generic(text: str) -> bool:
 
 
 def descriptive_words(text: str) -> int:
-    """Tokens that carry description: contain a letter and are not a generic word."""
+    """Tokens that carry description: contain a letter and are not a generic word.
+
+    Slugs count word by word, as in too_short: "NWT-Polo-Sport-Ralph-Lauren-Drawstring-Bag" describes.
+    """
     count = 0
-    for token in text.split():
+    for token in _SLUG_SPLIT.split(text):
         if _LETTER.search(token) and token.strip(_PUNCT).lower() not in _GENERIC_WORDS:
             count += 1
     return count

