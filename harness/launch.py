@@ -112,23 +112,25 @@ def launch(
         "parallel": run.parallel,
         "use_gpu": gpu,
     }
-    trainer = TorchTrainer(
-        train_fn,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=run.num_workers, use_gpu=gpu, resources_per_worker=None if gpu else {"CPU": run.cpus_per_worker}
-        ),
-        run_config=ray.train.RunConfig(
-            name=run.name,
-            storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.num_to_keep),
-            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
-        ),
-        datasets=datasets,
-        dataset_config=dataset_config,
-    )
-    try:
+    try:  # from here on the run is RUNNING: any failure, even in the constructor, must end it FAILED
+        trainer = TorchTrainer(
+            train_fn,
+            train_loop_config=config,
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=run.num_workers,
+                use_gpu=gpu,
+                resources_per_worker=None if gpu else {"CPU": run.cpus_per_worker},
+            ),
+            run_config=ray.train.RunConfig(
+                name=run.name,
+                storage_path=storage_path,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.num_to_keep),
+                failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            ),
+            datasets=datasets,
+            dataset_config=dataset_config,
+        )
         result = trainer.fit()
         ckpt = result.checkpoint.path if result.checkpoint else None
         if ckpt:
