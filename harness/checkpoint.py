@@ -95,6 +95,11 @@ class CheckpointManager:
     def save(self, step: int, metrics: dict[str, Any], rank_state: dict[str, Any] | None = None) -> None:
         """Report `metrics` with a checkpoint. Collective: every rank calls it at the same step (the
         full state dicts gather under FSDP2)."""
+        shared, mine = self.collect(rank_state)
+        save_checkpoint(self.ctx, step, metrics, shared, mine)
+
+    def collect(self, rank_state: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(shared state, this rank's state) as a checkpoint stores them. Collective under FSDP2."""
         shared = {
             "model": model_state_dict(self.model),
             "optimizer": optimizer_state_dict(self.model, self.optimizer),
@@ -105,7 +110,7 @@ class CheckpointManager:
         for name, obj in (("ema", self.ema), ("schedule", self.schedule)):
             if obj is not None:
                 shared[name] = obj.state_dict()
-        save_checkpoint(self.ctx, step, metrics, shared, {"rng": rng_state(), **(rank_state or {})})
+        return shared, {"rng": rng_state(), **(rank_state or {})}
 
 
 def rank_file(rank: int) -> str:
@@ -123,11 +128,18 @@ def save_checkpoint(
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
-        if ctx.is_rank0 and shared is not None:
-            torch.save({"step": step, **shared}, os.path.join(tmp, SHARED_FILE))
-        if rank_state is not None:
-            torch.save(rank_state, os.path.join(tmp, rank_file(ctx.rank)))
+        write_checkpoint_files(tmp, ctx, step, shared, rank_state)
         ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def write_checkpoint_files(
+    directory: str, ctx: WorkerContext, step: int, shared: dict[str, Any] | None, rank_state: dict[str, Any] | None
+) -> None:
+    """This rank's files of one checkpoint: state.pt (rank 0) and rank-<r>.pt."""
+    if ctx.is_rank0 and shared is not None:
+        torch.save({"step": step, **shared}, os.path.join(directory, SHARED_FILE))
+    if rank_state is not None:
+        torch.save(rank_state, os.path.join(directory, rank_file(ctx.rank)))
 
 
 def load_checkpoint(ctx: WorkerContext) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

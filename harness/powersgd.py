@@ -40,7 +40,9 @@ class ResumablePowerSGD:
         load_powersgd_state_dict(self.state, self.pending, device=torch.device(device))
         self.pending = None
 
-    def __call__(self, state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    # No annotations: DDP compares them with dist.GradBucket / Future objects, and under
+    # `from __future__ import annotations` they would be strings and refused.
+    def comm_hook(self, state, bucket):  # -> torch.futures.Future[torch.Tensor]; DDP registers this method
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 
         if self.pending is not None:
@@ -72,5 +74,5 @@ def register_powersgd(model: torch.nn.Module, rank: int, start_iter: int, saved:
         warm_start=True,
     )
     hook = ResumablePowerSGD(state, saved)
-    model.register_comm_hook(state, hook)
+    model.register_comm_hook(state, hook.comm_hook)
     return hook

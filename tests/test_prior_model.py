@@ -49,7 +49,8 @@ def test_loss_is_weighted_and_normalised_per_modality():
     text_logits, image_logits = torch.randn(b, t - 1, vt + t), torch.randn(b, n, vi)
     out = prior_loss(text_logits, image_logits, text, image)
     # by hand: sum of per-position NLL divided by that modality's own count
-    lt = -sum(F.log_softmax(text_logits[i, j], -1)[text[i, j + 1]] for i in range(b) for j in range(t - 1)) / (b * (t - 1))
+    lt = -sum(F.log_softmax(text_logits[i, j], -1)[text[i, j + 1]]
+              for i in range(b) for j in range(t - 1)) / (b * (t - 1))
     li = -sum(F.log_softmax(image_logits[i, j], -1)[image[i, j]] for i in range(b) for j in range(n)) / (b * n)
     torch.testing.assert_close(out["loss_text"], lt)
     torch.testing.assert_close(out["loss_image"], li)
@@ -135,14 +136,15 @@ def test_flex_model_equals_sdpa_model_forward(attention):
     text = sdpa.pad_text([[3, 4, 5], [6]])
     image = torch.randint(0, sdpa.s.image_vocab, (2, sdpa.s.image_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        for a, b in zip(sdpa(text, image), flex(text, image)):
+        for a, b in zip(sdpa(text, image), flex(text, image), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def _dense_flex(q, k, v, block_mask, **_):
     """FlexAttention's semantics evaluated densely: its BlockMask's own mask_mod on every (q, k) pair."""
     idx = torch.arange(q.shape[-2])
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=block_mask.mask_mod(None, None, idx[:, None], idx[None, :]))
+    mask = block_mask.mask_mod(None, None, idx[:, None], idx[None, :])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 @pytest.mark.parametrize("attention", ["sparse", "full"])
@@ -162,7 +164,7 @@ def test_flex_model_equals_sdpa_model_gradients(attention, monkeypatch):
     image = torch.randint(0, sdpa.s.image_vocab, (2, sdpa.s.image_len), generator=torch.Generator().manual_seed(0))
     for model in (sdpa, flex):
         model.loss(text, image)["loss"].backward()
-    for (name, a), b in zip(sdpa.named_parameters(), flex.parameters()):
+    for (name, a), b in zip(sdpa.named_parameters(), flex.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
@@ -223,15 +225,15 @@ def test_kv_cache_logits_match_forward(tiny):
     text = tiny.pad_text([[7, 8]])
     image = torch.randint(0, s.image_vocab, (1, s.image_len))
     _, full = tiny(text, image)
-    caches = [{"k": torch.zeros(1, s.n_head, s.seq_len, s.head_dim), "v": torch.zeros(1, s.n_head, s.seq_len, s.head_dim)}
-              for _ in tiny.blocks]
+    caches = [{"k": torch.zeros(1, s.n_head, s.seq_len, s.head_dim),
+               "v": torch.zeros(1, s.n_head, s.seq_len, s.head_dim)} for _ in tiny.blocks]
     x = tiny.embed(text, None)
-    for block, cache in zip(tiny.blocks, caches):
+    for block, cache in zip(tiny.blocks, caches, strict=True):
         x = block(x, cache, 0)
     steps = [tiny.image_head(tiny.ln_f(x[:, -1]))]
     for i in range(1, s.image_len):
         x = tiny.embed(None, image[:, i - 1:i], image_start=i - 1)
-        for block, cache in zip(tiny.blocks, caches):
+        for block, cache in zip(tiny.blocks, caches, strict=True):
             x = block(x, cache, s.text_len + i - 1)
         steps.append(tiny.image_head(tiny.ln_f(x[:, -1])))
     torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
@@ -313,5 +315,25 @@ def test_gradient_accumulation_over_unequal_micro_batches_equals_one_large_batch
     torch.testing.assert_close(torch.tensor([got["loss"], got["loss_text"], got["loss_image"]]),
                                torch.stack([whole["loss"], whole["loss_text"], whole["loss_image"]]).detach(),
                                rtol=1e-5, atol=1e-6)
-    for p, e in zip(model.parameters(), expected):
+    for p, e in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-6)
+
+
+def test_ema_applies_its_decay_once_every_n_updates():
+    """Paper B.2: decay 0.99 once every 25 updates; here 0.5 every 3 so that each step is visible."""
+    from harness.worker import ModelEMA
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ModelEMA(model, 0.5, every=3)
+    seen = []
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+        seen.append(ema.module.weight[0, 0].item())
+    assert seen == [0.0, 0.0, 1.5, 1.5, 1.5, 3.75]  # 0.5·0 + 0.5·3, then 0.5·1.5 + 0.5·6
+    assert ModelEMA(model, 0.99).every == 1  # the default (the dVAE's) averages at every update
+    with pytest.raises(ValueError):
+        ModelEMA(model, 0.99, every=0)
+    assert OptimConfig().ema_every == 25 and OptimConfig().ema_decay == 0.99
