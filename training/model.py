@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.attention.flex_attention as _flex
 import torch.nn.functional as F
 
 from training.masks import cached_mask, flex_plan, layer_kinds, mean_keys
@@ -129,8 +130,7 @@ def flex_attend(q, k, v, plan, kernel=None):
     """FlexAttention of one layer with its FlexPlan: column layers run on the transposed image states
     (q, k, v permuted into column-major order, the output permuted back). `kernel` defaults to
     flex_attention; tests pass a dense reference to check the permutations' gradients on CPU."""
-    if kernel is None:
-        from torch.nn.attention.flex_attention import flex_attention as kernel
+    kernel = kernel or _flex.flex_attention  # looked up at call time (module attribute): tests can swap it
     if plan.order is None:
         return kernel(q, k, v, block_mask=plan.block_mask)
     y = kernel(q[:, :, plan.order], k[:, :, plan.order], v[:, :, plan.order], block_mask=plan.block_mask)
