@@ -4,6 +4,7 @@ on a real single-process gloo group: trains, and its full state dict loads into 
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -98,3 +99,16 @@ def test_fsdp2_ema_updates_local_shards_without_gathering(monkeypatch):
             torch.testing.assert_close(got[k], expected[k], msg=k)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_resume_matches_the_uninterrupted_run():
+    """2 gloo processes, FSDP2 with fp32 norms/root: 6 steps with a checkpoint after step 3; a fresh
+    pair restores it (rank 0 reads, broadcast_from_rank0 sends each rank its shard) and redoes steps
+    4-6 with the same losses. The same routine is the fsdp_resume section of bench/gpu_check.py."""
+    from bench.gpu_check import fsdp_resume
+
+    result = fsdp_resume("cpu")
+    assert result["resume"]["resumed_from"] == 3 and set(result["resume"]["losses"]) == {"4", "5", "6"}
+    assert result["ok"] and result["max_rel_diff_steps_4_6"] < 1e-5, result
+    assert result["first"]["ema_finite"] and result["resume"]["ema_finite"]
