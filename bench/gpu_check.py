@@ -209,6 +209,24 @@ def fsdp_resume(device_kind: str) -> dict:
     return result
 
 
+def encode_figures(stdout: str) -> dict:
+    """images/s of bench_encode.py's printed lines (bare loop, pipeline steady state and end to end)."""
+    import re
+
+    labels = {
+        "bare encoder loop": "bare",
+        "pipeline, steady state": "pipeline_steady",
+        "pipeline, end to end": "pipeline_e2e",
+    }
+    out = {}
+    for line in stdout.splitlines():
+        for label, key in labels.items():
+            m = re.match(rf"{re.escape(label)}\s*:\s*([0-9.]+) images/s", line)
+            if m:
+                out[f"{key}_images_per_s"] = float(m.group(1))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_check.json"))
@@ -266,8 +284,10 @@ def main() -> None:
         if name == "prior_mfu" and os.path.exists(mfu_json):
             res["figures"] = json.loads(Path(mfu_json).read_text())
             os.unlink(mfu_json)
-        if name == "encode" and not report["has_ray"]:
-            res["note"] = "Ray is not installed here: bare encoder loop only, no pipeline figure"
+        if name == "encode":
+            res["figures"] = encode_figures(res.get("stdout", ""))
+            if not report["has_ray"]:
+                res["note"] = "Ray is not installed here: bare encoder loop only, no pipeline figure"
         json_lines = [line[5:] for line in res.get("stdout", "").splitlines() if line.startswith("JSON ")]
         if json_lines:
             res["figures"] = json.loads(json_lines[-1])
