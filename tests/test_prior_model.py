@@ -337,3 +337,14 @@ def test_ema_applies_its_decay_once_every_n_updates():
     with pytest.raises(ValueError):
         ModelEMA(model, 0.99, every=0)
     assert OptimConfig().ema_every == 25 and OptimConfig().ema_decay == 0.99
+
+
+def test_attention_impl_auto_is_flex_on_gpus_and_sdpa_elsewhere():
+    from training.driver import attention_impl
+
+    assert attention_impl("auto", gpus=True, dropout=0.0) == "flex"
+    assert attention_impl("auto", gpus=False, dropout=0.0) == "sdpa"
+    assert attention_impl("auto", gpus=True, dropout=0.1) == "sdpa"  # flex has no attention dropout
+    assert attention_impl("sdpa", gpus=True, dropout=0.0) == "sdpa"
+    with pytest.raises(ValueError, match="needs GPU workers"):
+        attention_impl("flex", gpus=False, dropout=0.0)
