@@ -82,8 +82,6 @@ class TokenSource:
     def ray_datasets(self, num_workers: int) -> tuple[dict[str, Any], Any]:
         """{'train_<r>': rank r's shards, 'val': held-out shards} and the DataConfig that splits only val."""
         import ray.data
-        import ray.train
-        from ray.data import ExecutionOptions
 
         if len(self.train_files) < num_workers:
             raise ValueError(
@@ -96,10 +94,16 @@ class TokenSource:
             for r in range(num_workers)
         }
         datasets["val"] = ray.data.read_parquet(self.val_files).select_columns(cols)
-        config = ray.train.DataConfig(
-            datasets_to_split=["val"], execution_options=ExecutionOptions(preserve_order=True)
-        )
-        return datasets, config
+        return datasets, data_config()
+
+
+def data_config():
+    """Only 'val' is split across ranks (train_<r> are per rank); order preserved for exact resume.
+    Only preserve_order is set: ExecutionOptions' other knobs (exclude_resources) are deprecated."""
+    import ray.train
+    from ray.data import ExecutionOptions
+
+    return ray.train.DataConfig(datasets_to_split=["val"], execution_options=ExecutionOptions(preserve_order=True))
 
 
 class CaptionEncoder:
