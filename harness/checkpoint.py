@@ -82,7 +82,9 @@ class CheckpointManager:
             self.ema.updates = step  # the EMA cadence continues in phase with the update count
         set_rng_state(mine.get("rng"))
         saved_world, saved_print = shared.get("world_size"), shared.get("fingerprint", "")
-        if saved_world != self.ctx.world_size or saved_print != self.fingerprint:
+        # A checkpoint from before these were recorded cannot be checked: its rank files are used as
+        # they always were (a missing rank file still reads as a fresh start).
+        if saved_world is not None and (saved_world != self.ctx.world_size or saved_print != self.fingerprint):
             self.reset_reason = (
                 f"checkpoint of step {step} was written by {saved_world} ranks with data layout "
                 f"{saved_print or '?'}; now {self.ctx.world_size} ranks with {self.fingerprint or '?'}: "
