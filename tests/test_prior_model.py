@@ -348,3 +348,36 @@ def test_attention_impl_auto_is_flex_on_gpus_and_sdpa_elsewhere():
     assert attention_impl("sdpa", gpus=True, dropout=0.0) == "sdpa"
     with pytest.raises(ValueError, match="needs GPU workers"):
         attention_impl("flex", gpus=False, dropout=0.0)
+
+
+def _mask_ops_in_compiled_graphs(model, text, image) -> int:
+    """Comparison ops (what mask building is made of; the model's own forward has none) in the graphs
+    torch.compile captures for model's forward."""
+    import operator
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    for _ in range(2):
+        torch.testing.assert_close(compiled(text, image)[1], model(text, image)[1])
+    torch._dynamo.reset()
+    comparisons = (operator.le, operator.ge, operator.eq, torch.le, torch.ge)
+    return sum(n.target in comparisons for g in graphs for n in g.graph.nodes)
+
+
+def test_masks_are_built_outside_compiled_code(monkeypatch):
+    """Under torch.compile the forward fetches its masks eagerly (torch.compiler.disable), so the lru
+    caches hold and no mask is rebuilt inside the graph at every step; without it, dynamo traces
+    through the cached function and the mask-building ops land in the graph."""
+    torch.manual_seed(0)
+    model = Prior(preset("tiny"))
+    text = model.pad_text([[1, 2]])
+    image = torch.randint(0, model.s.image_vocab, (1, model.s.image_len))
+    assert _mask_ops_in_compiled_graphs(model, text, image) == 0
+    monkeypatch.setattr(Prior, "attention_masks", Prior.attention_masks.__wrapped__)  # the undecorated method
+    assert _mask_ops_in_compiled_graphs(model, text, image) > 0
