@@ -26,7 +26,10 @@ def test_fsdp2_with_activation_checkpointing_trains_and_exports_full_state():
         ema = ModelEMA(model, 0.99)
         ctx = WorkerContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), parallel="fsdp2",
                             log_every=0, run_id="")
-        model = prepare_model(model, ctx, activation_checkpointing=True)
+        from training.loop import fp32_layer_norms
+
+        # as training/loop.py wraps it: LayerNorms their own fp32 units inside the checkpointed blocks
+        model = prepare_model(model, ctx, activation_checkpointing=True, fp32_units=fp32_layer_norms, fp32_root=True)
         assert type(model).__name__.startswith("FSDP")          # fully_shard swapped the class
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         text, image = torch.randint(0, 256, (4, 8)), torch.randint(0, 16, (4, 16))
