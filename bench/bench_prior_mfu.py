@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"warm-up {r['warmup_s']:.0f} s  max mem {r['max_mem_gib']:.1f} GiB"
         )
         results["runs"].append({"attn": impl, "compiled": compiled, **r, "mfu": m})
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        if args.json:  # after every run: a later run that times out leaves the earlier figures
+            Path(args.json).write_text(json.dumps(results, indent=2))
     return results
 
 
