@@ -53,7 +53,8 @@ _EXPORTS = {
     "harness.config": ["HarnessConfig"],
     "harness.launch": ["HARNESS_KEY", "LaunchResult", "open_run", "resolve_storage"],  # launch: see above
     "harness.logger": ["AsyncRunLogger", "NullLogger"],
-    "harness.metrics": ["StepTimer", "measure_matmul_flops", "mfu", "peak_flops"],
+    "harness.metrics": ["StepTimer", "gpu_peak_bf16", "measure_matmul_flops", "mfu", "peak_flops"],
+    "harness.powersgd": ["ResumablePowerSGD", "register_powersgd"],
     "harness.worker": ["ModelEMA", "WorkerContext", "prepare_model", "unwrap", "worker_context"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -16,8 +16,18 @@ The lower-level save_checkpoint / load_checkpoint below are what it is built on.
 
 Files are plain torch.save of tensors and Python primitives, read back with weights_only=True:
 no pickled code is ever executed when resuming. Model/optimiser state dicts are full (unsharded)
-for DDP and FSDP2 alike, so a checkpoint restores on any world size; per-rank files restore only
-on the same world size (a missing rank file reads as None and that state starts fresh).
+for DDP and FSDP2 alike, so a checkpoint restores on any world size.
+
+Resume memory: files are opened with mmap (pages are read on demand and shared by the ranks of a
+node through the page cache, not copied into each process). Under FSDP2 only rank 0 reads the model
+and optimiser state; `set_*_state_dict(broadcast_from_rank0=True)` sends every other rank its own
+shard, one parameter at a time. (Saving still gathers the full state on rank 0; a sharded DCP save
+is the next step, docs/prior.md.)
+
+Per-rank state is only valid for the layout it was saved under: every checkpoint records the world
+size and a fingerprint of how the data is dealt (the caller's, e.g. a hash of each rank's shard
+list). If either differs on resume, the per-rank extras other than the RNG are dropped (the data
+position starts fresh) and `CheckpointManager.reset_reason` says why, for the trainer to log.
 """
 
 from __future__ import annotations
@@ -47,10 +57,13 @@ class CheckpointManager:
         ema: Any = None,
         schedule: Any = None,
         meta: dict[str, Any] | None = None,
+        fingerprint: str = "",
     ):
         self.ctx, self.model, self.optimizer, self.ema, self.schedule = ctx, model, optimizer, ema, schedule
         self.meta = dict(meta or {})
+        self.fingerprint = fingerprint  # how data is dealt to ranks (e.g. a hash of the shard lists)
         self.resumed = False
+        self.reset_reason = ""  # why the per-rank state was dropped on restore ("" = it was not)
 
     def restore(self) -> tuple[int, dict[str, Any]]:
         """(step, this rank's extras) of the latest checkpoint, its state loaded into the live objects;
@@ -64,22 +77,42 @@ class CheckpointManager:
         for name, obj in (("ema", self.ema), ("schedule", self.schedule)):
             if obj is not None:
                 obj.load_state_dict(shared[name])
+        step = int(shared["step"])
+        if self.ema is not None and hasattr(self.ema, "updates"):
+            self.ema.updates = step  # the EMA cadence continues in phase with the update count
         set_rng_state(mine.get("rng"))
+        saved_world, saved_print = shared.get("world_size"), shared.get("fingerprint", "")
+        # A checkpoint from before these were recorded cannot be checked: its rank files are used as
+        # they always were (a missing rank file still reads as a fresh start).
+        if saved_world is not None and (saved_world != self.ctx.world_size or saved_print != self.fingerprint):
+            self.reset_reason = (
+                f"checkpoint of step {step} was written by {saved_world} ranks with data layout "
+                f"{saved_print or '?'}; now {self.ctx.world_size} ranks with {self.fingerprint or '?'}: "
+                "per-rank state (data position, PowerSGD) starts fresh"
+            )
+            mine = {"rng": mine["rng"]} if "rng" in mine else {}
         self.resumed = True
-        return int(shared["step"]), mine
+        return step, mine
 
     def save(self, step: int, metrics: dict[str, Any], rank_state: dict[str, Any] | None = None) -> None:
         """Report `metrics` with a checkpoint. Collective: every rank calls it at the same step (the
         full state dicts gather under FSDP2)."""
+        shared, mine = self.collect(rank_state)
+        save_checkpoint(self.ctx, step, metrics, shared, mine)
+
+    def collect(self, rank_state: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(shared state, this rank's state) as a checkpoint stores them. Collective under FSDP2."""
         shared = {
             "model": model_state_dict(self.model),
             "optimizer": optimizer_state_dict(self.model, self.optimizer),
             **self.meta,
+            "world_size": self.ctx.world_size,
+            "fingerprint": self.fingerprint,
         }
         for name, obj in (("ema", self.ema), ("schedule", self.schedule)):
             if obj is not None:
                 shared[name] = obj.state_dict()
-        save_checkpoint(self.ctx, step, metrics, shared, {"rng": rng_state(), **(rank_state or {})})
+        return shared, {"rng": rng_state(), **(rank_state or {})}
 
 
 def rank_file(rank: int) -> str:
@@ -97,11 +130,18 @@ def save_checkpoint(
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
-        if ctx.is_rank0 and shared is not None:
-            torch.save({"step": step, **shared}, os.path.join(tmp, SHARED_FILE))
-        if rank_state is not None:
-            torch.save(rank_state, os.path.join(tmp, rank_file(ctx.rank)))
+        write_checkpoint_files(tmp, ctx, step, shared, rank_state)
         ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def write_checkpoint_files(
+    directory: str, ctx: WorkerContext, step: int, shared: dict[str, Any] | None, rank_state: dict[str, Any] | None
+) -> None:
+    """This rank's files of one checkpoint: state.pt (rank 0) and rank-<r>.pt."""
+    if ctx.is_rank0 and shared is not None:
+        torch.save({"step": step, **shared}, os.path.join(directory, SHARED_FILE))
+    if rank_state is not None:
+        torch.save(rank_state, os.path.join(directory, rank_file(ctx.rank)))
 
 
 def load_checkpoint(ctx: WorkerContext) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -116,9 +156,10 @@ def load_checkpoint(ctx: WorkerContext) -> tuple[dict[str, Any] | None, dict[str
 
 
 def _load(path: str) -> dict[str, Any] | None:
+    """mmap: tensors are paged in when used (and shared through the page cache), not read whole."""
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 # --- state dicts that work for plain, DDP and FSDP2 models alike ---------------------------------
@@ -150,11 +191,21 @@ def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
+def _from_rank0(model: torch.nn.Module) -> bool:
+    """Under FSDP2 on a real group, only rank 0 reads the full state; the others get their shards."""
+    import torch.distributed as dist
+
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def load_model_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     if _is_fsdp2(model):
+        import torch.distributed as dist
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        bcast = _from_rank0(model)
+        state = state if not bcast or dist.get_rank() == 0 else {}
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=bcast))
         return
     unwrap(model).load_state_dict(state)
 
@@ -172,9 +223,13 @@ def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimize
 
 def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     if _is_fsdp2(model):
+        import torch.distributed as dist
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        bcast = _from_rank0(model)
+        state = state if not bcast or dist.get_rank() == 0 else {}
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=bcast)
+        set_optimizer_state_dict(model, optimizer, state, options=options)
         return
     optimizer.load_state_dict(state)
 
@@ -203,11 +258,15 @@ def powersgd_state_dict(state: Any) -> dict[str, Any]:
     return out
 
 
-def load_powersgd_state_dict(state: Any, saved: dict[str, Any] | None) -> None:
-    """Restore error feedback, warm-start memories, iteration and RNG into a live PowerSGDState."""
+def load_powersgd_state_dict(state: Any, saved: dict[str, Any] | None, device: Any = None) -> None:
+    """Restore error feedback, warm-start memories, iteration and RNG into a live PowerSGDState.
+    Tensors go to `device` (that of the buckets they will be added to); None keeps them where they
+    were loaded. Call it only once DDP has rebuilt its buckets: see harness.powersgd.ResumablePowerSGD."""
     if not saved:
         return
     for slot, value in saved.items():
+        if device is not None and slot != "rng" and isinstance(value, dict):
+            value = {k: v.to(device) if torch.is_tensor(v) else v for k, v in value.items()}
         if slot == "rng":
             state.rng.set_state(
                 (

@@ -49,6 +49,24 @@ def use_gpu(setting: str) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def default_dataset_config() -> Any:
+    """Ray Train's default DataConfig without its deprecation warning. Ray 2.60's
+    DataConfig.default_ingest_options() (used for every dataset that has no options of its own) passes
+    DataContext's exclude_resources to ExecutionOptions(), which warns that exclude_resources is
+    deprecated. These are the same options minus that field (zero unless someone set it)."""
+    import ray.train
+    from ray.data import DataContext, ExecutionOptions
+
+    current = DataContext.get_current().execution_options
+    return ray.train.DataConfig(
+        execution_options=ExecutionOptions(
+            resource_limits=current.resource_limits,
+            preserve_order=current.preserve_order,
+            verbose_progress=current.verbose_progress,
+        )
+    )
+
+
 def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> tuple[str, bool]:
     """Create the MLflow run, or reopen the one with this name. Returns (run_id, resumed)."""
     from mlflow import MlflowClient
@@ -112,23 +130,25 @@ def launch(
         "parallel": run.parallel,
         "use_gpu": gpu,
     }
-    trainer = TorchTrainer(
-        train_fn,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=run.num_workers, use_gpu=gpu, resources_per_worker=None if gpu else {"CPU": run.cpus_per_worker}
-        ),
-        run_config=ray.train.RunConfig(
-            name=run.name,
-            storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.num_to_keep),
-            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
-        ),
-        datasets=datasets,
-        dataset_config=dataset_config,
-    )
-    try:
+    try:  # from here on the run is RUNNING: any failure, even in the constructor, must end it FAILED
+        trainer = TorchTrainer(
+            train_fn,
+            train_loop_config=config,
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=run.num_workers,
+                use_gpu=gpu,
+                resources_per_worker=None if gpu else {"CPU": run.cpus_per_worker},
+            ),
+            run_config=ray.train.RunConfig(
+                name=run.name,
+                storage_path=storage_path,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.num_to_keep),
+                failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            ),
+            datasets=datasets,
+            dataset_config=dataset_config if dataset_config is not None or not datasets else default_dataset_config(),
+        )
         result = trainer.fit()
         ckpt = result.checkpoint.path if result.checkpoint else None
         if ckpt:

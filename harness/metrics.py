@@ -7,8 +7,9 @@
         ...
     stats = timer.take(tokens=...)  # {"tokens_per_s", "data_wait_share", "step_time_s"} since last take
 
-MFU = achieved FLOP/s / peak FLOP/s, with the usual 6·N FLOPs per token for a forward+backward
-pass (plus the attention term when the caller supplies it, see training.model.flops_per_token).
+MFU = achieved FLOP/s / peak FLOP/s. The caller supplies the useful FLOPs per token of its model
+(training.model.flops_terms: matmuls of the blocks, each position's own head, attention over the keys
+the masks allow; embeddings excluded).
 """
 
 from __future__ import annotations
@@ -16,8 +17,28 @@ from __future__ import annotations
 import contextlib
 import time
 
-# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets.
-GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets. Matched in this order
+# against torch.cuda.get_device_name: the form factor matters (H100 PCIe is 756, not the SXM's 989;
+# its name says "PCIe"; the SXM part reports e.g. "NVIDIA H100 80GB HBM3").
+GPU_PEAK_BF16 = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),  # SXM and NVL share the H100 SXM's tensor cores
+    ("GH200", 989e12),
+    ("A100", 312e12),  # SXM and PCIe alike
+    ("L40S", 362e12),
+    ("A10G", 125e12),
+    ("L4", 121e12),
+)
+
+
+def gpu_peak_bf16(name: str) -> float:
+    """Data-sheet dense bf16 peak for a CUDA device name; 0.0 when the model is not in the table."""
+    for key, value in GPU_PEAK_BF16:
+        if key.lower() in name.lower():
+            return value
+    return 0.0
 
 
 class StepTimer:
@@ -70,11 +91,7 @@ def peak_flops(device: "torch.device | str", cpu_peak: float = 0.0) -> float:  #
 
     device = torch.device(device)
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_BF16.items():
-            if key in name:
-                return value
-        return 0.0
+        return gpu_peak_bf16(torch.cuda.get_device_name(device))
     return cpu_peak or measure_matmul_flops()
 
 

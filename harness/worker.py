@@ -87,9 +87,16 @@ def prepare_model(
     activation_checkpointing: bool = False,
     checkpoint_units: Callable[[torch.nn.Module], Iterable[torch.nn.Module]] | None = None,
     ddp_kwargs: dict[str, Any] | None = None,
+    fp32_units: Callable[[torch.nn.Module], Iterable[torch.nn.Module]] | None = None,
+    fp32_root: bool = False,
 ) -> torch.nn.Module:
     """Wrap `model` for data parallel training (see module docstring). Units default to the
-    model's `blocks` attribute, the transformer layers, which is where sharding and recompute pay."""
+    model's `blocks` attribute, the transformer layers, which is where sharding and recompute pay.
+
+    FSDP2 with bf16 casts every parameter of a unit to bf16 for compute. `fp32_units` (modules inside
+    the units, e.g. LayerNorms) are sharded on their own with fp32 parameters, and `fp32_root` keeps
+    the root's own parameters (embeddings, final norm, heads) in fp32: what the DALL-E paper keeps in
+    32 bits (appendix D). Both default off, which is the earlier behaviour (the dVAE relies on it)."""
     if ctx.parallel not in get_args(Parallel):  # else it would fall through to "none" and silently not shard
         raise ValueError(f"unknown parallel {ctx.parallel!r}; allowed: {', '.join(map(repr, get_args(Parallel)))}")
     units = fsdp_units or (lambda m: getattr(m, "blocks", []))
@@ -111,9 +118,12 @@ def prepare_model(
             if ctx.device.type == "cuda" and ctx.bf16
             else MixedPrecisionPolicy()
         )
+        fp32 = MixedPrecisionPolicy(reduce_dtype=torch.float32)
+        for unit in fp32_units(model) if fp32_units is not None else ():
+            fully_shard(unit, mp_policy=fp32)
         for unit in units(model):
             fully_shard(unit, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+        fully_shard(model, mp_policy=fp32 if fp32_root else mp)
         return model
     return model.to(ctx.device)
 
@@ -128,32 +138,77 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class ModelEMA:
-    """Exponential moving average of the parameters (paper B.2: decay 0.99), kept in fp32.
+    """Exponential moving average of the parameters, kept in fp32: every `every`-th call of `update`
+    does ema <- decay·ema + (1 - decay)·live (the DALL-E paper, B.2: 0.99 once every 25 updates; the
+    default every=1 averages at every call, as the dVAE trainer does).
 
-    Build it from the plain module BEFORE prepare_model, then `.to(ctx.device)`. It holds full
-    (unsharded) parameters on every rank, also under FSDP2 (simple, but memory-heavy at 12B)."""
+    Build it from the plain module BEFORE prepare_model, then `.to(ctx.device)`. `module` holds the
+    full averaged model (for sampling and checkpoints). Under FSDP2 the averaging itself works on this
+    rank's local shards only (no all-gather per update); `sync()` gathers them into `module` (a
+    collective: every rank calls it, as `state_dict` does)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: torch.nn.Module, decay: float, every: int = 1):
+        if every < 1:
+            raise ValueError(f"EMA every must be >= 1, got {every}")
+        self.decay, self.every = decay, every
+        self.updates = 0  # calls of update() so far (CheckpointManager.restore sets it to the step)
         self.module = copy.deepcopy(unwrap(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        self._shards: list[torch.Tensor] | None = None  # FSDP2: this rank's slices of module's parameters
+        self._live_meta: list[Any] = []
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        """Collective under FSDP2 (sharded parameters are gathered): every rank must call it."""
-        for ema, live in zip(self.module.parameters(), unwrap(model).parameters(), strict=True):
-            data = live.detach()
-            if hasattr(data, "full_tensor"):  # FSDP2 DTensor shard -> full parameter
-                data = data.full_tensor()
-            ema.lerp_(data.to(device=ema.device, dtype=ema.dtype), 1.0 - self.decay)
+    def update(self, model: torch.nn.Module) -> bool:
+        """Count one optimiser update; average when the cadence says so. Returns True if it averaged."""
+        self.updates += 1
+        if self.updates % self.every:
+            return False
+        live = [p.detach() for p in unwrap(model).parameters()]
+        if live and hasattr(live[0], "to_local"):  # FSDP2 DTensor parameters: average the local shards
+            if self._shards is None:
+                self._shards = self._slice_module(live)
+            ema, live = self._shards, [p.to_local() for p in live]
+        else:
+            ema = list(self.module.parameters())
+        if any(a.dtype != b.dtype or a.device != b.device for a, b in zip(ema, live, strict=True)):
+            live = [b.to(device=a.device, dtype=a.dtype) for a, b in zip(ema, live, strict=True)]
+        torch._foreach_lerp_(ema, live, 1.0 - self.decay)
+        return True
+
+    def _slice_module(self, live: list[torch.Tensor]) -> list[torch.Tensor]:
+        """This rank's shard of every full EMA parameter, cut locally (src_data_rank=None: no scatter)."""
+        from torch.distributed.tensor import distribute_tensor
+
+        self._live_meta = [(p.device_mesh, p.placements, p.shape, p.stride()) for p in live]
+        return [
+            distribute_tensor(full.detach().to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+            .to_local()
+            .clone()
+            for full, p in zip(self.module.parameters(), live, strict=True)
+        ]
+
+    @torch.no_grad()
+    def sync(self) -> torch.nn.Module:
+        """`module` with the latest average (gathers the FSDP2 shards: collective). Returns module."""
+        if self._shards is not None:
+            from torch.distributed.tensor import DTensor
+
+            for full, shard, (mesh, placements, shape, stride) in zip(
+                self.module.parameters(), self._shards, self._live_meta, strict=True
+            ):
+                gathered = DTensor.from_local(shard, mesh, placements, shape=shape, stride=stride).full_tensor()
+                full.copy_(gathered.to(full.device))
+        return self.module
 
     def to(self, device: torch.device) -> "ModelEMA":
         self.module.to(device)
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return self.module.state_dict()
+        """The averaged model's state dict (collective under FSDP2, see sync)."""
+        return self.sync().state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state)
+        self._shards = None  # re-cut from the loaded module at the next update

@@ -61,7 +61,8 @@ def test_literal_defaults_are_allowed_and_listed_in_help(cls):
 REFUSALS = [
     (PriorTrainConfig, ["--run.parallel", "fsdp"], "run.parallel", "'ddp', 'fsdp2', 'none'"),
     (PriorTrainConfig, ["--model.attention", "Full"], "model.attention", "'sparse', 'full'"),
-    (PriorTrainConfig, ["--model.attn_impl", "flash"], "model.attn_impl", "'sdpa', 'flex'"),
+    (PriorTrainConfig, ["--model.attn_impl", "flash"], "model.attn_impl", "'auto', 'sdpa', 'flex'"),
+    (PriorTrainConfig, ["--model.compile", "yes"], "model.compile", "'auto', 'true', 'false'"),
     (PriorTrainConfig, ["--model.preset", "13b"], "model.preset", "'tiny', 'demo', '1b', '12b'"),
     (EncodeConfig, ["--run.amp_dtype", "bf16"], "run.amp_dtype", "'bfloat16', 'float16', 'float32'"),
     (EncodeConfig, ["--run.resample", "Lanczos3"], "run.resample", "'lanczos', 'bicubic', 'bilinear', 'box'"),
@@ -136,7 +137,7 @@ def test_literals_match_what_the_code_dispatches_on():
 
     assert allowed(ModelConfig, "preset") == set(PRESETS)
     assert allowed(ModelConfig, "attention") == set(ATTENTIONS)
-    assert allowed(ModelConfig, "attn_impl") == set(ATTN_IMPLS)
+    assert allowed(ModelConfig, "attn_impl") == set(ATTN_IMPLS) | {"auto"}  # auto: resolved by the driver
     assert allowed(DVAEModelConfig, "preset") == set(DVAE_PRESETS)
     assert allowed(EncodeRunConfig, "amp_dtype") == set(AMP_DTYPES)
     assert allowed(EncodeRunConfig, "resample") == set(FILTERS)

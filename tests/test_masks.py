@@ -165,21 +165,48 @@ def test_sdpa_with_cached_mask_equals_dense_attention(kind):
 
 
 @pytest.mark.parametrize("kind", ["row", "column", "conv"])
-def test_flex_block_mask_equals_dense_attention(kind):
+def test_flex_plan_equals_dense_attention(kind):
     """FlexAttention (attn_impl="flex") against the loop reference, over a prefix shorter than the
-    whole sequence, as in training (the last image token is input only). CPU torch runs flex's
-    forward only (no backward), unfused; the GPU path compiles the same mask_mod."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    from training.masks import flex_block_mask
+    whole sequence, as in training (the last image token is input only); column layers run on the
+    transposed image states. CPU torch runs flex's forward only (no backward), unfused; the GPU path
+    compiles the same mask_mod."""
+    from training.masks import flex_plan
+    from training.model import flex_attend
 
     torch.manual_seed(0)
     text_len, gh, gw, kernel = 5, 6, 6, 5
     n = text_len + gh * gw - 1
     q, k, v = (torch.randn(2, 3, n, 8) for _ in range(3))
-    block_mask = flex_block_mask(kind, text_len, gh, gw, kernel, "cpu", length=n)
-    assert block_mask.seq_lengths == (n, n)
-    out = flex_attention(q, k, v, block_mask=block_mask)
+    plan = flex_plan(kind, text_len, gh, gw, kernel, "cpu", length=n)
+    assert plan is flex_plan(kind, text_len, gh, gw, kernel, "cpu", length=n)  # one per kind and length
+    assert plan.block_mask.seq_lengths == (n, n)
+    out = flex_attend(q, k, v, plan)
     ref_mask = reference_mask(kind, text_len, gh, gw, kernel)[:n, :n]
     dense = ((q @ k.transpose(-1, -2)) / 8**0.5).masked_fill(~ref_mask, float("-inf")).softmax(-1) @ v
     torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_column_order_is_column_major_and_a_prefix_maps_onto_a_prefix():
+    from training.masks import column_order
+
+    # text 2, grid 2x3: raster image positions 2..7 = (r, c) row-major; column-major = c0: 2, 5; c1: 3, 6; ...
+    assert column_order(2, 2, 3).tolist() == [0, 1, 2, 5, 3, 6, 4, 7]
+    assert column_order(2, 2, 3, length=7).tolist() == [0, 1, 2, 5, 3, 6, 4]  # training: last token dropped
+
+
+def test_transposed_column_layers_skip_blocks_like_row_layers():
+    """In raster order a column layer's mask touches every block under the diagonal; on transposed
+    image states it is block-diagonal. At the paper's shape (text 256, 32x32, 128-wide blocks) the
+    column plan must compute no more blocks than the row plan does."""
+    from training.masks import flex_plan
+
+    n = 256 + 32 * 32 - 1
+
+    def computed_blocks(plan):
+        bm = plan.block_mask
+        return int(bm.kv_num_blocks.sum() + (bm.full_kv_num_blocks.sum() if bm.full_kv_num_blocks is not None else 0))
+
+    column = computed_blocks(flex_plan("column", 256, 32, 32, 11, "cpu", n))
+    row = computed_blocks(flex_plan("row", 256, 32, 32, 11, "cpu", n))
+    causal_blocks = sum(range(1, (n + 127) // 128 + 1))
+    assert column <= row < causal_blocks, (column, row, causal_blocks)

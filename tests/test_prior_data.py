@@ -63,3 +63,25 @@ def test_first_batch_ahead_keeps_order_and_overlaps():
 
     with pytest.raises(OSError):
         list(FirstBatchAhead(broken()))
+
+
+def test_ray_data_calls_use_no_deprecated_api(source):
+    """Ray 2.60 deprecates a function as iter_torch_batches' collate_fn (a NumpyBatchCollateFn class is
+    the replacement) and ExecutionOptions.exclude_resources: this project's calls use neither."""
+    import warnings
+
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    from harness.launch import default_dataset_config
+    from training.data import collate, data_config
+
+    fn = collate(CaptionEncoder(source.tokenizer_json, 8, source.text_vocab()), 16)
+    assert isinstance(fn, NumpyBatchCollateFn)  # what iter_torch_batches checks before warning
+    from ray.data import DataContext
+
+    DataContext.get_current()  # creating Ray's own context warns about its own deprecated fields: not ours
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = data_config()
+        default = default_dataset_config()  # what harness.launch gives trainers without a DataConfig (the dVAE)
+    assert config._datasets_to_split == ["val"] and default._datasets_to_split == "all"

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import OptimConfig
-from training.model import IMAGE_LOSS_WEIGHT, TEXT_LOSS_WEIGHT, Prior, count_params, prior_loss
+from training.model import IMAGE_LOSS_WEIGHT, TEXT_LOSS_WEIGHT, Prior, count_params, pad_text_ids, prior_loss
 from training.optim import WarmupPlateauSchedule, make_optimizer, param_groups
 from training.presets import preset
 
@@ -44,9 +44,9 @@ def test_restricted_logits_shapes(tiny):
 def test_loss_is_weighted_and_normalised_per_modality():
     torch.manual_seed(1)
     b, t, n, vt, vi = 3, 5, 7, 11, 4
-    text = torch.randint(0, vt, (b, t))
+    text = torch.randint(0, vt, (b, t))  # no padding: every text target counts
     image = torch.randint(0, vi, (b, n))
-    text_logits, image_logits = torch.randn(b, t - 1, vt), torch.randn(b, n, vi)
+    text_logits, image_logits = torch.randn(b, t - 1, vt + t), torch.randn(b, n, vi)
     out = prior_loss(text_logits, image_logits, text, image)
     # by hand: sum of per-position NLL divided by that modality's own count
     lt = -sum(F.log_softmax(text_logits[i, j], -1)[text[i, j + 1]] for i in range(b) for j in range(t - 1)) / (
@@ -57,6 +57,49 @@ def test_loss_is_weighted_and_normalised_per_modality():
     torch.testing.assert_close(out["loss_image"], li)
     torch.testing.assert_close(out["loss"], lt / 8 + 7 * li / 8)
     assert (TEXT_LOSS_WEIGHT, IMAGE_LOSS_WEIGHT) == (1 / 8, 7 / 8)
+
+
+def test_pad_after_pad_targets_are_ignored_and_the_first_pad_is_kept():
+    torch.manual_seed(2)
+    t, vt, vi, n = 6, 10, 4, 5
+    text = pad_text_ids([[3, 4], [1, 2, 3, 4, 5, 6]], t, vt)  # caption 1 ends after 2 tokens; caption 2 fills all
+    image = torch.randint(0, vi, (2, n))
+    text_logits, image_logits = torch.randn(2, t - 1, vt + t), torch.randn(2, n, vi)
+    out = prior_loss(text_logits, image_logits, text, image)
+    # targets of caption 1: token 4, then the FIRST pad (where the caption ends); pad->pad after that
+    # are no targets. Caption 2: all 5 targets.
+    kept = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4)]
+    nll = [-F.log_softmax(text_logits[i, j], -1)[text[i, j + 1]] for i, j in kept]
+    torch.testing.assert_close(out["loss_text"], sum(nll) / len(kept))
+    assert out["sums"][1].item() == len(kept) and out["sums"][3].item() == 2 * n
+    # changing the logits of a pad->pad position changes nothing
+    other = text_logits.clone()
+    other[0, 3] += 5.0
+    torch.testing.assert_close(prior_loss(other, image_logits, text, image)["loss"], out["loss"])
+
+
+def test_logits_are_fp32_under_bf16_autocast(tiny):
+    """Appendix D: the heads compute and keep logits in fp32 even inside a 16-bit autocast region."""
+    text = tiny.pad_text([[1, 2]])
+    image = torch.randint(0, tiny.s.image_vocab, (1, tiny.s.image_len))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        text_logits, image_logits = tiny(text, image)
+        h = tiny.hidden(text, image[:, :-1])
+    assert text_logits.dtype == image_logits.dtype == torch.float32
+    assert h.dtype == torch.bfloat16 or h.dtype == torch.float32  # the blocks may run in bf16
+    torch.testing.assert_close(image_logits, h[:, tiny.s.text_len - 1 :].float() @ tiny.image_head.weight.T)
+
+
+def test_residual_projections_are_scaled_by_depth():
+    torch.manual_seed(0)
+    s = preset("demo")
+    scaled, plain = Prior(s), Prior(preset("demo", scaled_residual_init=False))
+    expected = 0.02 / math.sqrt(2 * s.n_layer)
+    for block in scaled.blocks:
+        for proj in (block.attn.proj, block.mlp[2]):
+            assert abs(proj.weight.std().item() - expected) < 0.1 * expected
+    assert abs(plain.blocks[0].attn.proj.weight.std().item() - 0.02) < 0.002
+    assert abs(scaled.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.002  # other matrices unchanged
 
 
 def test_untrained_loss_is_near_uniform(tiny):
@@ -81,16 +124,101 @@ def test_image_tokens_are_causal(tiny):
     assert not torch.allclose(a[:, j + 1 :], b[:, j + 1 :])
 
 
-def test_flex_attention_model_equals_sdpa_model(tiny):
-    """The whole model with attn_impl="flex" gives the SDPA model's logits (forward: CPU torch has no
-    FlexAttention backward; training with flex is a GPU path, refused on CPU by the training loop)."""
-    flex = Prior(preset("tiny", attn_impl="flex")).eval()
-    flex.load_state_dict(tiny.state_dict())
-    text = tiny.pad_text([[3, 4, 5], [6]])
-    image = torch.randint(0, tiny.s.image_vocab, (2, tiny.s.image_len), generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("attention", ["sparse", "full"])
+def test_flex_model_equals_sdpa_model_forward(attention):
+    """attn_impl="flex" (FlexAttention's own CPU forward; column layers on transposed image states)
+    gives the SDPA model's logits for every layer kind: row, column, conv (sparse) and full."""
+    torch.manual_seed(0)
+    sdpa = Prior(preset("tiny", attention=attention)).eval()
+    flex = Prior(preset("tiny", attention=attention, attn_impl="flex")).eval()
+    flex.load_state_dict(sdpa.state_dict())
+    kinds = {b.attn.kind for b in sdpa.blocks}
+    assert kinds == ({"row", "column", "conv"} if attention == "sparse" else {"full"})
+    text = sdpa.pad_text([[3, 4, 5], [6]])
+    image = torch.randint(0, sdpa.s.image_vocab, (2, sdpa.s.image_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        for a, b in zip(tiny(text, image), flex(text, image), strict=True):
+        for a, b in zip(sdpa(text, image), flex(text, image), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _dense_flex(q, k, v, block_mask, **_):
+    """FlexAttention's semantics evaluated densely: its BlockMask's own mask_mod on every (q, k) pair."""
+    idx = torch.arange(q.shape[-2])
+    mask = block_mask.mask_mod(None, None, idx[:, None], idx[None, :])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("attention", ["sparse", "full"])
+def test_flex_model_equals_sdpa_model_gradients(attention, monkeypatch):
+    """Gradients of the flex path for every layer kind. CPU torch 2.13 has no FlexAttention backward
+    (eager or compiled), so the fused kernel is replaced by a dense evaluation of the same BlockMask's
+    mask_mod: this checks everything of the flex path but the GPU kernel itself (the block masks, the
+    transposition of column layers and its inverse, the model wiring) in forward AND backward."""
+    import torch.nn.attention.flex_attention as fa
+
+    monkeypatch.setattr(fa, "flex_attention", _dense_flex)
+    torch.manual_seed(0)
+    sdpa = Prior(preset("tiny", attention=attention))
+    flex = Prior(preset("tiny", attention=attention, attn_impl="flex"))
+    flex.load_state_dict(sdpa.state_dict())
+    text = sdpa.pad_text([[3, 4, 5], [6]])
+    image = torch.randint(0, sdpa.s.image_vocab, (2, sdpa.s.image_len), generator=torch.Generator().manual_seed(0))
+    for model in (sdpa, flex):
+        model.loss(text, image)["loss"].backward()
+    for (name, a), b in zip(sdpa.named_parameters(), flex.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_flex_refuses_attention_dropout():
+    with pytest.raises(ValueError, match="FlexAttention has no attention dropout"):
+        preset("tiny", attn_impl="flex", dropout=0.1)
+
+
+def test_flops_terms_against_a_hand_count():
+    """2 layers (row, then conv), d = 4, text 2, grid 2x2, kernel 3, vocab 5 + 3: n = 5 positions fed.
+    Keys per query (text 1, 2; image 3, 4, 5 for both kinds, worked out from Fig. 11's rules) = 15 / 5 = 3."""
+    from training.model import flops_per_token, flops_terms
+
+    s = preset(
+        "tiny",
+        n_layer=2,
+        n_head=1,
+        head_dim=4,
+        text_len=2,
+        grid_h=2,
+        grid_w=2,
+        text_vocab=5,
+        image_vocab=3,
+        conv_kernel=3,
+    )
+    d, n = 4, 5
+    blocks = 2 * n * 2 * (4 * d * d + 2 * 4 * d * d)  # 2 layers of qkv+proj (4d²) and MLP (8d²)
+    heads = 2 * d * (1 * (5 + 2) + 4 * 3)  # 1 text position -> 7 logits, 4 image -> 3
+    attention = 2 * 4 * d * n * 3  # 2 layers, QKᵀ + AV, 3 keys per query
+    terms = flops_terms(s)
+    assert terms == {
+        "blocks": 3 * blocks,
+        "heads": 3 * heads,
+        "attention": 3 * attention,
+        "total": 3 * (blocks + heads + attention),
+    }
+    assert flops_per_token(s) == terms["total"] / s.seq_len
+    # embeddings are not in it: a bigger text vocabulary changes only the text head's term
+    bigger = flops_terms(
+        preset(
+            "tiny",
+            n_layer=2,
+            n_head=1,
+            head_dim=4,
+            text_len=2,
+            grid_h=2,
+            grid_w=2,
+            text_vocab=50,
+            image_vocab=3,
+            conv_kernel=3,
+        )
+    )
+    assert bigger["total"] - terms["total"] == 3 * 2 * d * 1 * 45
 
 
 def test_paper_12b_preset_on_meta_device():
@@ -160,12 +288,12 @@ def test_warmup_then_halving_on_plateau_at_most_max_times():
         lrs.append(sched.apply())
         sched.step()
     assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0]
-    assert not sched.validated(2.0)  # improvement from inf
-    assert sched.validated(2.0)  # plateau -> halve
+    assert not sched.observe(2.0)  # improvement from inf
+    assert sched.observe(2.0)  # plateau -> halve
     assert sched.apply() == 0.5
-    assert not sched.validated(1.0)  # real improvement: no halving
-    assert sched.validated(1.0) and sched.apply() == 0.25
-    assert not sched.validated(1.0) and not sched.validated(1.0)  # at most max_halvings
+    assert not sched.observe(1.0)  # real improvement: no halving
+    assert sched.observe(1.0) and sched.apply() == 0.25
+    assert not sched.observe(1.0) and not sched.observe(1.0)  # at most max_halvings
     assert sched.apply() == 0.25
     restored = WarmupPlateauSchedule(make_optimizer(model, cfg), cfg)
     restored.load_state_dict(sched.state_dict())
@@ -183,24 +311,24 @@ def test_configs_load_and_every_field_is_documented(name):
         assert help_text.strip(), f"{field} has no documentation"
 
 
-def test_gradient_accumulation_equals_one_large_batch():
-    """grad_accum = 2 micro-batches of 3 gives the gradients and losses of one batch of 6."""
+def test_gradient_accumulation_over_unequal_micro_batches_equals_one_large_batch():
+    """grad_accum = 2 micro-batches whose captions (real text targets) differ a lot in length: the
+    update normalises by the real target count of BOTH micro-batches, so gradients and losses are
+    those of one batch of 6 (with per-micro-batch means, the short-caption batch would weigh more)."""
     import contextlib
 
     from harness.metrics import StepTimer
     from training.loop import accumulate_gradients
+    from training.model import losses_from_sums
 
     torch.manual_seed(0)
     model = Prior(preset("tiny"))
     s = model.s
     g = torch.Generator().manual_seed(1)
-    text = model.pad_text(
-        [
-            torch.randint(0, s.text_vocab, (int(n),), generator=g).tolist()
-            for n in torch.randint(1, s.text_len + 1, (6,), generator=g)
-        ]
-    )
+    lengths = [1, 1, 2, 7, 8, 8]  # micro-batch 1: short captions, micro-batch 2: long ones
+    text = model.pad_text([torch.randint(0, s.text_vocab, (n,), generator=g).tolist() for n in lengths])
     image = torch.randint(0, s.image_vocab, (6, s.image_len), generator=g)
+    assert model.pad_text([[1]]).shape[1] == 8 and lengths[0] < lengths[-1]
 
     whole = prior_loss(*model(text, image), text, image)
     whole["loss"].backward()
@@ -209,15 +337,89 @@ def test_gradient_accumulation_equals_one_large_batch():
 
     micro = iter([{"text": text[:3], "image": image[:3]}, {"text": text[3:], "image": image[3:]}])
     seen = []
-    losses = accumulate_gradients(
-        model, micro, 2, None, contextlib.nullcontext, StepTimer(), "cpu", s.seq_len, on_batch=seen.append
+    sums = accumulate_gradients(
+        model,
+        micro,
+        2,
+        None,
+        contextlib.nullcontext,
+        StepTimer(),
+        "cpu",
+        s.seq_len,
+        on_batch=seen.append,
+        text_vocab=s.text_vocab,
     )
     assert len(seen) == 2
+    got = losses_from_sums(sums.tolist())
     torch.testing.assert_close(
-        torch.tensor(losses),
+        torch.tensor([got["loss"], got["loss_text"], got["loss_image"]]),
         torch.stack([whole["loss"], whole["loss_text"], whole["loss_image"]]).detach(),
         rtol=1e-5,
         atol=1e-6,
     )
     for p, e in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-6)
+
+
+def test_ema_applies_its_decay_once_every_n_updates():
+    """Paper B.2: decay 0.99 once every 25 updates; here 0.5 every 3 so that each step is visible."""
+    from harness.worker import ModelEMA
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ModelEMA(model, 0.5, every=3)
+    seen = []
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+        seen.append(ema.module.weight[0, 0].item())
+    assert seen == [0.0, 0.0, 1.5, 1.5, 1.5, 3.75]  # 0.5·0 + 0.5·3, then 0.5·1.5 + 0.5·6
+    assert ModelEMA(model, 0.99).every == 1  # the default (the dVAE's) averages at every update
+    with pytest.raises(ValueError):
+        ModelEMA(model, 0.99, every=0)
+    assert OptimConfig().ema_every == 25 and OptimConfig().ema_decay == 0.99
+
+
+def test_attention_impl_auto_is_flex_on_gpus_and_sdpa_elsewhere():
+    from training.driver import attention_impl
+
+    assert attention_impl("auto", gpus=True, dropout=0.0) == "flex"
+    assert attention_impl("auto", gpus=False, dropout=0.0) == "sdpa"
+    assert attention_impl("auto", gpus=True, dropout=0.1) == "sdpa"  # flex has no attention dropout
+    assert attention_impl("sdpa", gpus=True, dropout=0.0) == "sdpa"
+    with pytest.raises(ValueError, match="needs GPU workers"):
+        attention_impl("flex", gpus=False, dropout=0.0)
+
+
+def _mask_ops_in_compiled_graphs(model, text, image) -> int:
+    """Comparison ops (what mask building is made of; the model's own forward has none) in the graphs
+    torch.compile captures for model's forward."""
+    import operator
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    for _ in range(2):
+        torch.testing.assert_close(compiled(text, image)[1], model(text, image)[1])
+    torch._dynamo.reset()
+    comparisons = (operator.le, operator.ge, operator.eq, torch.le, torch.ge)
+    return sum(n.target in comparisons for g in graphs for n in g.graph.nodes)
+
+
+def test_masks_are_built_outside_compiled_code(monkeypatch):
+    """Under torch.compile the forward fetches its masks eagerly (torch.compiler.disable), so the lru
+    caches hold and no mask is rebuilt inside the graph at every step; without it, dynamo traces
+    through the cached function and the mask-building ops land in the graph."""
+    torch.manual_seed(0)
+    model = Prior(preset("tiny"))
+    text = model.pad_text([[1, 2]])
+    image = torch.randint(0, model.s.image_vocab, (1, model.s.image_len))
+    assert _mask_ops_in_compiled_graphs(model, text, image) == 0
+    monkeypatch.setattr(Prior, "attention_masks", Prior.attention_masks.__wrapped__)  # the undecorated method
+    assert _mask_ops_in_compiled_graphs(model, text, image) > 0

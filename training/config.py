@@ -26,14 +26,16 @@ class ModelConfig:
     attention: Literal["sparse", "full"] = doc(
         "sparse", "'sparse' = the paper's row/column/conv layer pattern; 'full' = causal everywhere."
     )
-    attn_impl: Literal["sdpa", "flex"] = doc(
-        "sdpa",
-        "'sdpa' = scaled_dot_product_attention with masks cached "
-        "once per shape (works everywhere); 'flex' = FlexAttention "
-        "block masks, which skip masked blocks (GPU only: torch has "
-        "no FlexAttention backward on CPU; set compile).",
+    attn_impl: Literal["auto", "sdpa", "flex"] = doc(
+        "auto",
+        "'auto' = flex on GPU clusters, sdpa otherwise; 'sdpa' = scaled_dot_product_attention with "
+        "boolean masks cached once per shape (works everywhere, but a mask rules out FlashAttention: "
+        "every score is computed); 'flex' = FlexAttention block masks that skip masked blocks, column "
+        "layers on transposed image states (GPU only: torch has no FlexAttention backward on CPU).",
     )
-    compile: bool = doc(False, "torch.compile the training forward (GPU; FlexAttention is slow uncompiled).")
+    compile: Literal["auto", "true", "false"] = doc(
+        "auto", "torch.compile the training forward: 'auto' = on CUDA devices (FlexAttention is slow uncompiled)."
+    )
     conv_kernel: int = doc(0, "Override the conv attention window K (0 = keep; paper: 11).")
     dropout: float = doc(0.0, "Residual/attention dropout (the paper uses none).")
 
@@ -58,10 +60,13 @@ class OptimConfig:
     eps: float = doc(1e-8, "AdamW epsilon.")
     weight_decay: float = doc(4.5e-2, "Decoupled weight decay, not applied to gains, biases or embeddings.")
     grad_clip: float = doc(4.0, "Gradient-norm clipping threshold (paper: 4).")
-    plateau_patience: int = doc(2, "Validations without improvement (after warmup) before the lr is halved.")
-    plateau_threshold: float = doc(1e-3, "Relative improvement of the validation loss that counts as progress.")
+    plateau_patience: int = doc(
+        2, "Windows of val_every updates without training-loss improvement (after warmup) before the lr is halved."
+    )
+    plateau_threshold: float = doc(1e-3, "Relative improvement of the window's training loss that counts as progress.")
     max_halvings: int = doc(5, "The lr is halved at most this many times (paper: 5).")
     ema_decay: float = doc(0.99, "Parameter EMA decay (paper: 0.99). Samples are drawn from the EMA model.")
+    ema_every: int = doc(25, "Apply the EMA decay once every N updates (paper B.2: 25, a window of ~2,500 updates).")
     grad_accum: int = doc(1, "Micro-batches per optimiser update (gradient accumulation).")
     bf16: bool = doc(True, "bf16 autocast on GPU (ignored on CPU).")
     powersgd: bool = doc(
@@ -77,7 +82,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = doc(1000, "Optimiser updates in total (a resumed run continues up to this).")
-    val_every: int = doc(200, "Validate (and step the plateau schedule) every N updates.")
+    val_every: int = doc(200, "Validate, and check the training loss for a plateau, every N updates.")
     val_batches: int = doc(8, "Batches per worker per validation (0 = the whole validation split).")
     checkpoint_every: int = doc(200, "Checkpoint every N updates (and always at the end).")
     sample_every: int = doc(500, "Log a PNG grid of samples every N updates (0 = only at the end).")

@@ -27,6 +27,11 @@ from common import storage
 from common.schemas import TOKEN_META_DVAE_SHA256, TOKEN_META_GRID, TOKEN_META_VOCAB, parse_grid
 from training.model import pad_text_ids
 
+try:  # Ray Data's collate interface (a function collate_fn is deprecated in Ray 2.60)
+    from ray.data.collate_fn import NumpyBatchCollateFn
+except ImportError:  # the GPU bench image has no Ray; nothing there iterates Ray Data
+    NumpyBatchCollateFn = object
+
 
 @dataclass
 class TokenSource:
@@ -61,6 +66,14 @@ class TokenSource:
             manifest=manifest,
         )
 
+    def layout_fingerprint(self, num_workers: int) -> str:
+        """Hash of which shards each rank reads (shards are dealt by file, rank::num_workers): a data
+        position saved under one layout means nothing under another (harness.checkpoint)."""
+        import hashlib
+
+        dealt = [[f.rsplit("/", 1)[-1] for f in self.train_files[r::num_workers]] for r in range(num_workers)]
+        return hashlib.sha256(json.dumps(dealt).encode()).hexdigest()[:16]
+
     def text_vocab(self) -> int:
         from tokenizers import Tokenizer
 
@@ -69,8 +82,6 @@ class TokenSource:
     def ray_datasets(self, num_workers: int) -> tuple[dict[str, Any], Any]:
         """{'train_<r>': rank r's shards, 'val': held-out shards} and the DataConfig that splits only val."""
         import ray.data
-        import ray.train
-        from ray.data import ExecutionOptions
 
         if len(self.train_files) < num_workers:
             raise ValueError(
@@ -83,10 +94,16 @@ class TokenSource:
             for r in range(num_workers)
         }
         datasets["val"] = ray.data.read_parquet(self.val_files).select_columns(cols)
-        config = ray.train.DataConfig(
-            datasets_to_split=["val"], execution_options=ExecutionOptions(preserve_order=True)
-        )
-        return datasets, config
+        return datasets, data_config()
+
+
+def data_config():
+    """Only 'val' is split across ranks (train_<r> are per rank); order preserved for exact resume.
+    Only preserve_order is set: ExecutionOptions' other knobs (exclude_resources) are deprecated."""
+    import ray.train
+    from ray.data import ExecutionOptions
+
+    return ray.train.DataConfig(datasets_to_split=["val"], execution_options=ExecutionOptions(preserve_order=True))
 
 
 class CaptionEncoder:
@@ -108,17 +125,22 @@ class CaptionEncoder:
         return pad_text_ids(ids, self.text_len, self.text_vocab)
 
 
-def collate(encoder: CaptionEncoder, image_len: int):
-    """Ray Data collate_fn: numpy batch -> {'text', 'image', 'keys'}. Runs in Ray Data's prefetch
-    threads, so BPE encoding overlaps the training step."""
+class collate(NumpyBatchCollateFn):  # noqa: N801 - used like the function it replaced
+    """Ray Data collate: numpy batch -> {'text', 'image', 'keys'}. Runs in Ray Data's prefetch
+    threads, so BPE encoding (and, for GPU workers, pinning) overlaps the training step; pinned host
+    tensors let the loop copy them to the GPU with non_blocking=True."""
 
-    def fn(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def __init__(self, encoder: CaptionEncoder, image_len: int, pin: bool = False):
+        self.encoder, self.image_len, self.pin = encoder, image_len, pin
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         tokens = batch["image_tokens"]
         image = np.stack(tokens) if tokens.dtype == object else np.asarray(tokens)
-        image = torch.from_numpy(image.reshape(len(image), image_len).astype(np.int64))
-        return {"text": encoder(list(batch["caption"])), "image": image, "keys": [str(k) for k in batch["key"]]}
-
-    return fn
+        image = torch.from_numpy(image.reshape(len(image), self.image_len).astype(np.int64))
+        text = self.encoder(list(batch["caption"]))
+        if self.pin:
+            text, image = text.pin_memory(), image.pin_memory()
+        return {"text": text, "image": image, "keys": [str(k) for k in batch["key"]]}
 
 
 def epoch_batches(

@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 from common.config import flatten, to_dict
 from common.ray_cluster import init_ray
-from harness.launch import LaunchResult, launch, resolve_storage
+from harness.launch import LaunchResult, launch, resolve_storage, use_gpu
 from training.config import PriorTrainConfig
 from training.data import TokenSource
 from training.loop import train_fn
@@ -18,7 +18,20 @@ from training.model import PriorShape
 from training.presets import preset
 
 
-def model_shape(cfg: PriorTrainConfig, source: TokenSource) -> PriorShape:
+def attention_impl(setting: str, gpus: bool, dropout: float) -> str:
+    """model.attn_impl with 'auto' resolved: FlexAttention on GPU workers (it needs no dropout),
+    SDPA otherwise. 'flex' on a cluster without GPUs is refused: CPU torch has no flex backward."""
+    if setting == "flex" and not gpus:
+        raise ValueError(
+            "model.attn_impl = 'flex' needs GPU workers (torch has no FlexAttention backward on "
+            "CPU); use 'sdpa' or 'auto' on this cluster"
+        )
+    if setting == "auto":
+        return "flex" if gpus and dropout == 0 else "sdpa"
+    return setting
+
+
+def model_shape(cfg: PriorTrainConfig, source: TokenSource, attn_impl: str = "sdpa") -> PriorShape:
     """The preset, with the CLI/TOML overrides, and the grid and vocabularies the data dictates."""
     m = cfg.model
     return preset(
@@ -29,7 +42,7 @@ def model_shape(cfg: PriorTrainConfig, source: TokenSource) -> PriorShape:
         text_len=m.text_len or None,
         conv_kernel=m.conv_kernel or None,
         attention=m.attention,
-        attn_impl=m.attn_impl,
+        attn_impl=attn_impl,
         dropout=m.dropout,
         grid_h=source.grid_h,
         grid_w=source.grid_w,
@@ -50,13 +63,10 @@ def train(cfg: PriorTrainConfig) -> LaunchResult:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    if cfg.model.attn_impl == "flex" and not ray.cluster_resources().get("GPU"):
-        raise ValueError(
-            "model.attn_impl = 'flex' needs GPU workers (torch has no FlexAttention backward on "
-            "CPU); use 'sdpa' on this cluster"
-        )
+    gpus = use_gpu(cfg.run.use_gpu)
+    impl = attention_impl(cfg.model.attn_impl, gpus, cfg.model.dropout)
     source = TokenSource.open(cfg.data.tokens, cfg.data.val_shards)
-    shape = model_shape(cfg, source)
+    shape = model_shape(cfg, source, impl)
     datasets, data_config = source.ray_datasets(cfg.run.num_workers)
     manifest = json.dumps(source.manifest, sort_keys=True).encode()
     tags = {
@@ -76,6 +86,7 @@ def train(cfg: PriorTrainConfig) -> LaunchResult:
         "cfg": to_dict(cfg),
         "shape": asdict(shape),
         "tokenizer_json": source.tokenizer_json,
+        "data_fingerprint": source.layout_fingerprint(cfg.run.num_workers),
         "storage_path": resolve_storage(cfg.run.storage_path),
     }
     return launch(

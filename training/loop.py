@@ -1,9 +1,10 @@
 """The training loop that runs on every Ray Train worker, top to bottom (see docs/prior.md).
 
-build model -> wrap (DDP/FSDP2, optional PowerSGD) -> restore checkpoint -> loop:
-    accumulate grad_accum micro-batches -> clip -> AdamW -> EMA -> schedule
-    every log_every: metrics to MLflow (rank 0, async)
-    every val_every: validation loss (all ranks, all-reduced) -> plateau schedule
+build model -> wrap (DDP/FSDP2) -> restore checkpoint -> optional PowerSGD -> loop:
+    accumulate grad_accum micro-batches (loss normalised by the update's real target counts over
+        every micro-batch and rank) -> clip -> AdamW -> EMA (every ema_every updates) -> schedule
+    every log_every: metrics to MLflow (rank 0, async; the only host sync of the step)
+    every val_every: validation loss (all ranks, all-reduced); plateau check on the training loss
     every sample_every: PNG grid of samples from the EMA model (rank 0)
     every checkpoint_every and at the end: checkpoint (model, optimiser, schedule, EMA, step,
                                            data position and PowerSGD state per rank)
@@ -24,65 +25,51 @@ from harness import (
     ModelEMA,
     StepTimer,
     inject_failure,
-    load_powersgd_state_dict,
     mfu,
     peak_flops,
-    powersgd_state_dict,
     prepare_model,
     worker_context,
 )
+from harness.powersgd import register_powersgd
 from tokenize_images.grid_decoder import load_decoder
 from training.config import PriorTrainConfig
 from training.data import CaptionEncoder, DataPosition, collate, trace
-from training.model import Prior, PriorShape, flops_per_token, prior_loss
+from training.model import Prior, PriorShape, flops_per_token, losses_from_sums, prior_loss, text_target_count
 from training.optim import WarmupPlateauSchedule, make_optimizer
 
-
-def register_powersgd(model: torch.nn.Module, rank: int, start_iter: int) -> Any:
-    """PowerSGD on the DDP gradients (powerSGD_hook, not the batched variant broken in torch 2.13)."""
-    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
-
-    state = psgd.PowerSGDState(
-        process_group=None,
-        matrix_approximation_rank=rank,
-        start_powerSGD_iter=max(start_iter, 2),
-        use_error_feedback=True,
-        warm_start=True,
-    )
-    model.register_comm_hook(state, psgd.powerSGD_hook)
-    return state
+__all__ = ["accumulate_gradients", "optimizer_update", "register_powersgd", "train_fn", "validate"]
 
 
-def all_reduce_sum(values: list[float], world_size: int) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+def all_reduce_sum(t: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Sum over ranks, in place (a tensor on the worker's device: nccl needs CUDA tensors)."""
     if world_size > 1:
         torch.distributed.all_reduce(t)
-    return t.tolist()
+    return t
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Pinned host tensors (collate pins them for GPU workers) are copied without blocking the host."""
+    return t.to(device, non_blocking=t.is_pinned())
 
 
 @torch.no_grad()
 def validate(model, val_shard, collate_fn, batch_size: int, max_batches: int, ctx) -> dict[str, float]:
-    """Mean validation losses over every rank's split (the whole split is read so that the streaming
-    split stays in step across ranks; only the first max_batches are evaluated)."""
+    """Validation losses over every rank's split: token-weighted means over real targets. The whole
+    split is read so that the streaming split stays in step across ranks, but only the first
+    max_batches are BPE-encoded and evaluated (iter_batches: raw numpy, encoding on demand)."""
     model.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss, loss_text, loss_image (each × sequences), sequences
-    for i, batch in enumerate(val_shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn)):
+    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # sum_text, n_text, sum_image, n_image
+    for i, raw in enumerate(val_shard.iter_batches(batch_size=batch_size, batch_format="numpy")):
         if max_batches and i >= max_batches:
             continue
-        text, image = batch["text"].to(ctx.device), batch["image"].to(ctx.device)
+        batch = collate_fn(raw)
+        text, image = to_device(batch["text"], ctx.device), to_device(batch["image"], ctx.device)
         with ctx.autocast():
             out = prior_loss(*model(text, image), text, image)
-        n = text.shape[0]
-        sums = [
-            sums[0] + out["loss"].item() * n,
-            sums[1] + out["loss_text"].item() * n,
-            sums[2] + out["loss_image"].item() * n,
-            sums[3] + n,
-        ]
+        sums += out["sums"].double()
     model.train()
-    total = all_reduce_sum(sums, ctx.world_size)
-    n = max(total[3], 1.0)
-    return {"val_loss": total[0] / n, "val_loss_text": total[1] / n, "val_loss_image": total[2] / n}
+    losses = losses_from_sums(all_reduce_sum(sums, ctx.world_size).tolist())
+    return {f"val_{k}": v for k, v in losses.items()}
 
 
 def sample_grid(
@@ -103,32 +90,55 @@ def sample_grid(
 
 
 def accumulate_gradients(
-    forward, batches, n_micro: int, no_sync, autocast, timer: StepTimer, device, seq_len: int, on_batch=None
-) -> list[float]:
-    """Forward and backward over `n_micro` micro-batches, each loss scaled by 1/n_micro, so the
-    gradients are those of their mean (of one batch n_micro times larger: micro-batches are equal in
-    size). DDP all-reduces on the last micro-batch only (`no_sync` on the others). Returns the mean
-    [loss, loss_text, loss_image]."""
-    sums = torch.zeros(3)
-    for micro in range(n_micro):
-        with timer.wait():
-            batch = next(batches)
+    forward,
+    batches,
+    n_micro: int,
+    no_sync,
+    autocast,
+    timer: StepTimer,
+    device,
+    seq_len: int,
+    on_batch=None,
+    *,
+    text_vocab: int,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """Forward and backward over `n_micro` micro-batches for one update.
+
+    Each kind's loss is divided by its real target count over the WHOLE update: every micro-batch of
+    every rank (counted on the host from the token ids, then one small all-reduce). With the
+    1/8 and 7/8 weights this gives exactly the gradient of one batch of all those sequences, whatever
+    the caption lengths; the loss is multiplied by world_size because DDP and FSDP2 average gradients
+    over ranks. DDP all-reduces on the last micro-batch only (`no_sync` on the others).
+
+    Returns the update's [sum_text, n_text, sum_image, n_image] on `device` (no host sync)."""
+    with timer.wait():
+        micro = [next(batches) for _ in range(n_micro)]
+    with timer.compute():
+        counts = torch.tensor(
+            [sum(int(text_target_count(b["text"], text_vocab)) for b in micro), sum(b["image"].numel() for b in micro)],
+            dtype=torch.float32,
+        )
+        counts = all_reduce_sum(counts.to(device), world_size)
+        norm = (counts[0].clamp(min=1), counts[1])
+        sums = torch.zeros(4, device=device)
+    for i, batch in enumerate(micro):
         with timer.compute():
-            text, image = batch["text"].to(device), batch["image"].to(device)
-            skip_sync = no_sync is not None and micro < n_micro - 1
+            text, image = to_device(batch["text"], device), to_device(batch["image"], device)
+            skip_sync = no_sync is not None and i < n_micro - 1
             with no_sync() if skip_sync else contextlib.nullcontext(), autocast():
-                out = prior_loss(*forward(text, image), text, image)
-            (out["loss"] / n_micro).backward()
-            sums += torch.stack([out["loss"].detach(), out["loss_text"].detach(), out["loss_image"].detach()]).cpu()
+                out = prior_loss(*forward(text, image), text, image, counts=norm)
+            (out["loss"] * world_size).backward()
+            sums += out["sums"]
         timer.step(text.shape[0] * seq_len)
         if on_batch is not None:
             on_batch(batch)
-    return (sums / n_micro).tolist()
+    return sums
 
 
 def optimizer_update(model, optimizer, ema: ModelEMA, grad_clip: float, schedule=None) -> torch.Tensor:
-    """After the backward passes: clip, AdamW step, clear grads, EMA, schedule. Returns the grad norm.
-    The benches (bench/bench_train_prior.py, bench/bench_prior_mfu.py) time this same update."""
+    """After the backward passes: clip, AdamW step, clear grads, EMA, schedule. Returns the grad norm
+    (a device tensor: read it only when logging). The benches time this same update."""
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -136,6 +146,11 @@ def optimizer_update(model, optimizer, ema: ModelEMA, grad_clip: float, schedule
     if schedule is not None:
         schedule.step()
     return grad_norm
+
+
+def fp32_layer_norms(model: Prior) -> list[torch.nn.Module]:
+    """FSDP2 units kept in fp32 inside the bf16 blocks: the gains and biases of the LayerNorms."""
+    return [norm for block in model.blocks for norm in (block.ln1, block.ln2)]
 
 
 def train_fn(config: dict[str, Any]) -> None:
@@ -149,12 +164,18 @@ def train_fn(config: dict[str, Any]) -> None:
 
     torch.manual_seed(cfg.data.seed)  # identical initialisation on every rank
     model = Prior(shape)
-    ema = ModelEMA(model, o.ema_decay)
-    model = prepare_model(model, ctx, activation_checkpointing=o.activation_checkpointing)
+    ema = ModelEMA(model, o.ema_decay, every=o.ema_every)
+    model = prepare_model(
+        model,
+        ctx,
+        activation_checkpointing=o.activation_checkpointing,
+        fp32_units=fp32_layer_norms,  # FSDP2 + bf16: gains, biases, embeddings, heads stay fp32 (paper D)
+        fp32_root=True,
+    )
     ema.to(ctx.device)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    psgd = register_powersgd(model, o.powersgd_rank, o.powersgd_start_iter) if o.powersgd and ddp else None
-    forward = torch.compile(model) if cfg.model.compile else model  # checkpoints read `model`'s own weights
+    compile_on = cfg.model.compile == "true" or (cfg.model.compile == "auto" and ctx.device.type == "cuda")
+    forward = torch.compile(model) if compile_on else model  # checkpoints read `model`'s own weights
     optimizer = make_optimizer(model, o)
     schedule = WarmupPlateauSchedule(optimizer, o)
 
@@ -165,17 +186,27 @@ def train_fn(config: dict[str, Any]) -> None:
         ema=ema,
         schedule=schedule,
         meta={"shape": config["shape"], "tokens_root": cfg.data.tokens},
+        fingerprint=config.get("data_fingerprint", ""),
     )
     step, mine = ckpt.restore()
-    if psgd is not None:
-        load_powersgd_state_dict(psgd, mine.get("powersgd"))
+    if ckpt.reset_reason:
+        print(f"[train_prior] rank {ctx.rank}: {ckpt.reset_reason}", flush=True)
+        if ctx.is_rank0:
+            ctx.logger.log_metrics({"data_position_reset": 1.0}, step)
+    # Registered after the restore: the saved PowerSGD state goes back lazily, on the buckets' device,
+    # once DDP has rebuilt its buckets (harness/powersgd.py).
+    psgd = (
+        register_powersgd(model, o.powersgd_rank, o.powersgd_start_iter, mine.get("powersgd"))
+        if o.powersgd and ddp
+        else None
+    )
 
     text_vocab = shape.text_vocab
     train_encoder = CaptionEncoder(config["tokenizer_json"], shape.text_len, text_vocab, cfg.data.bpe_dropout)
     plain_encoder = CaptionEncoder(config["tokenizer_json"], shape.text_len, text_vocab, 0.0)
     data = DataPosition(
         ray.train.get_dataset_shard(f"train_{ctx.rank}"),
-        collate(train_encoder, shape.image_len),
+        collate(train_encoder, shape.image_len, pin=ctx.device.type == "cuda"),
         cfg.data.batch_size,
         cfg.data.seed,
         cfg.data.shuffle_buffer,
@@ -190,6 +221,8 @@ def train_fn(config: dict[str, Any]) -> None:
     marker = os.path.join(config["storage_path"], cfg.run.name, "injected_failure")
     timer = StepTimer()
     model.train()
+    log_sums = torch.zeros(4, device=ctx.device)  # this rank's loss sums since the last log
+    window = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # ... since the last plateau check
 
     while step < t.max_steps:
         lr = schedule.apply()
@@ -199,7 +232,7 @@ def train_fn(config: dict[str, Any]) -> None:
             def traced(b, step=step):
                 trace(t.trace_batches, {"step": step + 1, "rank": ctx.rank, "pid": os.getpid(), "keys": b["keys"]})
 
-        loss, loss_text, loss_image = accumulate_gradients(
+        sums = accumulate_gradients(
             forward,
             batches,
             o.grad_accum,
@@ -209,18 +242,20 @@ def train_fn(config: dict[str, Any]) -> None:
             ctx.device,
             shape.seq_len,
             traced,
+            text_vocab=text_vocab,
+            world_size=ctx.world_size,
         )
         with timer.compute():
             grad_norm = optimizer_update(model, optimizer, ema, o.grad_clip, schedule)
         step += 1
+        log_sums += sums
+        window += sums.double()
 
-        if ctx.should_log(step):
+        if ctx.should_log(step):  # the one host sync of a logged step; unlogged steps have none
             stats = timer.take()
             ctx.logger.log_metrics(
                 {
-                    "loss": loss,
-                    "loss_text": loss_text,
-                    "loss_image": loss_image,
+                    **losses_from_sums(log_sums.tolist()),  # rank 0's updates since the last log
                     "lr": lr,
                     "grad_norm": float(grad_norm),
                     "epoch": data.epoch,
@@ -229,13 +264,29 @@ def train_fn(config: dict[str, Any]) -> None:
                 },
                 step,
             )
+        if ctx.log_every > 0 and step % ctx.log_every == 0:
+            log_sums.zero_()
         if step % t.val_every == 0 or step == t.max_steps:
             val = validate(
                 model, val_shard, collate(plain_encoder, shape.image_len), cfg.data.batch_size, t.val_batches, ctx
             )
-            halved = schedule.validated(val["val_loss"])
-            ctx.logger.log_metrics({**val, "lr_halvings": schedule.halvings, "lr_halved": float(halved)}, step)
-        if ctx.is_rank0 and ((t.sample_every and step % t.sample_every == 0) or step == t.max_steps):
+            # The paper halves the lr when the TRAINING loss plateaus: the window's mean over all ranks.
+            train_window = losses_from_sums(all_reduce_sum(window, ctx.world_size).tolist())["loss"]
+            window.zero_()
+            halved = schedule.observe(train_window)
+            ctx.logger.log_metrics(
+                {
+                    **val,
+                    "train_window_loss": train_window,
+                    "lr_halvings": schedule.halvings,
+                    "lr_halved": float(halved),
+                },
+                step,
+            )
+        sampling = (t.sample_every and step % t.sample_every == 0) or step == t.max_steps
+        if sampling:
+            ema.sync()  # FSDP2: gathers the EMA shards (collective); otherwise a no-op
+        if ctx.is_rank0 and sampling:
             png = sample_grid(
                 ema,
                 shape,
@@ -251,8 +302,8 @@ def train_fn(config: dict[str, Any]) -> None:
         if step % t.checkpoint_every == 0 or step == t.max_steps:
             ckpt.save(
                 step,
-                {"loss": loss},
-                rank_state={"data": data.state(), "powersgd": powersgd_state_dict(psgd) if psgd is not None else None},
+                {"loss": losses_from_sums(sums.tolist())["loss"]},  # this update, this rank
+                rank_state={"data": data.state(), "powersgd": psgd.state_dict() if psgd is not None else None},
             )
         inject_failure(ctx, step, t.fail_at_step, marker)
     ctx.close()

@@ -14,7 +14,16 @@ The stream is T text tokens then the H×W image tokens in raster order. In every
 
 `allowed()` is one vectorised predicate on index tensors: it builds the cached boolean masks
 that SDPA takes (`cached_mask`, built once per (kind, shape, device), never per step) and it is
-also the `mask_mod` of FlexAttention block masks (`flex_block_mask`).
+also the `mask_mod` of FlexAttention block masks (`flex_plan`, one per layer kind and length).
+
+Column layers on transposed image states (paper §2.2: "we transpose the image states for column
+attention"). In raster order a column's earlier tokens are W apart, so every 128×128 block of the
+mask holds some allowed pair and FlexAttention can skip none beyond the causal half. `flex_plan`
+therefore orders the image positions column-major for column layers: a column becomes H contiguous
+positions and the mask becomes block-diagonal, as sparse as a row layer's. The predicate itself is
+unchanged (it is evaluated on the raster positions the transposed ones stand for), so the flex path
+is exactly the Fig. 11 mask, only computed in another order; the model permutes q, k, v before and
+the output after (training.model.Attention).
 
 Inspect a mask (one row per query, one column per key):
     python orchestration/print_mask.py --kind conv --text-len 6 --grid 4 --kernel 3
@@ -79,19 +88,67 @@ def cached_mask(kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int,
     return dense_mask(kind, text_len, grid_h, grid_w, kernel, device)
 
 
-def flex_block_mask(
+def column_order(text_len: int, grid_h: int, grid_w: int, length: int | None = None) -> torch.Tensor:
+    """Stream positions in the order column layers attend over: the text as is, then the image
+    column-major (column 0 top to bottom, then column 1, ...). order[t] = raster position of slot t.
+
+    Only positions < length take part (training feeds seq_len - 1: the last image token, which is also
+    the last one column-major, is input only), so a prefix of the stream maps onto a prefix."""
+    n = length or text_len + grid_h * grid_w
+    pos = torch.arange(n)
+    img = (pos - text_len).clamp(min=0)
+    key = torch.where(pos < text_len, pos, text_len + (img % grid_w) * grid_h + img // grid_w)
+    return torch.argsort(key)
+
+
+class FlexPlan:
+    """What one layer kind needs for FlexAttention at one length: the BlockMask (in the layout the
+    kernel sees) and, for column layers, the permutation into that layout and back."""
+
+    def __init__(self, block_mask, order: torch.Tensor | None, inverse: torch.Tensor | None):
+        self.block_mask, self.order, self.inverse = block_mask, order, inverse
+
+
+@functools.lru_cache(maxsize=64)
+def flex_plan(
     kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int, device: str, length: int | None = None
-):
-    """FlexAttention BlockMask for the same pattern over the first `length` positions (default: all);
-    fully-masked blocks are skipped. Training feeds seq_len - 1 positions (the last token is input only)."""
+) -> FlexPlan:
+    """FlexAttention plan for the same pattern over the first `length` positions (default: all),
+    built once per (kind, shape, device, length) and shared by every layer of that kind; fully
+    masked blocks are skipped. Column layers get the transposed layout (module docstring)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     n = length or text_len + grid_h * grid_w
+    order = inverse = None
+    if kind == "column":
+        order = column_order(text_len, grid_h, grid_w, n).to(device)
+        inverse = torch.argsort(order)
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        return allowed(kind, q_idx, kv_idx, text_len, grid_w, kernel)
+        def mask_mod(b, h, q_idx, kv_idx):
+            return allowed(kind, order[q_idx], order[kv_idx], text_len, grid_w, kernel)
 
-    return create_block_mask(mask_mod, None, None, n, n, device=device)
+    else:
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return allowed(kind, q_idx, kv_idx, text_len, grid_w, kernel)
+
+    return FlexPlan(create_block_mask(mask_mod, None, None, n, n, device=device), order, inverse)
+
+
+def flex_block_mask(
+    kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int, device: str, length: int | None = None
+):
+    """The BlockMask of flex_plan (for column layers: in the transposed layout)."""
+    return flex_plan(kind, text_len, grid_h, grid_w, kernel, device, length).block_mask
+
+
+@functools.lru_cache(maxsize=64)
+def mean_keys(kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int, length: int) -> float:
+    """Average number of keys a query attends to over the first `length` positions (for MFU)."""
+    n = length
+    if kind == "full":
+        return (n + 1) / 2
+    return float(dense_mask(kind, text_len, grid_h, grid_w, kernel)[:n, :n].sum()) / n
 
 
 def format_mask(mask: torch.Tensor) -> str:

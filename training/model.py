@@ -8,7 +8,13 @@ One decoder-only stream: T text tokens (lowercased caption as BPE), then H·W im
     final causal convolutional layer, or plain causal attention everywhere (attention="full").
   * Logits are restricted: text positions score only the text vocabulary (+ padding tokens),
     image positions only the image vocabulary. Two heads over one residual stream.
-  * Loss = 1/8 · CE(text) + 7/8 · CE(image), each averaged over its own positions in the batch.
+  * Loss = 1/8 · CE(text) + 7/8 · CE(image), each averaged over its own REAL targets: a text target
+    that is padding after padding (pad -> pad) is no target (predicting the first padding token, where
+    the caption ends, is). The training loop normalises by the counts of the whole update (every
+    micro-batch of every rank), so the weights are the paper's whatever the caption lengths.
+  * Logits are computed and kept in fp32 (paper appendix D: 16-bit logits shifted the training curve).
+  * Residual projections are initialised with std 0.02/sqrt(2L) (GPT-2; measured on the demo,
+    docs/prior.md).
 
 Generation (`generate`) uses a per-layer KV cache: each new token costs one query against the
 cached keys, O(n), with the matching row of the layer's cached mask.
@@ -16,13 +22,16 @@ cached keys, O(n), with the matching row of the layer's cached mask.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.attention.flex_attention as _flex
 import torch.nn.functional as F
 
-from training.masks import cached_mask, flex_block_mask, layer_kinds
+from training.masks import cached_mask, flex_plan, layer_kinds, mean_keys
 
 ATTENTIONS = ("sparse", "full")  # = training.config.ModelConfig's Literals (tests/test_config_choices.py)
 ATTN_IMPLS = ("sdpa", "flex")
@@ -45,6 +54,7 @@ class PriorShape:
     attn_impl: str = "sdpa"  # "sdpa" (cached boolean masks) | "flex" (FlexAttention block masks)
     mlp_ratio: int = 4
     dropout: float = 0.0
+    scaled_residual_init: bool = True  # residual projections at std 0.02/sqrt(2L) (GPT-2)
 
     def __post_init__(self):
         # Attention.forward and layer_kinds treat anything but "flex" / "full" as the default: refuse here.
@@ -54,6 +64,9 @@ class PriorShape:
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+        if self.attn_impl == "flex" and self.dropout > 0 and self.attention != "full":
+            # FlexAttention has no attention-probability dropout: refuse rather than silently drop it.
+            raise ValueError("dropout > 0 needs attn_impl='sdpa' (FlexAttention has no attention dropout)")
 
     @property
     def d_model(self) -> int:
@@ -84,40 +97,44 @@ class Attention(nn.Module):
         self.s, self.kind = s, kind
         self.qkv = nn.Linear(s.d_model, 3 * s.d_model)
         self.proj = nn.Linear(s.d_model, s.d_model)
-        self._flex = None
 
     def mask(self, device: torch.device) -> torch.Tensor:
         s = self.s
         return cached_mask(self.kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, str(device))
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None, start: int = 0, mask=None) -> torch.Tensor:
+        """`mask`: this layer kind's entry of Prior.attention_masks (built outside compiled code)."""
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.s.n_head, self.s.head_dim).permute(2, 0, 3, 1, 4)
         if cache is not None:  # generation: write this chunk's keys/values, attend to everything so far
             cache["k"][:, :, start : start + n] = k
             cache["v"][:, :, start : start + n] = v
             k, v = cache["k"][:, :, : start + n], cache["v"][:, :, : start + n]
-            mask = self.mask(x.device)[start : start + n, : start + n]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif self.kind == "full":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(x.device)[start : start + n, : start + n])
+        elif self.kind == "full":  # FlashAttention-capable on GPU
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._p())
         elif self.s.attn_impl == "flex":
-            y = self._flex_attention(q, k, v)
+            s = self.s
+            plan = mask or flex_plan(self.kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, str(x.device), n)
+            y = flex_attend(q, k, v, plan)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(x.device)[:n, :n], dropout_p=self._p())
+            mask = self.mask(x.device)[:n, :n] if mask is None else mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._p())
         return self.proj(y.transpose(1, 2).reshape(b, n, -1))
 
     def _p(self) -> float:
         return self.s.dropout if self.training else 0.0
 
-    def _flex_attention(self, q, k, v):
-        from torch.nn.attention.flex_attention import flex_attention
 
-        s = self.s
-        n = q.shape[-2]
-        if self._flex is None or self._flex.seq_lengths != (n, n):
-            self._flex = flex_block_mask(self.kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, str(q.device), n)
-        return flex_attention(q, k, v, block_mask=self._flex)
+def flex_attend(q, k, v, plan, kernel=None):
+    """FlexAttention of one layer with its FlexPlan: column layers run on the transposed image states
+    (q, k, v permuted into column-major order, the output permuted back). `kernel` defaults to
+    flex_attention; tests pass a dense reference to check the permutations' gradients on CPU."""
+    kernel = kernel or _flex.flex_attention  # looked up at call time (module attribute): tests can swap it
+    if plan.order is None:
+        return kernel(q, k, v, block_mask=plan.block_mask)
+    y = kernel(q[:, :, plan.order], k[:, :, plan.order], v[:, :, plan.order], block_mask=plan.block_mask)
+    return y[:, :, plan.inverse]
 
 
 class Block(nn.Module):
@@ -133,8 +150,8 @@ class Block(nn.Module):
             nn.Dropout(s.dropout),
         )
 
-    def forward(self, x, cache=None, start=0):
-        x = x + self.attn(self.ln1(x), cache, start)
+    def forward(self, x, cache=None, start=0, masks=None):
+        x = x + self.attn(self.ln1(x), cache, start, None if masks is None else masks[self.attn.kind])
         return x + self.mlp(self.ln2(x))
 
 
@@ -153,6 +170,10 @@ class Prior(nn.Module):
         self.text_head = nn.Linear(d, s.text_vocab + s.text_len, bias=False)  # restricted logits:
         self.image_head = nn.Linear(d, s.image_vocab, bias=False)  # one head per modality
         self.apply(self._init)
+        if s.scaled_residual_init:  # each block adds two residual branches: 2L in all (GPT-2 / nanoGPT)
+            for block in self.blocks:
+                for proj in (block.attn.proj, block.mlp[2]):
+                    nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * s.n_layer))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -175,11 +196,31 @@ class Prior(nn.Module):
             parts.append(self.image_emb(image) + self.row_emb(idx // self.s.grid_w) + self.col_emb(idx % self.s.grid_w))
         return torch.cat(parts, dim=1)
 
+    @torch.compiler.disable
+    def attention_masks(self, device: torch.device, n: int) -> dict:
+        """{layer kind: what its attention needs at length n}: a cached boolean mask (sdpa) or a cached
+        FlexPlan (flex), one per kind, shared by every layer of that kind. Run eagerly even inside a
+        compiled forward (torch.compiler.disable), so the lru caches hold and nothing is rebuilt per step."""
+        s, out = self.s, {}
+        for kind in {block.attn.kind for block in self.blocks} - {"full"}:
+            if s.attn_impl == "flex":
+                out[kind] = flex_plan(kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, str(device), n)
+            else:
+                out[kind] = cached_prefix_mask(kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, str(device), n)
+        out["full"] = None
+        return out
+
     def hidden(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        masks = self.attention_masks(text.device, text.shape[1] + image.shape[1])
         x = self.embed(text, image)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, masks=masks)
         return self.ln_f(x)
+
+    def logits(self, head: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+        """A head in fp32 whatever the autocast or FSDP2 parameter dtype (paper appendix D)."""
+        with torch.autocast(h.device.type, enabled=False):
+            return F.linear(h.float(), head.weight.float())
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Restricted logits: (text [B, T-1, text_vocab+T], image [B, N, image_vocab]).
@@ -188,7 +229,7 @@ class Prior(nn.Module):
         predict the image tokens. The last image token is input only (nothing follows it)."""
         t = self.s.text_len
         h = self.hidden(text, image[:, :-1])
-        return self.text_head(h[:, : t - 1]), self.image_head(h[:, t - 1 :])
+        return self.logits(self.text_head, h[:, : t - 1]), self.logits(self.image_head, h[:, t - 1 :])
 
     def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return prior_loss(*self(text, image), text, image)
@@ -231,7 +272,7 @@ class Prior(nn.Module):
                 x = self.embed(None, image[:, -1:], image_start=i - 1)
                 for block, cache in zip(self.blocks, caches, strict=True):
                     x = block(x, cache, s.text_len + i - 1)
-            logits = self.image_head(self.ln_f(x[:, -1])).float() / max(temperature, 1e-6)
+            logits = self.logits(self.image_head, self.ln_f(x[:, -1])) / max(temperature, 1e-6)
             if top_k > 0:
                 kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -240,14 +281,58 @@ class Prior(nn.Module):
         return image
 
 
-def prior_loss(
-    text_logits: torch.Tensor, image_logits: torch.Tensor, text: torch.Tensor, image: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """1/8 · mean CE over text targets + 7/8 · mean CE over image targets (each over its own count).
+@functools.lru_cache(maxsize=64)
+def cached_prefix_mask(
+    kind: str, text_len: int, grid_h: int, grid_w: int, kernel: int, device: str, n: int
+) -> torch.Tensor:
+    """The cached mask's [:n, :n] block, contiguous and cached itself (SDPA reads it as is)."""
+    return cached_mask(kind, text_len, grid_h, grid_w, kernel, device)[:n, :n].contiguous()
 
+
+def real_text_targets(text: torch.Tensor, text_vocab: int) -> torch.Tensor:
+    """[B, T-1] True where text target t+1 counts: every target except padding after padding."""
+    return (text[:, :-1] < text_vocab) | (text[:, 1:] < text_vocab)
+
+
+def text_target_count(text: torch.Tensor, text_vocab: int) -> torch.Tensor:
+    return real_text_targets(text, text_vocab).sum()
+
+
+def prior_loss(
+    text_logits: torch.Tensor,
+    image_logits: torch.Tensor,
+    text: torch.Tensor,
+    image: torch.Tensor,
+    counts: tuple[torch.Tensor | float, torch.Tensor | float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """1/8 · CE over real text targets + 7/8 · CE over image targets, each summed and divided by its
+    count. `counts` = (text, image) targets of the whole update (all micro-batches and ranks, see
+    training.loop.accumulate_gradients); default: this batch's own, i.e. per-kind means.
+
+    Also returns the sums and counts, so that means over many batches can be formed exactly.
     A function, not only a method, so that a DDP/FSDP-wrapped model's forward can feed it."""
-    loss_text = F.cross_entropy(text_logits.flatten(0, 1).float(), text[:, 1:].flatten())
-    loss_image = F.cross_entropy(image_logits.flatten(0, 1).float(), image.flatten())
+    text_vocab = text_logits.shape[-1] - text.shape[1]  # the head scores text_vocab + one pad per position
+    real = real_text_targets(text, text_vocab).flatten()
+    nll_text = F.cross_entropy(text_logits.flatten(0, 1).float(), text[:, 1:].flatten(), reduction="none")
+    sum_text = (nll_text * real).sum()
+    sum_image = F.cross_entropy(image_logits.flatten(0, 1).float(), image.flatten(), reduction="sum")
+    n_text, n_image = real.sum(), torch.tensor(image.numel(), device=image.device)
+    norm_text, norm_image = counts if counts is not None else (n_text.clamp(min=1), n_image)
+    loss_text, loss_image = sum_text / norm_text, sum_image / norm_image
+    return {
+        "loss": TEXT_LOSS_WEIGHT * loss_text + IMAGE_LOSS_WEIGHT * loss_image,
+        "loss_text": loss_text,
+        "loss_image": loss_image,
+        "sums": torch.stack(
+            [sum_text.detach(), n_text.to(sum_text.dtype), sum_image.detach(), n_image.to(sum_text.dtype)]
+        ),
+    }
+
+
+def losses_from_sums(sums) -> dict[str, float]:
+    """[sum_text, n_text, sum_image, n_image] (any number of batches, ranks) -> the three mean losses."""
+    sum_text, n_text, sum_image, n_image = (float(v) for v in sums)
+    loss_text, loss_image = sum_text / max(n_text, 1.0), sum_image / max(n_image, 1.0)
     return {
         "loss": TEXT_LOSS_WEIGHT * loss_text + IMAGE_LOSS_WEIGHT * loss_image,
         "loss_text": loss_text,
@@ -259,9 +344,27 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def flops_terms(s: PriorShape) -> dict[str, float]:
+    """Useful training FLOPs of ONE sequence (forward + backward = 3 × forward), term by term.
+
+    The model is fed n = seq_len - 1 positions (the last image token is input only).
+      blocks    : 2 · n · L · (4d² + 2·r·d²)           qkv, proj and the MLP's two matrices
+      heads     : 2 · d · ((T-1)·(Vt+T) + N·Vi)        each position scores only its own head
+      attention : Σ_layers 4 · d · n · keys(kind)      QKᵀ and AV over the keys each query really
+                                                       attends to (mask average, training.masks.mean_keys)
+    Embeddings (lookups), LayerNorms, biases and softmax are not counted; nor is the work FlexAttention
+    spends on the masked part of partially used blocks (it is not useful work)."""
+    d, n, r = s.d_model, s.seq_len - 1, s.mlp_ratio
+    blocks = 2 * n * s.n_layer * (4 * d * d + 2 * r * d * d)
+    heads = 2 * d * ((s.text_len - 1) * (s.text_vocab + s.text_len) + s.image_len * s.image_vocab)
+    attention = sum(
+        4 * d * n * mean_keys(kind, s.text_len, s.grid_h, s.grid_w, s.conv_kernel, n)
+        for kind in layer_kinds(s.n_layer, s.attention)
+    )
+    fwd = blocks + heads + attention
+    return {"blocks": 3 * blocks, "heads": 3 * heads, "attention": 3 * attention, "total": 3 * fwd}
+
+
 def flops_per_token(s: PriorShape) -> float:
-    """Training FLOPs per token: 6·N (weights, fwd+bwd) + 12·L·d·S (dense-equivalent attention,
-    PaLM appendix B). Sparse layers do less attention work, so MFU is slightly generous for them."""
-    d = s.d_model
-    n = s.n_layer * (4 * d * d + 2 * s.mlp_ratio * d * d) + d * (s.text_vocab + s.text_len + s.image_vocab)
-    return 6 * n + 12 * s.n_layer * d * s.seq_len
+    """flops_terms' total per stream position (the loop counts seq_len tokens per sequence)."""
+    return flops_terms(s)["total"] / s.seq_len

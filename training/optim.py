@@ -2,7 +2,9 @@
 
 AdamW(β = (0.9, 0.96), ε = 1e-8) with weight decay on the weight matrices only: gains (LayerNorm
 weights), biases and embeddings are left undecayed. The learning rate warms up linearly, then is
-halved each time the validation loss plateaus, at most `max_halvings` times.
+halved each time the TRAINING loss plateaus (as the paper does), at most `max_halvings` times: the
+loop feeds the schedule the mean training loss of each `val_every` window, all-reduced over ranks so
+that every rank takes the same decision. fused AdamW where every parameter is on a GPU.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
-    )
+    groups = param_groups(model, cfg.weight_decay)
+    on_gpu = all(p.device.type == "cuda" for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=on_gpu or None)
 
 
 class WarmupPlateauSchedule:
-    """lr(update n) = peak · min(1, n / warmup) · 0.5^halvings; `validated(loss)` may add a halving."""
+    """lr(update n) = peak · min(1, n / warmup) · 0.5^halvings; `observe(train_loss)` may add a halving."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig):
         self.optimizer = optimizer
@@ -57,8 +59,8 @@ class WarmupPlateauSchedule:
         """Count one finished update."""
         self.step_num += 1
 
-    def validated(self, loss: float) -> bool:
-        """Record a validation loss; returns True when it triggered a halving."""
+    def observe(self, loss: float) -> bool:
+        """Record the mean training loss of the last window; returns True when it triggered a halving."""
         if self.step_num < self.warmup:
             self.best = min(self.best, loss)
             return False
