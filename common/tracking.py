@@ -106,16 +106,19 @@ def dataset_digest(root: str) -> str:
     return hashlib.sha256(storage.read_bytes(storage.join(root, "manifest.json"))).hexdigest()[:16]
 
 
-def log_dataset(uri: str, context: str, digest: str, name: str = "") -> None:
-    """Log a dataset root (local or s3://) to the active run as an MLflow dataset input. `context` is its
+def log_dataset(run_id: str, uri: str, context: str, digest: str, name: str = "") -> None:
+    """Log a dataset root (local or s3://) to run `run_id` as an MLflow dataset input. `context` is its
     role: "source", "training", "encode", or "output" for what the run wrote (MLflow runs have dataset
     inputs only, so the output is an input in the context "output"; its digest matches the next stage's)."""
-    import mlflow
+    from mlflow import MlflowClient
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
 
     name = name or uri.rstrip("/").rsplit("/", 1)[-1]
-    mlflow.log_input(MetaDataset(resolve_dataset_source(uri), name=name, digest=digest), context=context)
+    dataset = MetaDataset(resolve_dataset_source(uri), name=name, digest=digest)._to_mlflow_entity()
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    MlflowClient(tracking_uri()).log_inputs(run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
 
 
 def register_pytorch_model(model: Any, name: str, registered_name: str, run_id: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from common import storage
 from common.ray_cluster import init_ray
-from common.tracking import ensure_experiment, find_run, tracking_uri
+from common.tracking import ensure_experiment, find_run, log_dataset, tracking_uri
 from harness.config import HarnessConfig
 
 HARNESS_KEY = "_harness"  # key of train_loop_config that carries the harness settings to workers
@@ -101,12 +101,14 @@ def launch(
     datasets: dict[str, Any] | None = None,
     dataset_config: Any = None,
     init: Callable[[], None] | None = None,
+    inputs: list[tuple[str, str, str]] = (),
 ) -> LaunchResult:
     """Run `train_fn(config)` on `run.num_workers` Ray Train workers, tracked in one MLflow run.
 
     train_fn reads its own settings from `config` and the harness settings through
     `harness.worker_context(config)`. `datasets` (Ray Data) are handed to TorchTrainer;
-    `init` runs after Ray is up (e.g. to build datasets lazily) and may be None.
+    `init` runs after Ray is up (e.g. to build datasets lazily) and may be None. `inputs` are
+    (uri, context, digest) of the data the run reads, logged as MLflow dataset inputs (lineage).
     """
     import ray.train
     from mlflow import MlflowClient
@@ -121,6 +123,8 @@ def launch(
     storage_path = resolve_storage(run.storage_path)
     run_id, resumed = open_run(run.experiment, run.name, params or {}, {**(tags or {}), "storage_path": storage_path})
     client = MlflowClient(tracking_uri())
+    for uri, context, digest in inputs:
+        log_dataset(run_id, uri, context, digest)
 
     config = dict(train_loop_config)
     config[HARNESS_KEY] = {

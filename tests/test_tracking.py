@@ -35,7 +35,8 @@ def test_lineage_registry_and_images(tmp_path, mlflow_store):
     digest = dataset_digest(str(tmp_path / "ds"))
     experiment = ensure_experiment("lineage")
     with mlflow.start_run(experiment_id=experiment) as run:
-        log_dataset(str(tmp_path / "ds"), "training", digest)
+        pass
+    log_dataset(run.info.run_id, str(tmp_path / "ds"), "training", digest)
     version = register_pytorch_model(torch.nn.Linear(2, 2), "prior", "test-prior", run.info.run_id)
 
     inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs

@@ -153,8 +153,13 @@ def test_mlflow_run_contents(runs):
     tags = run.data.tags
     assert tags["dvae_sha256"] == "synthetic" and len(tags["tokens_manifest_sha256"]) == 64
     assert tags["final_checkpoint"] == second.checkpoint_path and tags["resumes"] == "1"
-    samples = [a.path for a in client.list_artifacts(first.run_id, "samples")]
-    assert f"samples/samples_step{STEPS:07d}.png" in samples
+    images = [a.path for a in client.list_artifacts(first.run_id, "images")]  # mlflow.log_image(key, step)
+    assert any(p.startswith(f"images/samples+step+{STEPS}+") and p.endswith(".png") for p in images), images
+    # Lineage and registry: the token set is the run's training input; the EMA prior is a registered version.
+    inputs = client.get_run(first.run_id).inputs.dataset_inputs
+    assert [{t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs] == ["training"]
+    versions = client.search_model_versions("name = 'dalle-prior'")
+    assert first.run_id in {v.run_id for v in versions}
     assert any(a.path.endswith("state.pt") for a in client.list_artifacts(first.run_id, "final_checkpoint"))
 
 

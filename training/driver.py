@@ -8,14 +8,17 @@ import hashlib
 import json
 from dataclasses import asdict
 
+from common import storage
 from common.config import flatten, to_dict
 from common.ray_cluster import init_ray
+from common.tracking import dataset_digest, register_pytorch_model
 from harness.launch import LaunchResult, launch, resolve_storage, use_gpu
 from training.config import PriorTrainConfig
 from training.data import TokenSource
 from training.loop import train_fn
 from training.model import PriorShape
 from training.presets import preset
+from training.sampling import load_prior
 
 
 def attention_impl(setting: str, gpus: bool, dropout: float) -> str:
@@ -29,6 +32,9 @@ def attention_impl(setting: str, gpus: bool, dropout: float) -> str:
     if setting == "auto":
         return "flex" if gpus and dropout == 0 else "sdpa"
     return setting
+
+
+REGISTERED_NAME = "dalle-prior"  # MLflow model registry: each finished run adds a version (EMA weights)
 
 
 def model_shape(cfg: PriorTrainConfig, source: TokenSource, attn_impl: str = "sdpa") -> PriorShape:
@@ -89,6 +95,17 @@ def train(cfg: PriorTrainConfig) -> LaunchResult:
         "data_fingerprint": source.layout_fingerprint(cfg.run.num_workers),
         "storage_path": resolve_storage(cfg.run.storage_path),
     }
-    return launch(
-        train_fn, loop_config, cfg.run, params=params, tags=tags, datasets=datasets, dataset_config=data_config
+    result = launch(
+        train_fn,
+        loop_config,
+        cfg.run,
+        params=params,
+        tags=tags,
+        datasets=datasets,
+        dataset_config=data_config,
+        inputs=[(cfg.data.tokens, "training", dataset_digest(cfg.data.tokens))],
     )
+    # Registered like the final-checkpoint artifact: not for multi-GB models, and from a local checkpoint.
+    if result.checkpoint_path and cfg.run.log_final_checkpoint and not storage.is_remote(result.checkpoint_path):
+        register_pytorch_model(load_prior(result.checkpoint_path), "prior", REGISTERED_NAME, result.run_id)
+    return result

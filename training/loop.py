@@ -298,7 +298,7 @@ def train_fn(config: dict[str, Any]) -> None:
                 ctx.device,
                 cfg.data.seed,
             )
-            ctx.logger.log_artifact_bytes(png, f"samples_step{step:07d}.png", "samples")
+            ctx.logger.log_image(png, "samples", step)  # MLflow's image slider pages through the steps
         if step % t.checkpoint_every == 0 or step == t.max_steps:
             ckpt.save(
                 step,
