@@ -30,8 +30,18 @@ from common.ray_cluster import init_ray
 from pipeline.caption_phase import InputFile, caption_parts, caption_task
 from pipeline.config import BuildConfig
 from pipeline.dedup import image_dedup_task, url_dedup_task
-from pipeline.download_phase import download_task, finalize_task, give_up_on_list
+from pipeline.download_phase import (
+    commit_list,
+    committed_lists,
+    download_task,
+    finalize_task,
+    give_up_on_list,
+    lists_status,
+    record_failed_list,
+)
+from pipeline.input_lock import lock_inputs
 from pipeline.layout import Layout
+from pipeline.readers.base import InputUnreadable
 from pipeline.report import build_report, summary_text, write_report_files
 from pipeline.tasks import run_tasks
 
@@ -46,6 +56,8 @@ NON_RESULT_FIELDS = (
     "run.max_in_flight",
     "run.experiment",
     "run.shard_timeout_s",
+    "run.read_backoff_s",
+    "run.accept_failed_lists",
     "run.examples_per_reason",
     "download.thread_count",
 )
@@ -151,6 +163,8 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         return storage.read_json(layout.report("filter_report.json"))
     storage.clean_temp(cfg.output)
     digest = lock_config(layout, cfg)
+    files = plan_inputs(cfg)
+    lock_inputs(layout, cfg, files)  # refuses a rerun on a different input set or versions
     owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None)
     import mlflow
     import ray
@@ -162,7 +176,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     try:
         mlflow.set_tags({"stage": "build_dataset", "output": cfg.output, "config_hash": digest})
         tracking.log_params(config_lib.flatten(cfg))
-        report = _run_phases(cfg, layout, digest, ray, _Progress())
+        report = _run_phases(cfg, layout, digest, files, ray, _Progress())
         mlflow.end_run("FINISHED")
         return report
     except BaseException:
@@ -173,21 +187,23 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
             ray.shutdown()
 
 
-def _remote(ray: Any, fn: Any) -> Any:
-    return ray.remote(num_cpus=1, max_retries=0)(fn)
+class FailedLists(RuntimeError):
+    """Download lists failed every retry: nothing was published, and a rerun retries them."""
 
 
-def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progress: _Progress) -> dict[str, Any]:
+def _run_phases(
+    cfg: BuildConfig, layout: Layout, digest: str, files: list[InputFile], ray: Any, progress: _Progress
+) -> dict[str, Any]:
     import mlflow
 
     P = cfg.run.dedup_partitions
     window = cfg.run.max_in_flight
     timings: dict[str, float] = {}
 
-    def phase(task: Any, items: Any, args: tuple, desc: str, **kwargs: Any) -> None:
+    def phase(task: Any, items: Any, args: tuple, desc: str, **kwargs: Any) -> list[Any]:
         """One phase: a task per item, at most `window` in flight, each retried on failure."""
-        run_tasks(
-            _remote(ray, task),
+        return run_tasks(
+            task,
             items,
             args=args,
             max_in_flight=window,
@@ -198,7 +214,6 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
         )
 
     # 1. captions
-    files = plan_inputs(cfg)
     caption_stats: list[dict[str, Any]] = []
     fresh_rows = 0
     t0 = time.monotonic()
@@ -214,7 +229,7 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
             }
         )
 
-    phase(caption_task, files, (cfg,), "captions", on_result=on_caption)
+    phase(caption_task, files, (cfg,), "captions", on_result=on_caption, fatal=(InputUnreadable,))
     timings["captions"] = time.monotonic() - t0
     caption_stats.sort(key=lambda s: s["file_id"])
     input_by_source: dict[str, int] = {}
@@ -235,38 +250,53 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
     metrics: dict[str, float] = {"captions_per_s": fresh_rows / timings["captions"] if fresh_rows else 0.0}
 
     if not cfg.captions_only:
-        # 3. download
+        # 3. download: lists committed by an earlier run are done; lists that failed are retried
         t0 = time.monotonic()
+        committed = committed_lists(layout)
         downloaded = {"rows": 0, "kept": 0, "bytes": 0}
 
         def on_download(_: Any, stats: dict[str, Any]) -> None:
-            if not stats.get("skipped"):
-                downloaded["rows"] += stats["input"]
-                downloaded["kept"] += stats["kept"]
-                downloaded["bytes"] += stats["bytes"]
+            commit_list(layout, stats)  # the fence: only this attempt's files will ever be read
+            committed[stats["name"]] = stats
+            downloaded["rows"] += stats["input"]
+            downloaded["kept"] += stats["kept"]
+            downloaded["bytes"] += stats["bytes"]
             progress({"progress.images_attempted": downloaded["rows"], "progress.images_kept": downloaded["kept"]})
 
-        phase(
+        todo = [n for n in lists if n not in committed]
+        failures = phase(
             download_task,
-            lists,
+            todo,
             (cfg,),
             "download",
             timeout_s=cfg.run.shard_timeout_s,
             on_result=on_download,
-            on_give_up=lambda f: give_up_on_list(layout, cfg, f.item, f.error),
+            on_give_up=lambda f: record_failed_list(layout, f.item, f.attempts, f.error),
         )
+        if failures and not cfg.run.accept_failed_lists:
+            raise FailedLists(
+                f"{len(failures)} of {len(lists)} download lists failed after {cfg.run.shard_retries + 1} attempts "
+                f"each (first: {failures[0].item}: {failures[0].error[:300]}). Nothing was published. Rerun the same "
+                "command to retry them; add --run.accept_failed_lists true to publish without them "
+                "(their rows become shard_failed)."
+            )
+        for failure in failures:
+            committed[failure.item] = give_up_on_list(layout, cfg, failure.item, failure.error)
         timings["download"] = time.monotonic() - t0
         metrics["images_per_s"] = downloaded["rows"] / timings["download"] if downloaded["rows"] else 0.0
         metrics["downloaded_bytes_kept"] = downloaded["bytes"]
         # 4. duplicate_image, 5. publish shards
-        hashes_ref = ray.put([layout.image_hashes(n) for n in lists])
+        hashes_ref = ray.put([layout.attempt(n, committed[n]["attempt"], "hashes") for n in lists])
         phase(image_dedup_task, range(P), (cfg, hashes_ref), "image dedup")
         phase(finalize_task, lists, (cfg,), "finalize")
+        lists_report = lists_status(layout, committed)
 
     # 6. report + manifest
     kept_dir = "candidates" if cfg.captions_only else "shards"
     report = build_report(layout, input_by_source, kept_dir, cfg.run.examples_per_reason)
     report["timings_s"] = timings
+    if not cfg.captions_only:
+        report["download_lists"] = {"total": len(lists), **lists_report}
     report["rates"] = metrics
     artifacts = write_report_files(layout, report)
     shards = [

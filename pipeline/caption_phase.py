@@ -11,6 +11,7 @@ Memory is bounded by `part_rows`, not by the file size.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from common import schemas, storage
 from pipeline.config import BuildConfig
 from pipeline.layout import Layout
 
+log = logging.getLogger(__name__)
 PART_ROWS = 500_000  # rows buffered before a part is flushed; bounds task memory
 
 _PIPELINES: dict[str, Any] = {}
@@ -82,13 +84,37 @@ _PART_SCHEMA = pa.schema(
 
 
 def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
-    """Filter one input file. Returns its stats (also stored in the .done.json marker)."""
-    from pipeline.readers import READERS
+    """Filter one input file. Returns its stats (also stored in the .done.json marker).
+
+    A transient read error (I/O, S3, network) re-reads the file from its start after a backoff: its
+    parts have deterministic names, so a re-read overwrites, never duplicates. A file that stays
+    unreadable, or whose bytes are cut (truncated .gz, corrupt footer), raises InputUnreadable with
+    its path and the rows read: the build fails loudly instead of losing the file behind one row.
+    """
+    from pipeline.readers.base import InputUnreadable
 
     layout = Layout(cfg.output)
     done = layout.caption_done(src.file_id)
     if storage.exists(done):
         return {**storage.read_json(done), "skipped": True}
+    backoff = list(cfg.run.read_backoff_s)
+    for attempt in range(len(backoff) + 1):
+        try:
+            stats = _filter_file(src, cfg, layout)
+            break
+        except InputUnreadable as exc:
+            if not exc.transient or attempt == len(backoff):
+                raise
+            log.warning("%s; re-reading it in %.1f s (attempt %d)", exc, backoff[attempt], attempt + 2)
+            time.sleep(backoff[attempt])
+    stats["read_attempts"] = attempt + 1
+    storage.write_json_atomic(done, stats)
+    return stats
+
+
+def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, Any]:
+    from pipeline.readers import READERS
+
     started = time.monotonic()
     pipeline = _pipeline(cfg)
     before = pipeline.stats()  # the pipeline is shared by every task of this worker: report the delta
@@ -114,7 +140,7 @@ def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
             part, kept, rejected, buffered = part + 1, [], [], 0
     _write_part(layout, src, part, kept, rejected, cfg.run.dedup_partitions)
     after = pipeline.stats()
-    stats = {
+    return {
         "file_id": src.file_id,
         "source": src.source,
         "path": src.path,
@@ -124,8 +150,6 @@ def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
         "seconds": time.monotonic() - started,
         "filters": _delta(after, before),
     }
-    storage.write_json_atomic(done, stats)
-    return stats
 
 
 def _delta(after: Any, before: Any) -> Any:

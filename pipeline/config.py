@@ -116,6 +116,16 @@ class RunConfig:
     shard_retries: int = doc(
         2, "Retries of a failed or timed-out shard task before its rows are rejected as shard_failed."
     )
+    read_backoff_s: list[float] = doc(
+        [1.0, 4.0, 16.0],
+        "Waits before each re-read of an input file after a transient read error (I/O, S3, network). "
+        "A file still unreadable after the last one fails the build with its path.",
+    )
+    accept_failed_lists: bool = doc(
+        False,
+        "When download lists failed every retry, the build stops before publishing and a rerun of the "
+        "same command retries them. True publishes without them instead: their rows become shard_failed.",
+    )
     max_in_flight: int = doc(0, "Tasks submitted at once (0 = 2 x cluster CPUs). Bounds driver memory.")
     examples_per_reason: int = doc(5, "Rejected examples per reason and source in the filter report.")
     ray_address: str = doc("", "Ray cluster to connect to ('' = RAY_ADDRESS, else a private local instance).")

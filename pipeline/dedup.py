@@ -66,7 +66,7 @@ HASH_SCHEMA = pa.schema(
 DUPS_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("winner", pa.string())])
 
 
-def write_image_hashes(layout: Layout, shard: str, kept: pa.Table, partitions: int) -> None:
+def write_image_hashes(path: str, shard: str, kept: pa.Table, partitions: int) -> None:
     """Side file of a downloaded shard: (sha256, key) sorted by hash partition, one row group each."""
     shas = kept.column("sha256").to_pylist()
     table = pa.table(
@@ -78,7 +78,7 @@ def write_image_hashes(layout: Layout, shard: str, kept: pa.Table, partitions: i
         },
         schema=HASH_SCHEMA,
     ).sort_by([("partition", "ascending"), ("sha256", "ascending")])
-    storage.write_bytes_atomic(layout.image_hashes(shard), storage.grouped_parquet_bytes(table, "partition"))
+    storage.write_bytes_atomic(path, storage.grouped_parquet_bytes(table, "partition"))
 
 
 def image_dedup_task(partition: int, cfg: BuildConfig, hash_paths: list[str]) -> dict[str, Any]:

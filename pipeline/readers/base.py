@@ -78,21 +78,47 @@ def to_int(value: object) -> int | None:
     return number if number > 0 else None
 
 
-def _until_unreadable(items: Iterator[T]) -> Iterator[T | Row]:
-    """The items of a format's iterator until its file fails to read (truncated .gz, corrupt parquet,
-    I/O error); the failure then ends it as ONE malformed row instead of an exception.
+class InputUnreadable(RuntimeError):
+    """A whole input file could not be read to its end: a file-level failure, never a row.
+
+    `transient` says whether a retry may help (a filesystem or network error) or not (a truncated
+    compressed stream, a corrupt parquet footer: the same bytes fail the same way every time).
+    `rows_read` is how many rows were read before the failure, for the error message.
+    """
+
+    def __init__(self, path: str, rows_read: int, error: BaseException):
+        self.path, self.rows_read, self.transient = path, rows_read, is_transient(error)
+        kind = "transient read error" if self.transient else "unreadable file"
+        super().__init__(f"{kind} in {path} after {rows_read} rows: {type(error).__name__}: {error}"[:2000])
+
+
+_PERMANENT_HINTS = ("truncated", "corrupt", "magic bytes", "invalid", "not a parquet", "unexpected end")
+
+
+def is_transient(error: BaseException) -> bool:
+    """An OSError (I/O, S3, network) may go away on retry; format errors in the bytes do not."""
+    if isinstance(error, EOFError) or not isinstance(error, OSError):
+        return False
+    return not any(hint in str(error).lower() for hint in _PERMANENT_HINTS)
+
+
+def _until_unreadable(items: Iterator[T], path: str) -> Iterator[T]:
+    """The items of a format's iterator; a failure to READ the file (I/O error, truncated .gz,
+    corrupt parquet) raises InputUnreadable with the rows read so far, so the caller retries the
+    file or fails loudly. Only format errors inside readable bytes are malformed rows.
 
     next() by hand rather than `yield from` inside try: only errors raised while READING are caught,
     never ones thrown in when the consumer closes the stream early.
     """
+    rows = 0
     while True:
         try:
             item = next(items)
         except StopIteration:
             return
         except (OSError, EOFError, pa.ArrowException) as exc:
-            yield bad(f"unreadable: {exc}"[:200])
-            return
+            raise InputUnreadable(path, rows, exc) from exc
+        rows += item.num_rows if isinstance(item, pa.Table) else 1
         yield item
 
 
@@ -110,20 +136,17 @@ class Reader:
     def read(self, path: str) -> Iterator[pa.Table]:
         """Stream SOURCE_ROW tables of at most batch_size rows, one row per input row, in order.
 
-        A file that cannot be read to its end (truncated .gz, corrupt parquet, I/O error) yields
-        the rows read so far plus ONE malformed row "unreadable: ..." and stops: bad input is
-        counted, never fatal, and the caller sees it in the rejected rows.
+        A file that cannot be read to its end (truncated .gz, corrupt parquet, I/O error) raises
+        InputUnreadable after the rows read so far: a file-level failure, never one malformed row.
         """
         batch_size = max(1, int(self.cfg.batch_size))
         if type(self).iter_tables is not Reader.iter_tables:
-            for table in _until_unreadable(self.iter_tables(path)):
-                if isinstance(table, Row):
-                    table = self._to_table([table])
+            for table in _until_unreadable(self.iter_tables(path), path):
                 for start in range(0, table.num_rows, batch_size):
                     yield self._count(table.slice(start, batch_size))
             return
         buffer: list[Row] = []
-        for row in _until_unreadable(self.iter_rows(path)):
+        for row in _until_unreadable(self.iter_rows(path), path):
             buffer.append(row)
             if len(buffer) >= batch_size:
                 yield self._count(self._to_table(buffer))

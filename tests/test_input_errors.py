@@ -1,0 +1,129 @@
+"""No silent loss on input files, and resume keyed by the input set (issue 10).
+
+Real files, the real caption pipeline (real fastText) run in-process: a transient read error is
+retried and loses nothing; a file whose bytes are cut fails with its path and the rows read; a rerun
+on a changed input set, or after a version change, is refused with the difference.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import threading
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.build import plan_inputs
+from pipeline.caption_phase import caption_task
+from pipeline.config import BuildConfig
+from pipeline.input_lock import InputMismatch, lock_inputs
+from pipeline.layout import Layout
+from pipeline.readers.base import InputUnreadable
+
+N = 300
+
+
+def write_tsv(path, n=N, start=0):
+    lines = [
+        f"a photo of a red sports car number {i} parked by the sea\thttp://img.example/{i}.jpg"
+        for i in range(start, start + n)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def config(tmp_path, sources):
+    cfg = BuildConfig(sources=sources, output=str(tmp_path / "out"))
+    cfg.run.read_backoff_s = [0.5, 1.0, 2.0, 4.0]
+    return cfg
+
+
+def rows_on_disk(layout: Layout) -> list[str]:
+    keys = []
+    for folder in (layout.path("_work", "captions"), layout.path("rejected")):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".parquet"):
+                keys += pq.read_table(os.path.join(folder, name), columns=["key"]).column("key").to_pylist()
+    return keys
+
+
+def test_transient_read_error_is_retried_and_loses_nothing(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_tsv(src / "a.tsv")
+    write_tsv(src / "0.tsv", n=5, start=10_000)
+    cfg = config(tmp_path, [f"cc3m:{src}/*.tsv"])
+    warm, file = plan_inputs(cfg)
+    caption_task(warm, cfg)  # a warm worker: the language model is loaded, the read comes at once
+    # The file is away for a moment (a replaced object, a flapping mount): the first read fails.
+    os.rename(src / "a.tsv", src / "a.moved")
+    timer = threading.Timer(0.8, os.rename, (src / "a.moved", src / "a.tsv"))
+    timer.start()
+    try:
+        stats = caption_task(file, cfg)
+    finally:
+        timer.join()
+    assert stats["read_attempts"] >= 2 and stats["input"] == N
+    keys = rows_on_disk(Layout(cfg.output))
+    assert len(keys) == len(set(keys)) == N + 5  # every row once: kept or rejected, none lost or doubled
+
+
+def test_cut_compressed_file_fails_with_its_path_and_rows_read(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = b"".join(b"caption number %d is long enough\thttp://e.com/%d.jpg\n" % (i, i) for i in range(150_000))
+    data = gzip.compress(lines, compresslevel=1)
+    (src / "cut.tsv.gz").write_bytes(data[: len(data) // 2])
+    cfg = config(tmp_path, [f"cc3m:{src}/*.gz"])
+    (file,) = plan_inputs(cfg)
+    with pytest.raises(InputUnreadable, match=r"unreadable file in .*cut\.tsv\.gz after \d+ rows") as info:
+        caption_task(file, cfg)
+    assert not info.value.transient and info.value.rows_read > 0
+    assert not os.path.exists(Layout(cfg.output).caption_done(file.file_id))  # never marked done
+
+
+def test_permanently_unreadable_file_fails_after_its_retries(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_tsv(src / "a.tsv")
+    cfg = config(tmp_path, [f"cc3m:{src}/*.tsv"])
+    cfg.run.read_backoff_s = [0.1, 0.1]
+    (file,) = plan_inputs(cfg)
+    os.remove(src / "a.tsv")
+    with pytest.raises(InputUnreadable, match=r"transient read error in .*a\.tsv after 0 rows"):
+        caption_task(file, cfg)
+
+
+def test_changed_input_set_is_refused(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_tsv(src / "a.tsv")
+    write_tsv(src / "c.tsv", start=N)
+    cfg = config(tmp_path, [f"cc3m:{src}/*.tsv"])
+    layout = Layout(cfg.output)
+    lock_inputs(layout, cfg, plan_inputs(cfg))
+    lock_inputs(layout, cfg, plan_inputs(cfg))  # same inputs: accepted
+    write_tsv(src / "b.tsv", start=2 * N)  # shifts c.tsv from position 1 to 2
+    with pytest.raises(InputMismatch, match=r"added .*b\.tsv.*c\.tsv moved from position 000-000001"):
+        lock_inputs(layout, cfg, plan_inputs(cfg))
+    os.remove(src / "b.tsv")
+    write_tsv(src / "c.tsv", n=N + 1, start=N)  # same name, other content
+    with pytest.raises(InputMismatch, match=r"changed .*c\.tsv \(size"):
+        lock_inputs(layout, cfg, plan_inputs(cfg))
+
+
+def test_changed_versions_are_refused(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_tsv(src / "a.tsv")
+    cfg = config(tmp_path, [f"cc3m:{src}/*.tsv"])
+    layout = Layout(cfg.output)
+    recorded = lock_inputs(layout, cfg, plan_inputs(cfg))
+    assert {"img2dataset", "pillow", "opencv-python-headless", "language_model"} <= set(recorded["versions"])
+    # what the first run recorded under an older Pillow
+    recorded["versions"]["pillow"] = "9.0.0"
+    with open(layout.input_lock, "w") as fh:
+        json.dump(recorded, fh)
+    with pytest.raises(InputMismatch, match=r"pillow 9\.0\.0 -> "):
+        lock_inputs(layout, cfg, plan_inputs(cfg))
