@@ -60,6 +60,8 @@ NON_RESULT_FIELDS = (
     "run.accept_failed_lists",
     "run.examples_per_reason",
     "download.thread_count",
+    "download.max_per_host",
+    "download.contact_url",
 )
 VERSIONED_PACKAGES = (
     "ray",

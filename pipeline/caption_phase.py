@@ -128,6 +128,9 @@ def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, 
         table = _with_keys(table, src, n_input)
         n_input += table.num_rows
         ok, bad = pipeline.process(table.drop_columns(["row"]))
+        ok, small = _too_small(ok, cfg.download.min_image_size)
+        if small is not None:
+            bad = pa.concat_tables([bad, small])
         # carry the input order (row) onto kept rows: dedup keeps the first occurrence
         row_of = dict(zip(table.column("key").to_pylist(), table.column("row").to_pylist(), strict=True))
         ok = ok.append_column("row", pa.array([row_of[k] for k in ok.column("key").to_pylist()], pa.int64()))
@@ -150,6 +153,22 @@ def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, 
         "seconds": time.monotonic() - started,
         "filters": _delta(after, before),
     }
+
+
+def _too_small(ok: pa.Table, min_size: int) -> tuple[pa.Table, pa.Table | None]:
+    """too_small before download when the source metadata has both sides (as aspect_ratio is):
+    an image the download stage would refuse is not fetched. Unknown sizes are decided after download."""
+    width, height = ok.column("width"), ok.column("height")
+    short = pc.min_element_wise(width, height)
+    mask = pc.fill_null(pc.and_(pc.and_(pc.is_valid(width), pc.is_valid(height)), pc.less(short, min_size)), False)
+    if not pc.any(mask).as_py():
+        return ok, None
+    small = ok.filter(mask)
+    details = [
+        f"{w}x{h}, short side {min(w, h)} < {min_size} (source metadata)"
+        for w, h in zip(small.column("width").to_pylist(), small.column("height").to_pylist(), strict=True)
+    ]
+    return ok.filter(pc.invert(mask)), schemas.rejected_from(small, "too_small", details)
 
 
 def _delta(after: Any, before: Any) -> Any:

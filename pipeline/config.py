@@ -100,6 +100,21 @@ class DownloadConfig:
         ["noai", "noimageai"], "X-Robots-Tag directives that refuse the image (robots_disallowed)."
     )
     user_agent_token: str = doc("dalle-pipeline", "Token in the User-Agent, also matched in X-Robots-Tag.")
+    contact_url: str = doc(
+        "https://github.com/rom1504/img2dataset",
+        "Contact URL in the User-Agent ('+URL'), so a site owner can find who crawls them and how to opt "
+        "out. Point it at your own page for a real crawl (docs/download.md).",
+    )
+    max_per_host: int = doc(
+        16,
+        "Politeness: at most this many concurrent fetches to one host inside each download task "
+        "(0 = no cap). A cluster multiplies it by the number of running tasks.",
+    )
+    busy_retries: int = doc(
+        2,
+        "Politeness: after a 429 or 503 the host is paused for its Retry-After (else 1, 2, 4 s) and the "
+        "fetch is tried again, at most this many times and only while the wait fits in total_timeout.",
+    )
 
 
 @dataclass

@@ -127,3 +127,25 @@ def test_changed_versions_are_refused(tmp_path):
         json.dump(recorded, fh)
     with pytest.raises(InputMismatch, match=r"pillow 9\.0\.0 -> "):
         lock_inputs(layout, cfg, plan_inputs(cfg))
+
+
+def test_too_small_is_decided_before_download_when_the_source_has_sizes(tmp_path):
+    import pyarrow as pa
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sizes = [(300, 300), (200, 380), (None, 100), (256, 300)]
+    pq.write_table(pa.table({
+        "url": [f"http://img.example/{i}.jpg" for i in range(len(sizes))],
+        "caption": [f"a photo of a red sports car number {i} parked by the sea" for i in range(len(sizes))],
+        "w": pa.array([w for w, _ in sizes], pa.int64()),
+        "h": pa.array([h for _, h in sizes], pa.int64()),
+    }), src / "a.parquet")
+    cfg = config(tmp_path, [f"parquet:{src}/a.parquet"])
+    cfg.reader.width_column, cfg.reader.height_column = "w", "h"
+    (file,) = plan_inputs(cfg)
+    stats = caption_task(file, cfg)
+    rejected = pq.read_table(Layout(cfg.output).rejected("captions", f"{file.file_id}-00000")).to_pylist()
+    assert [(r["url"], r["reason"], r["detail"]) for r in rejected] == [
+        ("http://img.example/1.jpg", "too_small", "200x380, short side 200 < 256 (source metadata)")]
+    assert stats["input"] == 4 and stats["kept"] == 3  # an unknown size is decided after download
