@@ -29,7 +29,7 @@ from common import storage, tracking
 from common.ray_cluster import init_ray
 from pipeline.caption_phase import InputFile, caption_parts, caption_task
 from pipeline.config import BuildConfig
-from pipeline.dedup import image_dedup_task, url_dedup_task
+from pipeline.dedup import image_dedup_task, plan_ranges, task_memory, url_dedup_task
 from pipeline.download_phase import (
     commit_list,
     committed_lists,
@@ -43,6 +43,7 @@ from pipeline.input_lock import lock_inputs
 from pipeline.layout import Layout
 from pipeline.readers.base import InputUnreadable
 from pipeline.report import build_report, summary_text, write_report_files
+from pipeline.splits import plan_splits
 from pipeline.tasks import run_tasks
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,11 @@ def plan_inputs(cfg: BuildConfig) -> list[InputFile]:
         n = seen.get(fmt, 0)
         seen[fmt] = n + 1
         name = fmt if formats.count(fmt) == 1 else f"{fmt}:{n}"
-        files.extend(InputFile(f"{i:03d}-{j:06d}", name, fmt, p) for j, p in enumerate(paths))
+        for j, path in enumerate(paths):
+            splits = plan_splits(fmt, path, cfg.reader)
+            for k, split in enumerate(splits):
+                suffix = f"-s{k:05d}" if len(splits) > 1 else ""
+                files.append(InputFile(f"{i:03d}-{j:06d}{suffix}", name, fmt, path, split))
     return files
 
 
@@ -238,14 +243,17 @@ def _run_phases(
     for s in caption_stats:
         input_by_source[s["source"]] = input_by_source.get(s["source"], 0) + s["input"]
 
-    # 2. URL dedup -> download lists
+    # 2. URL dedup -> download lists: one task per range of URL partitions (pipeline.dedup)
     parts_ref = ray.put(caption_parts(layout, caption_stats))
+    kept_rows = sum(s["kept"] for s in caption_stats)
+    url_ranges = plan_ranges(kept_rows, P, cfg.run.dedup_rows_per_task)
     lists: list[str] = []
     phase(
         url_dedup_task,
-        range(P),
+        url_ranges,
         (cfg, parts_ref),
         "url dedup",
+        options={"memory": task_memory(kept_rows, len(url_ranges))},
         on_result=lambda _, s: lists.extend(x["name"] for x in s["lists"]),
     )
     lists.sort()
@@ -289,8 +297,11 @@ def _run_phases(
         metrics["downloaded_bytes_kept"] = downloaded["bytes"]
         # 4. duplicate_image, 5. publish shards
         hashes_ref = ray.put([layout.attempt(n, committed[n]["attempt"], "hashes") for n in lists])
-        phase(image_dedup_task, range(P), (cfg, hashes_ref), "image dedup")
-        phase(finalize_task, lists, (cfg,), "finalize")
+        images = sum(committed[n]["kept"] for n in lists)
+        image_ranges = plan_ranges(images, P, cfg.run.dedup_rows_per_task)
+        memory = task_memory(images, len(image_ranges))
+        phase(image_dedup_task, image_ranges, (cfg, hashes_ref), "image dedup", options={"memory": memory})
+        phase(finalize_task, lists, (cfg, [lo for lo, _ in image_ranges]), "finalize")
         lists_report = lists_status(layout, committed)
 
     # 6. report + manifest

@@ -2,8 +2,8 @@
 
 Output per file, all with deterministic names (a rerun overwrites, never duplicates):
   _work/captions/<file_id>-<part>.parquet   kept rows + `partition` (hash of URL) + input order,
-                                            sorted by partition with one row group per partition,
-                                            so the URL-dedup task of partition p reads only its rows
+                                            sorted by partition in small row groups, so a URL-dedup
+                                            task reads only its range's rows (pipeline.dedup)
   rejected/captions-<file_id>-<part>.parquet
   _work/captions/<file_id>.done.json        written last: input count and filter stats
 Memory is bounded by `part_rows`, not by the file size.
@@ -18,11 +18,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from common import schemas, storage
 from pipeline.config import BuildConfig
+from pipeline.dedup import sorted_shuffle_bytes
 from pipeline.layout import Layout
+from pipeline.readers.base import Split
 
 log = logging.getLogger(__name__)
 PART_ROWS = 500_000  # rows buffered before a part is flushed; bounds task memory
@@ -36,6 +37,7 @@ class InputFile:
     source: str  # source name written to every row, e.g. "laion" or "cc3m:1"
     fmt: str
     path: str
+    split: Split | None = None  # part of the file this task reads (pipeline.splits); None = whole
 
 
 def _pipeline(cfg: BuildConfig) -> Any:
@@ -66,18 +68,16 @@ def _write_part(
     storage.write_parquet_atomic(layout.rejected("captions", f"{src.file_id}-{part:05d}"), rej)
     table = pa.concat_tables(kept) if kept else None
     if table is None or table.num_rows == 0:
-        table = schemas.empty(_PART_SCHEMA)  # written anyway: the part list stays exact
+        table = schemas.empty(PART_SCHEMA)  # written anyway: the part list stays exact
     else:
         parts = [schemas.stable_partition(u, partitions) for u in table.column("url").to_pylist()]
         table = table.append_column("partition", pa.array(parts, pa.int32()))
         table = table.append_column("file_id", pa.array([src.file_id] * table.num_rows, pa.string()))
-        table = table.sort_by([("partition", "ascending"), ("row", "ascending")]).select(_PART_SCHEMA.names)
-    storage.write_bytes_atomic(
-        layout.caption_part(src.file_id, part), storage.grouped_parquet_bytes(table, "partition")
-    )
+        table = table.sort_by([("partition", "ascending"), ("row", "ascending")]).select(PART_SCHEMA.names)
+    storage.write_bytes_atomic(layout.caption_part(src.file_id, part), sorted_shuffle_bytes(table))
 
 
-_PART_SCHEMA = pa.schema(
+PART_SCHEMA = pa.schema(
     list(schemas.CANDIDATE)
     + [pa.field("row", pa.int64()), pa.field("partition", pa.int32()), pa.field("file_id", pa.string())]
 )
@@ -124,16 +124,14 @@ def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, 
     kept: list[pa.Table] = []
     rejected: list[pa.Table] = []
     buffered = 0
-    for table in reader.read(src.path):
-        table = _with_keys(table, src, n_input)
+    first_row = src.split.first_row if src.split is not None else 0
+    for table in reader.read(src.path, src.split):
+        table = _with_keys(table, src, first_row + n_input)
         n_input += table.num_rows
-        ok, bad = pipeline.process(table.drop_columns(["row"]))
+        ok, bad = _process(pipeline, table)
         ok, small = _too_small(ok, cfg.download.min_image_size)
         if small is not None:
             bad = pa.concat_tables([bad, small])
-        # carry the input order (row) onto kept rows: dedup keeps the first occurrence
-        row_of = dict(zip(table.column("key").to_pylist(), table.column("row").to_pylist(), strict=True))
-        ok = ok.append_column("row", pa.array([row_of[k] for k in ok.column("key").to_pylist()], pa.int64()))
         kept.append(ok)
         rejected.append(bad)
         n_kept += ok.num_rows
@@ -153,6 +151,26 @@ def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, 
         "seconds": time.monotonic() - started,
         "filters": _delta(after, before),
     }
+
+
+def _process(pipeline: Any, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Run the caption pipeline and carry each kept row's input position (`row`) onto it.
+
+    Keys are hashes of (source, url), so two rows of one batch with the same URL share a key: the
+    pipeline runs on the batch index as a stand-in key, mapped back afterwards, so that each kept
+    row gets its own row number (dedup keeps the first in input order)."""
+    keys, rows = table.column("key"), table.column("row")
+    index = pa.array([str(i) for i in range(table.num_rows)], pa.string())
+    ok, bad = pipeline.process(
+        table.drop_columns(["row"]).set_column(table.schema.get_field_index("key"), "key", index)
+    )
+
+    def restore(out: pa.Table, extra: bool) -> pa.Table:
+        at = pa.array([int(i) for i in out.column("key").to_pylist()], pa.int64())
+        out = out.set_column(out.schema.get_field_index("key"), "key", pc.take(keys, at))
+        return out.append_column("row", pc.take(rows, at)) if extra else out
+
+    return restore(ok, True), restore(bad, False)
 
 
 def _too_small(ok: pa.Table, min_size: int) -> tuple[pa.Table, pa.Table | None]:
@@ -179,13 +197,3 @@ def _delta(after: Any, before: Any) -> Any:
 
 def caption_parts(layout: Layout, done_stats: list[dict[str, Any]]) -> list[str]:
     return [layout.caption_part(s["file_id"], p) for s in done_stats for p in range(s["parts"])]
-
-
-def read_partition(paths: list[str], partition: int) -> pa.Table:
-    """All kept caption rows of one URL partition, across every input file (row groups pruned)."""
-    if not paths:
-        return schemas.empty(_PART_SCHEMA)
-    fs, _ = storage.resolve(paths[0])
-    inner = [storage.resolve(p)[1] for p in paths]
-    table = pq.read_table(inner, filesystem=fs, schema=_PART_SCHEMA, filters=pc.field("partition") == partition)
-    return table

@@ -18,6 +18,16 @@ class ReaderConfig:
     width_column: str = doc("", "Generic readers: optional column with the original width ('' = none).")
     height_column: str = doc("", "Generic readers: optional column with the original height ('' = none).")
     batch_size: int = doc(8192, "Rows per streamed batch. Bounds reader memory whatever the file size.")
+    split_rows: int = doc(
+        50_000,
+        "Parquet inputs are cut into caption tasks of whole row groups holding at least this many rows, "
+        "so a few large files still use every core (pipeline/splits.py).",
+    )
+    split_bytes: int = doc(
+        16 << 20,
+        "Uncompressed headerless line files (cc3m, yfcc100m, jsonl) are cut into caption tasks of this "
+        "many bytes, newline-aligned. Compressed and header formats are read whole.",
+    )
 
 
 @dataclass
@@ -122,8 +132,14 @@ class RunConfig:
     shard_size: int = doc(10_000, "Rows per download list and per dataset shard.")
     dedup_partitions: int = doc(
         64,
-        "Hash partitions for URL and image dedup. Memory per dedup task is about "
-        "input_rows / partitions; raise it for very large builds.",
+        "Hash partitions for URL and image dedup: the most dedup tasks a phase runs. Each task owns a "
+        "range of partitions; how many tasks run is set by dedup_rows_per_task.",
+    )
+    dedup_rows_per_task: int = doc(
+        2_000_000,
+        "Rows one dedup task handles at most (its memory: ~1 KB per row, requested from Ray as "
+        "`memory=`). A phase runs min(dedup_partitions, ceil(rows / this)) tasks, so memory per task "
+        "stays bounded whatever the build size or the partition count.",
     )
     shard_timeout_s: float = doc(
         1800.0, "Wall-clock limit for one download shard task; a stuck shard is cancelled and retried."

@@ -126,7 +126,7 @@ def lists_status(layout: Layout, committed: dict[str, dict[str, Any]]) -> dict[s
     }
 
 
-def finalize_task(name: str, cfg: BuildConfig) -> dict[str, Any]:
+def finalize_task(name: str, cfg: BuildConfig, dup_ranges: list[int]) -> dict[str, Any]:
     layout = Layout(cfg.output)
     final = layout.shard(name)
     if is_finalized(layout, name):
@@ -134,7 +134,7 @@ def finalize_task(name: str, cfg: BuildConfig) -> dict[str, Any]:
     token = storage.read_json(layout.staged(name))["attempt"]
     downloaded_rejects = storage.read_parquet(layout.attempt(name, token, "rejected"))
     storage.write_parquet_atomic(layout.rejected("download", name), downloaded_rejects)
-    losers = losers_of_shard(layout, name, cfg.run.dedup_partitions)
+    losers = losers_of_shard(layout, name, dup_ranges)
     table = storage.read_parquet(layout.attempt(name, token, "staged"))
     duplicates = 0
     if losers:

@@ -30,6 +30,8 @@ class InputMismatch(RuntimeError):
 
 def describe_inputs(files: list[InputFile]) -> list[dict[str, Any]]:
     """One entry per input file: id, source, path, size and mtime (one metadata call per filesystem)."""
+    seen: set[str] = set()
+    files = [f for f in files if not (f.path in seen or seen.add(f.path))]  # a file cut into splits: once
     groups: dict[str, tuple[Any, list[tuple[int, str]]]] = {}  # filesystem per scheme, then one batched call
     for i, f in enumerate(files):
         fs, inner = storage.resolve(f.path)
@@ -39,7 +41,7 @@ def describe_inputs(files: list[InputFile]) -> list[dict[str, Any]]:
     for fs, members in groups.values():
         for (i, _), info in zip(members, fs.get_file_info([p for _, p in members]), strict=True):
             f = files[i]
-            out[i] = {"file_id": f.file_id, "source": f.source, "path": f.path, "size": info.size,
+            out[i] = {"file_id": f.file_id.split("-s")[0], "source": f.source, "path": f.path, "size": info.size,
                       "mtime_ns": info.mtime_ns}  # fmt: skip
     return out
 

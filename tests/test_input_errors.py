@@ -135,17 +135,82 @@ def test_too_small_is_decided_before_download_when_the_source_has_sizes(tmp_path
     src = tmp_path / "in"
     src.mkdir()
     sizes = [(300, 300), (200, 380), (None, 100), (256, 300)]
-    pq.write_table(pa.table({
-        "url": [f"http://img.example/{i}.jpg" for i in range(len(sizes))],
-        "caption": [f"a photo of a red sports car number {i} parked by the sea" for i in range(len(sizes))],
-        "w": pa.array([w for w, _ in sizes], pa.int64()),
-        "h": pa.array([h for _, h in sizes], pa.int64()),
-    }), src / "a.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "url": [f"http://img.example/{i}.jpg" for i in range(len(sizes))],
+                "caption": [f"a photo of a red sports car number {i} parked by the sea" for i in range(len(sizes))],
+                "w": pa.array([w for w, _ in sizes], pa.int64()),
+                "h": pa.array([h for _, h in sizes], pa.int64()),
+            }
+        ),
+        src / "a.parquet",
+    )
     cfg = config(tmp_path, [f"parquet:{src}/a.parquet"])
     cfg.reader.width_column, cfg.reader.height_column = "w", "h"
     (file,) = plan_inputs(cfg)
     stats = caption_task(file, cfg)
     rejected = pq.read_table(Layout(cfg.output).rejected("captions", f"{file.file_id}-00000")).to_pylist()
     assert [(r["url"], r["reason"], r["detail"]) for r in rejected] == [
-        ("http://img.example/1.jpg", "too_small", "200x380, short side 200 < 256 (source metadata)")]
+        ("http://img.example/1.jpg", "too_small", "200x380, short side 200 < 256 (source metadata)")
+    ]
     assert stats["input"] == 4 and stats["kept"] == 3  # an unknown size is decided after download
+
+
+# --- caption work split inside files (pipeline.splits) ------------------------------------------------
+def caption_rows(cfg) -> list[tuple]:
+    """Sorted (key, reason or 'kept', row or None) over every split's output (a URL may repeat)."""
+    layout = Layout(cfg.output)
+    out = []
+    for folder in (layout.path("_work", "captions"), layout.path("rejected")):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".parquet"):
+                out += [
+                    (r["key"], r.get("reason", "kept"), r.get("row"))
+                    for r in pq.read_table(os.path.join(folder, name)).to_pylist()
+                ]
+    return sorted(out, key=repr)
+
+
+@pytest.mark.parametrize("layout_kind", ["parquet", "lines"])
+def test_a_split_file_gives_the_same_rows_as_a_whole_one(tmp_path, layout_kind):
+    import pyarrow as pa
+
+    src = tmp_path / "in"
+    src.mkdir()
+    n = 2_000
+    captions = [f"a photo of a red sports car number {i} parked by the sea" if i % 7 else "ok" for i in range(n)]
+    urls = [f"http://img.example/{i % 1500}.jpg" for i in range(n)]  # duplicates across splits
+    if layout_kind == "parquet":
+        pq.write_table(pa.table({"url": urls, "caption": captions}), src / "a.parquet", row_group_size=250)
+        spec = f"parquet:{src}/a.parquet"
+    else:
+        (src / "a.tsv").write_text("".join(f"{c}\t{u}\n" for c, u in zip(captions, urls, strict=True)) + "bad line\n")
+        spec = f"cc3m:{src}/a.tsv"
+    results = []
+    for split in (False, True):
+        cfg = config(tmp_path / str(split), [spec])
+        if split:
+            cfg.reader.split_rows, cfg.reader.split_bytes = 600, 20_000
+        files = plan_inputs(cfg)
+        if not split:
+            assert len(files) == 1
+        elif layout_kind == "parquet":  # 250-row groups, >= 600 rows a split: 750, 750, 500
+            assert [(f.split.start, f.split.stop, f.split.first_row) for f in files] == [
+                (0, 3, 0),
+                (3, 6, 750),
+                (6, 8, 1500),
+            ]
+        else:
+            assert len(files) > 4 and all(f.split.kind == "bytes" for f in files)
+        total = sum(caption_task(f, cfg)["input"] for f in files)
+        assert total == n + (layout_kind == "lines")
+        results.append(caption_rows(cfg))
+    whole, split = results
+    # the same rows, kept or rejected alike (a malformed row is keyed by its position: byte offsets in splits)
+    assert [r[:2] for r in whole if r[1] != "malformed"] == [r[:2] for r in split if r[1] != "malformed"]
+    assert sum(r[1] == "malformed" for r in whole) == sum(r[1] == "malformed" for r in split)
+    rows = [r[2] for r in split if r[2] is not None]
+    assert len(rows) == len(set(rows))  # row numbers stay unique across splits
+    if layout_kind == "parquet":
+        assert whole == split  # and are the file's own row numbers

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from common import storage
 from common.schemas import SOURCE_ROW
@@ -122,6 +123,21 @@ def _until_unreadable(items: Iterator[T], path: str) -> Iterator[T]:
         yield item
 
 
+class Split(NamedTuple):
+    """Part of one input file, so that caption work follows the cluster, not the file count.
+
+    kind "rows":  parquet row groups [start, stop); first_row is the file's row number of the first.
+    kind "bytes": the lines that START in bytes [start, stop) of an uncompressed line file (the
+                  line that straddles `start` belongs to the previous split); first_row = start, so
+                  row numbers stay unique and in input order (a line has at least one byte).
+    """
+
+    kind: str
+    start: int
+    stop: int
+    first_row: int
+
+
 class Reader:
     """Base of every format reader. Subclasses set `format` and implement iter_rows or iter_tables."""
 
@@ -131,14 +147,16 @@ class Reader:
         self.cfg = cfg or ReaderConfig()
         self.rows_read = 0
         self.malformed = 0
+        self.split: Split | None = None
 
     # -- the public call --------------------------------------------------------------------------
-    def read(self, path: str) -> Iterator[pa.Table]:
+    def read(self, path: str, split: Split | None = None) -> Iterator[pa.Table]:
         """Stream SOURCE_ROW tables of at most batch_size rows, one row per input row, in order.
 
         A file that cannot be read to its end (truncated .gz, corrupt parquet, I/O error) raises
         InputUnreadable after the rows read so far: a file-level failure, never one malformed row.
         """
+        self.split = split
         batch_size = max(1, int(self.cfg.batch_size))
         if type(self).iter_tables is not Reader.iter_tables:
             for table in _until_unreadable(self.iter_tables(path), path):
@@ -162,14 +180,40 @@ class Reader:
         raise NotImplementedError
 
     # -- helpers shared by the formats ------------------------------------------------------------
-    @staticmethod
-    def open_lines(path: str) -> Iterator[bytes]:
-        """Raw lines (bytes, newline included) of a possibly compressed, possibly remote file.
+    def open_lines(self, path: str) -> Iterator[bytes]:
+        """Raw lines (bytes, newline included) of a possibly compressed, possibly remote file, or of
+        this reader's byte-range split of an uncompressed one.
 
         Bytes, not text: an undecodable line must become one malformed row, not end the file.
         """
-        with storage.open_input(path) as stream:
-            yield from io.BufferedReader(stream, buffer_size=_READ_BUFFER)
+        split = self.split
+        if split is None or split.kind != "bytes":
+            with storage.open_input(path) as stream:
+                yield from io.BufferedReader(stream, buffer_size=_READ_BUFFER)
+            return
+        fs, inner = storage.resolve(path)
+        with fs.open_input_file(inner) as raw:
+            raw.seek(max(0, split.start - 1))
+            lines = io.BufferedReader(raw, buffer_size=_READ_BUFFER)
+            pos = max(0, split.start - 1)
+            if split.start > 0:  # finish the line that straddles `start`: the previous split owns it
+                pos += len(lines.readline())
+            while pos < split.stop:
+                line = lines.readline()
+                if not line:
+                    return
+                pos += len(line)
+                yield line
+
+    def parquet_batches(self, path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """Record batches of a parquet file, or of this reader's row-group split of it."""
+        split = self.split
+        groups = range(split.start, split.stop) if split is not None and split.kind == "rows" else None
+        fs, inner = storage.resolve(path)
+        with fs.open_input_file(inner) as fh:
+            yield from pq.ParquetFile(fh).iter_batches(
+                batch_size=self.cfg.batch_size, columns=columns, row_groups=groups
+            )
 
     @staticmethod
     def open_text(path: str) -> io.TextIOWrapper:
