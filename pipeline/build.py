@@ -42,7 +42,7 @@ from pipeline.download_phase import (
 from pipeline.input_lock import lock_inputs
 from pipeline.layout import Layout
 from pipeline.readers.base import InputUnreadable
-from pipeline.report import build_report, summary_text, write_report_files
+from pipeline.report import merge, report_from_summary, summary_text, write_report_files
 from pipeline.splits import plan_splits
 from pipeline.tasks import run_tasks
 
@@ -207,18 +207,35 @@ def _run_phases(
     window = cfg.run.max_in_flight
     timings: dict[str, float] = {}
 
-    def phase(task: Any, items: Any, args: tuple, desc: str, **kwargs: Any) -> list[Any]:
-        """One phase: a task per item, at most `window` in flight, each retried on failure."""
-        return run_tasks(
-            task,
-            items,
-            args=args,
-            max_in_flight=window,
-            retries=cfg.run.shard_retries,
-            desc=desc,
-            total=len(items),
-            **kwargs,
-        )
+    phases: dict[str, dict[str, Any]] = {}
+
+    def phase(task: Any, items: Any, args: tuple, desc: str, on_result: Any = None, **kwargs: Any) -> list[Any]:
+        """One phase: a task per item, at most `window` in flight, each retried on failure. Records the
+        phase's wall time, tasks, files its tasks read and the peak RSS of a task (report["phases"])."""
+        seen = phases[desc] = {"seconds": 0.0, "tasks": len(items), "files_read": 0, "peak_task_rss_mb": 0.0}
+
+        def record(item: Any, result: Any) -> None:
+            if not result.get("skipped"):
+                seen["files_read"] += int(result.get("files_read", 0))
+                seen["peak_task_rss_mb"] = max(seen["peak_task_rss_mb"], float(result.get("rss_mb", 0.0)))
+            if on_result is not None:
+                on_result(item, result)
+
+        t0 = time.monotonic()
+        try:
+            return run_tasks(
+                task,
+                items,
+                args=args,
+                max_in_flight=window,
+                retries=cfg.run.shard_retries,
+                desc=desc,
+                total=len(items),
+                on_result=record,
+                **kwargs,
+            )
+        finally:
+            seen["seconds"] = time.monotonic() - t0
 
     # 1. captions
     caption_stats: list[dict[str, Any]] = []
@@ -247,16 +264,20 @@ def _run_phases(
     parts_ref = ray.put(caption_parts(layout, caption_stats))
     kept_rows = sum(s["kept"] for s in caption_stats)
     url_ranges = plan_ranges(kept_rows, P, cfg.run.dedup_rows_per_task)
-    lists: list[str] = []
+    url_stats: list[dict[str, Any]] = []
     phase(
         url_dedup_task,
         url_ranges,
         (cfg, parts_ref),
         "url dedup",
         options={"memory": task_memory(kept_rows, len(url_ranges))},
-        on_result=lambda _, s: lists.extend(x["name"] for x in s["lists"]),
+        on_result=lambda _, s: url_stats.append(s),
     )
-    lists.sort()
+    url_stats.sort(key=lambda s: s["partition"])
+    list_rows = {x["name"]: x["rows"] for s in url_stats for x in s["lists"]}
+    lists = sorted(list_rows)
+    # the report, from task results: what each task wrote, merged in a fixed order (pipeline.report)
+    summaries = [s["summary"] for s in caption_stats] + [s["summary"] for s in url_stats]
     metrics: dict[str, float] = {"captions_per_s": fresh_rows / timings["captions"] if fresh_rows else 0.0}
 
     if not cfg.captions_only:
@@ -301,21 +322,30 @@ def _run_phases(
         image_ranges = plan_ranges(images, P, cfg.run.dedup_rows_per_task)
         memory = task_memory(images, len(image_ranges))
         phase(image_dedup_task, image_ranges, (cfg, hashes_ref), "image dedup", options={"memory": memory})
-        phase(finalize_task, lists, (cfg, [lo for lo, _ in image_ranges]), "finalize")
+        finals: dict[str, dict[str, Any]] = {}
+        phase(
+            finalize_task,
+            lists,
+            (cfg, [lo for lo, _ in image_ranges]),
+            "finalize",
+            on_result=lambda name, s: finals.__setitem__(name, s),
+        )
         lists_report = lists_status(layout, committed)
+        summaries += [committed[n]["summary"] for n in lists] + [finals[n]["summary"] for n in lists]
+        shards = [{"path": f"{n}.parquet", "rows": finals[n]["rows"]} for n in lists if finals[n]["rows"]]
+    else:
+        summaries += [s["kept_summary"] for s in url_stats]
+        shards = [{"path": f"{n}.parquet", "rows": list_rows[n]} for n in lists]
 
     # 6. report + manifest
     kept_dir = "candidates" if cfg.captions_only else "shards"
-    report = build_report(layout, input_by_source, kept_dir, cfg.run.examples_per_reason)
+    report = report_from_summary(merge(summaries, cfg.run.examples_per_reason), input_by_source)
     report["timings_s"] = timings
+    report["phases"] = phases
     if not cfg.captions_only:
         report["download_lists"] = {"total": len(lists), **lists_report}
     report["rates"] = metrics
     artifacts = write_report_files(layout, report)
-    shards = [
-        {"path": p.rsplit("/", 1)[-1], "rows": storage.parquet_num_rows(p)}
-        for p in storage.listdir(layout.path(kept_dir), ".parquet")
-    ]
     manifest = {
         "format": "dalle-dataset/1",
         "mode": "captions_only" if cfg.captions_only else "full",

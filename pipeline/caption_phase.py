@@ -62,10 +62,15 @@ def _with_keys(table: pa.Table, src: InputFile, first_row: int) -> pa.Table:
 
 
 def _write_part(
-    layout: Layout, src: InputFile, part: int, kept: list[pa.Table], rejected: list[pa.Table], partitions: int
-) -> None:
+    layout: Layout, src: InputFile, part: int, kept: list[pa.Table], rejected: list[pa.Table], cfg: BuildConfig
+) -> dict[str, Any]:
+    """Write one part; returns the report summary of the rejected rows it wrote."""
+    from pipeline.report import summarize
+
+    partitions = cfg.run.dedup_partitions
     rej = pa.concat_tables(rejected) if rejected else schemas.empty(schemas.REJECTED)
     storage.write_parquet_atomic(layout.rejected("captions", f"{src.file_id}-{part:05d}"), rej)
+    summary = summarize(rej, None, cfg.run.examples_per_reason, ("width", "height"))
     table = pa.concat_tables(kept) if kept else None
     if table is None or table.num_rows == 0:
         table = schemas.empty(PART_SCHEMA)  # written anyway: the part list stays exact
@@ -75,6 +80,7 @@ def _write_part(
         table = table.append_column("file_id", pa.array([src.file_id] * table.num_rows, pa.string()))
         table = table.sort_by([("partition", "ascending"), ("row", "ascending")]).select(PART_SCHEMA.names)
     storage.write_bytes_atomic(layout.caption_part(src.file_id, part), sorted_shuffle_bytes(table))
+    return summary
 
 
 PART_SCHEMA = pa.schema(
@@ -114,6 +120,7 @@ def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
 
 def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, Any]:
     from pipeline.readers import READERS
+    from pipeline.report import merge
 
     started = time.monotonic()
     pipeline = _pipeline(cfg)
@@ -124,6 +131,7 @@ def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, 
     kept: list[pa.Table] = []
     rejected: list[pa.Table] = []
     buffered = 0
+    summaries: list[dict[str, Any]] = []
     first_row = src.split.first_row if src.split is not None else 0
     for table in reader.read(src.path, src.split):
         table = _with_keys(table, src, first_row + n_input)
@@ -137,19 +145,21 @@ def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, 
         n_kept += ok.num_rows
         buffered += table.num_rows
         if buffered >= PART_ROWS:
-            _write_part(layout, src, part, kept, rejected, cfg.run.dedup_partitions)
+            summaries.append(_write_part(layout, src, part, kept, rejected, cfg))
             part, kept, rejected, buffered = part + 1, [], [], 0
-    _write_part(layout, src, part, kept, rejected, cfg.run.dedup_partitions)
+    summaries.append(_write_part(layout, src, part, kept, rejected, cfg))
     after = pipeline.stats()
     return {
         "file_id": src.file_id,
         "source": src.source,
         "path": src.path,
         "parts": part + 1,
+        "files_read": 1,
         "input": n_input,
         "kept": n_kept,
         "seconds": time.monotonic() - started,
         "filters": _delta(after, before),
+        "summary": merge(summaries, cfg.run.examples_per_reason),
     }
 
 

@@ -65,6 +65,7 @@ def read_range(paths: list[str], schema: pa.Schema, lo: int, hi: int) -> pa.Tabl
 def url_dedup_task(span: tuple[int, int], cfg: BuildConfig, part_paths: list[str]) -> dict[str, Any]:
     """Dedup one range of URL partitions and cut it into download lists `candidates/p<lo>-<k>`."""
     from pipeline.caption_phase import PART_SCHEMA
+    from pipeline.report import summarize
 
     partition, hi = span
     layout = Layout(cfg.output)
@@ -82,10 +83,8 @@ def url_dedup_task(span: tuple[int, int], cfg: BuildConfig, part_paths: list[str
     mask = pa.array(first, pa.bool_())
     losers = table.filter(pc.invert(mask))
     loser_details = [f"same URL as {w}" for w, f in zip(winner_key, first, strict=True) if not f]
-    storage.write_parquet_atomic(
-        layout.rejected("duplicate_url", f"p{partition:05d}"),
-        schemas.rejected_from(losers, "duplicate_url", loser_details),
-    )
+    rejected = schemas.rejected_from(losers, "duplicate_url", loser_details)
+    storage.write_parquet_atomic(layout.rejected("duplicate_url", f"p{partition:05d}"), rejected)
     kept = table.filter(mask).sort_by([("file_id", "ascending"), ("row", "ascending")]).select(schemas.CANDIDATE.names)
     names = []
     for k, start in enumerate(range(0, kept.num_rows, cfg.run.shard_size)):
@@ -95,10 +94,14 @@ def url_dedup_task(span: tuple[int, int], cfg: BuildConfig, part_paths: list[str
     stats = {
         "partition": partition,
         "partitions": [partition, hi],
+        "files_read": len(part_paths),
         "input": table.num_rows,
         "kept": kept.num_rows,
         "duplicate_url": losers.num_rows,
         "lists": names,
+        # for the report: the rows rejected here, and the candidates (the kept rows of --captions-only)
+        "summary": summarize(rejected, None, cfg.run.examples_per_reason, ("width", "height")),
+        "kept_summary": summarize(None, kept, 0, ("width", "height")),
     }
     storage.write_json_atomic(done, stats)
     return stats
@@ -150,7 +153,7 @@ def image_dedup_task(span: tuple[int, int], cfg: BuildConfig, hash_paths: list[s
         rows["winner"].append(winner)
     dups = pa.table(rows, schema=DUPS_SCHEMA).sort_by([("shard", "ascending"), ("key", "ascending")])
     storage.write_parquet_atomic(out, dups, row_group_size=1024)
-    return {"partition": partition, "input": table.num_rows, "duplicates": dups.num_rows}
+    return {"partition": partition, "input": table.num_rows, "duplicates": dups.num_rows, "files_read": len(hash_paths)}
 
 
 def losers_of_shard(layout: Layout, shard: str, ranges: list[int]) -> dict[str, str]:

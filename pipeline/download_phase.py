@@ -32,6 +32,7 @@ from common import schemas, storage
 from pipeline.config import BuildConfig
 from pipeline.dedup import losers_of_shard, write_image_hashes
 from pipeline.layout import Layout
+from pipeline.report import merge, summarize
 
 GAVE_UP = "gave-up"  # the attempt token of a list whose rows were rejected as shard_failed
 
@@ -57,10 +58,12 @@ def download_task(name: str, cfg: BuildConfig) -> dict[str, Any]:
     return {
         "name": name,
         "attempt": token,
+        "files_read": 1,
         "input": rows.num_rows,
         "kept": kept.num_rows,
         "bytes": int(pc.sum(pc.binary_length(kept.column("image"))).as_py() or 0),
         "rejected_by_reason": _count(rejected.column("reason")),
+        "summary": summarize(rejected, None, cfg.run.examples_per_reason, ("width", "height")),
         "seconds": time.monotonic() - started,
     }
 
@@ -110,6 +113,7 @@ def give_up_on_list(layout: Layout, cfg: BuildConfig, name: str, error: str) -> 
         "kept": 0,
         "bytes": 0,
         "rejected_by_reason": {"shard_failed": rows.num_rows},
+        "summary": summarize(rejected, None, cfg.run.examples_per_reason, ("width", "height")),
     }
     commit_list(layout, stats)
     return stats
@@ -127,28 +131,28 @@ def lists_status(layout: Layout, committed: dict[str, dict[str, Any]]) -> dict[s
 
 
 def finalize_task(name: str, cfg: BuildConfig, dup_ranges: list[int]) -> dict[str, Any]:
+    """Publish one list: its download rejects, its duplicate_image rejects, then its shard. Returns
+    (and stores in `_work/finalized/<name>.json`) the report summary of every row it published."""
     layout = Layout(cfg.output)
     final = layout.shard(name)
-    if is_finalized(layout, name):
-        return {"name": name, "skipped": True}
+    if storage.exists(layout.finalized(name)):
+        return {**storage.read_json(layout.finalized(name)), "skipped": True}
     token = storage.read_json(layout.staged(name))["attempt"]
     downloaded_rejects = storage.read_parquet(layout.attempt(name, token, "rejected"))
     storage.write_parquet_atomic(layout.rejected("download", name), downloaded_rejects)
     losers = losers_of_shard(layout, name, dup_ranges)
     table = storage.read_parquet(layout.attempt(name, token, "staged"))
-    duplicates = 0
+    rejected = schemas.empty(schemas.REJECTED)
     if losers:
         is_loser = pc.is_in(table.column("key"), pa.array(list(losers), pa.string()))
         dup = table.filter(is_loser)
-        duplicates = dup.num_rows
         rejected = schemas.rejected_from(
             dup, "duplicate_image", [f"same image as {losers[k]}" for k in dup.column("key").to_pylist()]
         )
         storage.write_parquet_atomic(layout.rejected("duplicate_image", name), rejected)
         table = table.filter(pc.invert(is_loser))
     if table.num_rows == 0:
-        # nothing survived: publish no empty shard, but remember that the list is finished
-        storage.write_json_atomic(layout.empty_shard(name), {"name": name, "rows": 0})
+        pass  # nothing survived: publish no empty shard; the marker below says the list is finished
     elif not losers and not storage.is_remote(final):
         # unchanged and local: a copy-free link publishes it atomically without rewriting the images
         local_final = storage.resolve(final)[1]
@@ -158,8 +162,23 @@ def finalize_task(name: str, cfg: BuildConfig, dup_ranges: list[int]) -> dict[st
         os.replace(tmp, local_final)
     else:
         storage.write_parquet_atomic(final, table, row_group_size=512)
-    return {"name": name, "rows": table.num_rows, "duplicate_image": duplicates}
+    k = cfg.run.examples_per_reason
+    stats = {
+        "name": name,
+        "rows": table.num_rows,
+        "duplicate_image": rejected.num_rows,
+        "files_read": 3 + len(dup_ranges),
+        "summary": merge(
+            [
+                summarize(rejected, None, k, ("original_width", "original_height")),
+                summarize(None, table.drop_columns(["image"]), 0, ("original_width", "original_height")),
+            ],
+            k,
+        ),
+    }
+    storage.write_json_atomic(layout.finalized(name), stats)
+    return stats
 
 
 def is_finalized(layout: Layout, name: str) -> bool:
-    return storage.exists(layout.shard(name)) or storage.exists(layout.empty_shard(name))
+    return storage.exists(layout.finalized(name))

@@ -75,8 +75,9 @@ class Layout:
         """A list that failed every retry in some run; kept so a later run reports its recovery."""
         return self.path("_work", "failed", f"{name}.json")
 
-    def empty_shard(self, name: str) -> str:
-        return self.path("_work", "empty_shards", f"{name}.json")
+    def finalized(self, name: str) -> str:
+        """Written once a list is published (its shard, or none when no row survived), with its stats."""
+        return self.path("_work", "finalized", f"{name}.json")
 
     def image_dups(self, partition: int) -> str:
         return self.path("_work", "image_dups", f"p{partition:05d}.parquet")

@@ -49,9 +49,17 @@ def _attempt(fn: Callable[..., Any], clock: Any, token: str, item: Any, *args: A
         clock.start.remote(token)  # fire and forget: the driver's deadline starts now
     _CURRENT_ATTEMPT = token
     try:
-        return fn(item, *args)
+        result = fn(item, *args)
     finally:
         _CURRENT_ATTEMPT = ""
+    if isinstance(result, dict):  # where it ran and the worker's peak RSS (KiB on Linux): per-phase telemetry
+        import resource
+
+        import ray
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = {**result, "node": ray.get_runtime_context().get_node_id(), "rss_mb": round(peak, 1)}
+    return result
 
 
 class _StartClock:

@@ -87,16 +87,21 @@ class InputUnreadable(RuntimeError):
     `rows_read` is how many rows were read before the failure, for the error message.
     """
 
-    def __init__(self, path: str, rows_read: int, error: BaseException):
-        self.path, self.rows_read, self.transient = path, rows_read, is_transient(error)
+    def __init__(self, path: str, rows_read: int, error: BaseException | str, transient: bool | None = None):
+        self.path, self.rows_read = path, rows_read
+        self.transient = is_transient(error) if transient is None else transient  # type: ignore[arg-type]
+        self.error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         kind = "transient read error" if self.transient else "unreadable file"
-        super().__init__(f"{kind} in {path} after {rows_read} rows: {type(error).__name__}: {error}"[:2000])
+        super().__init__(f"{kind} in {path} after {rows_read} rows: {self.error}"[:2000])
+
+    def __reduce__(self):  # crosses process boundaries (Ray) with its fields, not just its message
+        return (InputUnreadable, (self.path, self.rows_read, self.error, self.transient))
 
 
 _PERMANENT_HINTS = ("truncated", "corrupt", "magic bytes", "invalid", "not a parquet", "unexpected end")
 
 
-def is_transient(error: BaseException) -> bool:
+def is_transient(error: BaseException | str) -> bool:
     """An OSError (I/O, S3, network) may go away on retry; format errors in the bytes do not."""
     if isinstance(error, EOFError) or not isinstance(error, OSError):
         return False
