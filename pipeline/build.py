@@ -300,6 +300,7 @@ def _run_phases(
             todo,
             (cfg,),
             "download",
+            options={"scheduling_strategy": "SPREAD"},  # network-bound: spread the bandwidth over nodes
             timeout_s=cfg.run.shard_timeout_s,
             on_result=on_download,
             on_give_up=lambda f: record_failed_list(layout, f.item, f.attempts, f.error),
