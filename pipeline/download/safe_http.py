@@ -29,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import email.utils
 import heapq
 import http.client
 import io
@@ -45,6 +44,10 @@ import urllib.response
 from collections.abc import Iterator
 
 from img2dataset.downloader import is_disallowed  # the same X-Robots-Tag parser img2dataset applies
+
+from pipeline.download.politeness import HOSTS as _HOSTS
+from pipeline.download.politeness import IMG2DATASET_CONTACT as _IMG2DATASET_CONTACT
+from pipeline.download.politeness import quote_url, retry_after_s
 
 ALLOWED_SCHEMES = ("http", "https")
 _READ_CHUNK = 1 << 16
@@ -408,64 +411,6 @@ class _BodyReader(urllib.request.BaseHandler):
     https_response = http_response
 
 
-_IMG2DATASET_CONTACT = "+https://github.com/rom1504/img2dataset"  # what img2dataset puts in its User-Agent
-_URL_SAFE = "/%:@!$&'()*+,;=-._~?#[]"  # reserved and already-escaped characters stay as they are
-
-
-def quote_url(url: str) -> str:
-    """Percent-quote spaces and non-ASCII characters (http.client refuses them with InvalidURL);
-    an already quoted URL is unchanged. A non-ASCII host becomes its IDNA form."""
-    if url.isascii() and " " not in url:
-        return url
-    parts = urllib.parse.urlsplit(url.strip())
-    netloc = parts.netloc
-    if not netloc.isascii():
-        host, sep, port = parts.hostname or "", ":" if parts.port else "", str(parts.port or "")
-        try:
-            netloc = host.encode("idna").decode("ascii") + sep + port
-        except UnicodeError:
-            netloc = urllib.parse.quote(netloc, safe=_URL_SAFE)
-    quoted = [urllib.parse.quote(x, safe=_URL_SAFE) for x in (parts.path, parts.query, parts.fragment)]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, *quoted))
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-class _Hosts:
-    """Per-host politeness shared by every download thread of the process: at most `cap` fetches to
-    one host at once, and a pause on the whole host after it answered 429/503."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
-        self._paused_until: dict[str, float] = {}
-
-    def slot(self, host: str, cap: int) -> threading.BoundedSemaphore:
-        with self._lock:
-            return self._slots.setdefault((host, cap), threading.BoundedSemaphore(cap))
-
-    def pause(self, host: str, seconds: float) -> None:
-        with self._lock:
-            self._paused_until[host] = max(self._paused_until.get(host, 0.0), time.monotonic() + seconds)
-
-    def wait_s(self, host: str) -> float:
-        with self._lock:
-            return max(0.0, self._paused_until.get(host, 0.0) - time.monotonic())
-
-
-_HOSTS = _Hosts()
 BUSY_CODES = (429, 503)
 
 
