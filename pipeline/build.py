@@ -29,10 +29,21 @@ from common import storage, tracking
 from common.ray_cluster import init_ray
 from pipeline.caption_phase import InputFile, caption_parts, caption_task
 from pipeline.config import BuildConfig
-from pipeline.dedup import image_dedup_task, url_dedup_task
-from pipeline.download_phase import download_task, finalize_task, give_up_on_list
+from pipeline.dedup import image_dedup_task, plan_ranges, task_memory, url_dedup_task
+from pipeline.download_phase import (
+    commit_list,
+    committed_lists,
+    download_task,
+    finalize_task,
+    give_up_on_list,
+    lists_status,
+    record_failed_list,
+)
+from pipeline.input_lock import lock_inputs
 from pipeline.layout import Layout
-from pipeline.report import build_report, summary_text, write_report_files
+from pipeline.readers.base import InputUnreadable
+from pipeline.report import merge, report_from_summary, summary_text, write_report_files
+from pipeline.splits import plan_splits
 from pipeline.tasks import run_tasks
 
 log = logging.getLogger(__name__)
@@ -46,8 +57,12 @@ NON_RESULT_FIELDS = (
     "run.max_in_flight",
     "run.experiment",
     "run.shard_timeout_s",
+    "run.read_backoff_s",
+    "run.accept_failed_lists",
     "run.examples_per_reason",
     "download.thread_count",
+    "download.max_per_host",
+    "download.contact_url",
 )
 VERSIONED_PACKAGES = (
     "ray",
@@ -105,7 +120,11 @@ def plan_inputs(cfg: BuildConfig) -> list[InputFile]:
         n = seen.get(fmt, 0)
         seen[fmt] = n + 1
         name = fmt if formats.count(fmt) == 1 else f"{fmt}:{n}"
-        files.extend(InputFile(f"{i:03d}-{j:06d}", name, fmt, p) for j, p in enumerate(paths))
+        for j, path in enumerate(paths):
+            splits = plan_splits(fmt, path, cfg.reader)
+            for k, split in enumerate(splits):
+                suffix = f"-s{k:05d}" if len(splits) > 1 else ""
+                files.append(InputFile(f"{i:03d}-{j:06d}{suffix}", name, fmt, path, split))
     return files
 
 
@@ -151,6 +170,8 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         return storage.read_json(layout.report("filter_report.json"))
     storage.clean_temp(cfg.output)
     digest = lock_config(layout, cfg)
+    files = plan_inputs(cfg)
+    lock_inputs(layout, cfg, files)  # refuses a rerun on a different input set or versions
     owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None)
     import mlflow
     import ray
@@ -162,7 +183,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     try:
         mlflow.set_tags({"stage": "build_dataset", "output": cfg.output, "config_hash": digest})
         tracking.log_params(config_lib.flatten(cfg))
-        report = _run_phases(cfg, layout, digest, ray, _Progress())
+        report = _run_phases(cfg, layout, digest, files, ray, _Progress())
         mlflow.end_run("FINISHED")
         return report
     except BaseException:
@@ -173,32 +194,50 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
             ray.shutdown()
 
 
-def _remote(ray: Any, fn: Any) -> Any:
-    return ray.remote(num_cpus=1, max_retries=0)(fn)
+class FailedLists(RuntimeError):
+    """Download lists failed every retry: nothing was published, and a rerun retries them."""
 
 
-def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progress: _Progress) -> dict[str, Any]:
+def _run_phases(
+    cfg: BuildConfig, layout: Layout, digest: str, files: list[InputFile], ray: Any, progress: _Progress
+) -> dict[str, Any]:
     import mlflow
 
     P = cfg.run.dedup_partitions
     window = cfg.run.max_in_flight
     timings: dict[str, float] = {}
 
-    def phase(task: Any, items: Any, args: tuple, desc: str, **kwargs: Any) -> None:
-        """One phase: a task per item, at most `window` in flight, each retried on failure."""
-        run_tasks(
-            _remote(ray, task),
-            items,
-            args=args,
-            max_in_flight=window,
-            retries=cfg.run.shard_retries,
-            desc=desc,
-            total=len(items),
-            **kwargs,
-        )
+    phases: dict[str, dict[str, Any]] = {}
+
+    def phase(task: Any, items: Any, args: tuple, desc: str, on_result: Any = None, **kwargs: Any) -> list[Any]:
+        """One phase: a task per item, at most `window` in flight, each retried on failure. Records the
+        phase's wall time, tasks, files its tasks read and the peak RSS of a task (report["phases"])."""
+        seen = phases[desc] = {"seconds": 0.0, "tasks": len(items), "files_read": 0, "peak_task_rss_mb": 0.0}
+
+        def record(item: Any, result: Any) -> None:
+            if not result.get("skipped"):
+                seen["files_read"] += int(result.get("files_read", 0))
+                seen["peak_task_rss_mb"] = max(seen["peak_task_rss_mb"], float(result.get("rss_mb", 0.0)))
+            if on_result is not None:
+                on_result(item, result)
+
+        t0 = time.monotonic()
+        try:
+            return run_tasks(
+                task,
+                items,
+                args=args,
+                max_in_flight=window,
+                retries=cfg.run.shard_retries,
+                desc=desc,
+                total=len(items),
+                on_result=record,
+                **kwargs,
+            )
+        finally:
+            seen["seconds"] = time.monotonic() - t0
 
     # 1. captions
-    files = plan_inputs(cfg)
     caption_stats: list[dict[str, Any]] = []
     fresh_rows = 0
     t0 = time.monotonic()
@@ -214,65 +253,100 @@ def _run_phases(cfg: BuildConfig, layout: Layout, digest: str, ray: Any, progres
             }
         )
 
-    phase(caption_task, files, (cfg,), "captions", on_result=on_caption)
+    phase(caption_task, files, (cfg,), "captions", on_result=on_caption, fatal=(InputUnreadable,))
     timings["captions"] = time.monotonic() - t0
     caption_stats.sort(key=lambda s: s["file_id"])
     input_by_source: dict[str, int] = {}
     for s in caption_stats:
         input_by_source[s["source"]] = input_by_source.get(s["source"], 0) + s["input"]
 
-    # 2. URL dedup -> download lists
+    # 2. URL dedup -> download lists: one task per range of URL partitions (pipeline.dedup)
     parts_ref = ray.put(caption_parts(layout, caption_stats))
-    lists: list[str] = []
+    kept_rows = sum(s["kept"] for s in caption_stats)
+    url_ranges = plan_ranges(kept_rows, P, cfg.run.dedup_rows_per_task)
+    url_stats: list[dict[str, Any]] = []
     phase(
         url_dedup_task,
-        range(P),
+        url_ranges,
         (cfg, parts_ref),
         "url dedup",
-        on_result=lambda _, s: lists.extend(x["name"] for x in s["lists"]),
+        options={"memory": task_memory(kept_rows, len(url_ranges))},
+        on_result=lambda _, s: url_stats.append(s),
     )
-    lists.sort()
+    url_stats.sort(key=lambda s: s["partition"])
+    list_rows = {x["name"]: x["rows"] for s in url_stats for x in s["lists"]}
+    lists = sorted(list_rows)
+    # the report, from task results: what each task wrote, merged in a fixed order (pipeline.report)
+    summaries = [s["summary"] for s in caption_stats] + [s["summary"] for s in url_stats]
     metrics: dict[str, float] = {"captions_per_s": fresh_rows / timings["captions"] if fresh_rows else 0.0}
 
     if not cfg.captions_only:
-        # 3. download
+        # 3. download: lists committed by an earlier run are done; lists that failed are retried
         t0 = time.monotonic()
+        committed = committed_lists(layout)
         downloaded = {"rows": 0, "kept": 0, "bytes": 0}
 
         def on_download(_: Any, stats: dict[str, Any]) -> None:
-            if not stats.get("skipped"):
-                downloaded["rows"] += stats["input"]
-                downloaded["kept"] += stats["kept"]
-                downloaded["bytes"] += stats["bytes"]
+            commit_list(layout, stats)  # the fence: only this attempt's files will ever be read
+            committed[stats["name"]] = stats
+            downloaded["rows"] += stats["input"]
+            downloaded["kept"] += stats["kept"]
+            downloaded["bytes"] += stats["bytes"]
             progress({"progress.images_attempted": downloaded["rows"], "progress.images_kept": downloaded["kept"]})
 
-        phase(
+        todo = [n for n in lists if n not in committed]
+        failures = phase(
             download_task,
-            lists,
+            todo,
             (cfg,),
             "download",
+            options={"scheduling_strategy": "SPREAD"},  # network-bound: spread the bandwidth over nodes
             timeout_s=cfg.run.shard_timeout_s,
             on_result=on_download,
-            on_give_up=lambda f: give_up_on_list(layout, cfg, f.item, f.error),
+            on_give_up=lambda f: record_failed_list(layout, f.item, f.attempts, f.error),
         )
+        if failures and not cfg.run.accept_failed_lists:
+            raise FailedLists(
+                f"{len(failures)} of {len(lists)} download lists failed after {cfg.run.shard_retries + 1} attempts "
+                f"each (first: {failures[0].item}: {failures[0].error[:300]}). Nothing was published. Rerun the same "
+                "command to retry them; add --run.accept_failed_lists true to publish without them "
+                "(their rows become shard_failed)."
+            )
+        for failure in failures:
+            committed[failure.item] = give_up_on_list(layout, cfg, failure.item, failure.error)
         timings["download"] = time.monotonic() - t0
         metrics["images_per_s"] = downloaded["rows"] / timings["download"] if downloaded["rows"] else 0.0
         metrics["downloaded_bytes_kept"] = downloaded["bytes"]
         # 4. duplicate_image, 5. publish shards
-        hashes_ref = ray.put([layout.image_hashes(n) for n in lists])
-        phase(image_dedup_task, range(P), (cfg, hashes_ref), "image dedup")
-        phase(finalize_task, lists, (cfg,), "finalize")
+        hashes_ref = ray.put([layout.attempt(n, committed[n]["attempt"], "hashes") for n in lists])
+        images = sum(committed[n]["kept"] for n in lists)
+        image_ranges = plan_ranges(images, P, cfg.run.dedup_rows_per_task)
+        memory = task_memory(images, len(image_ranges))
+        phase(image_dedup_task, image_ranges, (cfg, hashes_ref), "image dedup", options={"memory": memory})
+        finals: dict[str, dict[str, Any]] = {}
+        phase(
+            finalize_task,
+            lists,
+            (cfg, [lo for lo, _ in image_ranges]),
+            "finalize",
+            on_result=lambda name, s: finals.__setitem__(name, s),
+        )
+        lists_report = lists_status(layout, committed)
+        summaries += [committed[n]["summary"] for n in lists] + [finals[n]["summary"] for n in lists]
+        shards = [{"path": f"{n}.parquet", "rows": finals[n]["rows"]} for n in lists if finals[n]["rows"]]
+    else:
+        summaries += [s["kept_summary"] for s in url_stats]
+        shards = [{"path": f"{n}.parquet", "rows": list_rows[n]} for n in lists]
 
     # 6. report + manifest
     kept_dir = "candidates" if cfg.captions_only else "shards"
-    report = build_report(layout, input_by_source, kept_dir, cfg.run.examples_per_reason)
+    report = report_from_summary(merge(summaries, cfg.run.examples_per_reason), input_by_source)
     report["timings_s"] = timings
+    report["phases"] = phases
+    if not cfg.captions_only:
+        report["download_lists"] = {"total": len(lists), **lists_report}
     report["rates"] = metrics
     artifacts = write_report_files(layout, report)
-    shards = [
-        {"path": p.rsplit("/", 1)[-1], "rows": storage.parquet_num_rows(p)}
-        for p in storage.listdir(layout.path(kept_dir), ".parquet")
-    ]
     manifest = {
         "format": "dalle-dataset/1",
         "mode": "captions_only" if cfg.captions_only else "full",

@@ -19,6 +19,16 @@ class ReaderConfig:
     width_column: str = doc("", "Generic readers: optional column with the original width ('' = none).")
     height_column: str = doc("", "Generic readers: optional column with the original height ('' = none).")
     batch_size: int = doc(8192, "Rows per streamed batch. Bounds reader memory whatever the file size.")
+    split_rows: int = doc(
+        50_000,
+        "Parquet inputs are cut into caption tasks of whole row groups holding at least this many rows, "
+        "so a few large files still use every core (pipeline/splits.py).",
+    )
+    split_bytes: int = doc(
+        16 << 20,
+        "Uncompressed headerless line files (cc3m, yfcc100m, jsonl) are cut into caption tasks of this "
+        "many bytes, newline-aligned. Compressed and header formats are read whole.",
+    )
 
 
 @dataclass
@@ -124,6 +134,21 @@ class DownloadConfig:
         ["noai", "noimageai"], "X-Robots-Tag directives that refuse the image (robots_disallowed)."
     )
     user_agent_token: str = doc("dalle-pipeline", "Token in the User-Agent, also matched in X-Robots-Tag.")
+    contact_url: str = doc(
+        "https://github.com/rom1504/img2dataset",
+        "Contact URL in the User-Agent ('+URL'), so a site owner can find who crawls them and how to opt "
+        "out. Point it at your own page for a real crawl (docs/download.md).",
+    )
+    max_per_host: int = doc(
+        16,
+        "Politeness: at most this many concurrent fetches to one host inside each download task "
+        "(0 = no cap). A cluster multiplies it by the number of running tasks.",
+    )
+    busy_retries: int = doc(
+        2,
+        "Politeness: after a 429 or 503 the host is paused for its Retry-After (else 1, 2, 4 s) and the "
+        "fetch is tried again, at most this many times and only while the wait fits in total_timeout.",
+    )
 
 
 @dataclass
@@ -131,14 +156,30 @@ class RunConfig:
     shard_size: int = doc(10_000, "Rows per download list and per dataset shard.")
     dedup_partitions: int = doc(
         64,
-        "Hash partitions for URL and image dedup. Memory per dedup task is about "
-        "input_rows / partitions; raise it for very large builds.",
+        "Hash partitions for URL and image dedup: the most dedup tasks a phase runs. Each task owns a "
+        "range of partitions; how many tasks run is set by dedup_rows_per_task.",
+    )
+    dedup_rows_per_task: int = doc(
+        2_000_000,
+        "Rows one dedup task handles at most (its memory: ~1 KB per row, requested from Ray as "
+        "`memory=`). A phase runs min(dedup_partitions, ceil(rows / this)) tasks, so memory per task "
+        "stays bounded whatever the build size or the partition count.",
     )
     shard_timeout_s: float = doc(
         1800.0, "Wall-clock limit for one download shard task; a stuck shard is cancelled and retried."
     )
     shard_retries: int = doc(
         2, "Retries of a failed or timed-out shard task before its rows are rejected as shard_failed."
+    )
+    read_backoff_s: list[float] = doc(
+        [1.0, 4.0, 16.0],
+        "Waits before each re-read of an input file after a transient read error (I/O, S3, network). "
+        "A file still unreadable after the last one fails the build with its path.",
+    )
+    accept_failed_lists: bool = doc(
+        False,
+        "When download lists failed every retry, the build stops before publishing and a rerun of the "
+        "same command retries them. True publishes without them instead: their rows become shard_failed.",
     )
     max_in_flight: int = doc(0, "Tasks submitted at once (0 = 2 x cluster CPUs). Bounds driver memory.")
     examples_per_reason: int = doc(5, "Rejected examples per reason and source in the filter report.")

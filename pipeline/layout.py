@@ -49,6 +49,10 @@ class Layout:
     def config_lock(self) -> str:
         return self.path("_work", "config.json")
 
+    @property
+    def input_lock(self) -> str:
+        return self.path("_work", "inputs.json")
+
     def caption_part(self, file_id: str, part: int) -> str:
         return self.path("_work", "captions", f"{file_id}-{part:05d}.parquet")
 
@@ -58,14 +62,22 @@ class Layout:
     def url_dedup_done(self, partition: int) -> str:
         return self.path("_work", "url_dedup", f"p{partition:05d}.done.json")
 
+    def attempt(self, name: str, token: str, what: str) -> str:
+        """One download attempt's own files (rejected, hashes, staged): a cancelled attempt that is
+        still running can write here, but only the attempt the driver committed is ever read."""
+        return self.path("_work", "attempts", name, token, f"{what}.parquet")
+
     def staged(self, name: str) -> str:
-        return self.path("_work", "staged", f"{name}.parquet")
+        """The driver's commit of a downloaded list: which attempt's files count, and its stats."""
+        return self.path("_work", "staged", f"{name}.json")
 
-    def empty_shard(self, name: str) -> str:
-        return self.path("_work", "empty_shards", f"{name}.json")
+    def failed_list(self, name: str) -> str:
+        """A list that failed every retry in some run; kept so a later run reports its recovery."""
+        return self.path("_work", "failed", f"{name}.json")
 
-    def image_hashes(self, name: str) -> str:
-        return self.path("_work", "image_hashes", f"{name}.parquet")
+    def finalized(self, name: str) -> str:
+        """Written once a list is published (its shard, or none when no row survived), with its stats."""
+        return self.path("_work", "finalized", f"{name}.json")
 
     def image_dups(self, partition: int) -> str:
         return self.path("_work", "image_dups", f"p{partition:05d}.parquet")

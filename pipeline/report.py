@@ -1,8 +1,11 @@
 """The filter report: counts per reason per source, examples of each, and histograms.
 
-It is computed from the files on disk (rejected/*.parquet and the kept shards), not from counters
-kept in memory, so it audits what the dataset really holds, also after any number of resumes.
-Every file is streamed; memory is bounded by the number of (source, reason) pairs and examples.
+Built from task results, not by re-reading the dataset in the driver: every task that writes kept
+or rejected rows returns `summarize()` of exactly the rows it wrote (counts per source and reason,
+its first examples, histogram counts), and stores it in its done marker so that a resumed build
+gets the same numbers without re-reading anything. The driver only `merge()`s these small dicts.
+At 250M rows the old serial pass over every output file was tens of thousands of object-store
+reads; `build_report` (that pass) stays as the audit a test can compare against.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from common import storage
 from pipeline.layout import Layout
@@ -53,10 +57,21 @@ def build_report(
                 ratios = np.array([w / h for w, h in sizes])
                 aspect_hist += np.histogram(np.clip(ratios, ASPECT_BINS[0], ASPECT_BINS[-1]), ASPECT_BINS)[0]
 
+    return _assemble(input_by_source, kept_counts, rejected_counts, examples, words_hist, aspect_hist)
+
+
+def _assemble(
+    input_by_source: dict[str, int],
+    kept_counts: dict[str, int],
+    rejected_counts: dict[str, dict[str, int]],
+    examples: dict[str, dict[str, list]],
+    words_hist: np.ndarray,
+    aspect_hist: np.ndarray,
+) -> dict[str, Any]:
     sources = sorted(set(input_by_source) | set(kept_counts) | set(rejected_counts))
     by_source = {}
     for s in sources:
-        rej = dict(sorted(rejected_counts[s].items()))
+        rej = dict(sorted(rejected_counts.get(s, {}).items()))
         by_source[s] = {
             "input": input_by_source.get(s, 0),
             "kept": kept_counts.get(s, 0),
@@ -65,7 +80,7 @@ def build_report(
         }
     by_reason: dict[str, int] = defaultdict(int)
     for s in sources:
-        for reason, n in rejected_counts[s].items():
+        for reason, n in rejected_counts.get(s, {}).items():
             by_reason[reason] += n
     total_in = sum(input_by_source.values())
     total_kept = sum(kept_counts.values())
@@ -76,14 +91,70 @@ def build_report(
         "rejected": total_rej,
         "kept_fraction": total_kept / total_in if total_in else 0.0,
         "accounted": total_in == total_kept + total_rej and all(v["accounted"] for v in by_source.values()),
-        "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+        "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
         "by_source": by_source,
-        "examples": {r: dict(v) for r, v in sorted(examples.items())},
+        "examples": {r: {s: v[s] for s in sorted(v)} for r, v in sorted(examples.items())},
         "histograms": {
-            "caption_words": {"bins": WORD_BINS.tolist(), "counts": words_hist.tolist()},
-            "aspect_ratio": {"bins": ASPECT_BINS.tolist(), "counts": aspect_hist.tolist()},
+            "caption_words": {"bins": WORD_BINS.tolist(), "counts": np.asarray(words_hist).tolist()},
+            "aspect_ratio": {"bins": ASPECT_BINS.tolist(), "counts": np.asarray(aspect_hist).tolist()},
         },
     }
+
+
+def summarize(
+    rejected: pa.Table | None, kept: pa.Table | None, examples_per_reason: int, size_cols: tuple[str, str]
+) -> dict[str, Any]:
+    """Counts, first examples and histogram counts of the rows one task wrote (JSON-able, small)."""
+    out: dict[str, Any] = {"rejected": {}, "kept": {}, "examples": {}, "words": None, "aspect": None}
+    if rejected is not None and rejected.num_rows:
+        cols = rejected.select(["key", "url", "caption", "source", "reason", "detail"]).to_pydict()
+        for i, (source, reason) in enumerate(zip(cols["source"], cols["reason"], strict=True)):
+            per = out["rejected"].setdefault(source, {})
+            per[reason] = per.get(reason, 0) + 1
+            ex = out["examples"].setdefault(reason, {}).setdefault(source, [])
+            if len(ex) < examples_per_reason:
+                ex.append({k: cols[k][i] for k in ("key", "url", "caption", "detail")})
+    if kept is not None and kept.num_rows:
+        for source in kept.column("source").to_pylist():
+            out["kept"][source] = out["kept"].get(source, 0) + 1
+        words = np.array([len((c or "").split()) for c in kept.column("caption").to_pylist()])
+        out["words"] = np.histogram(np.clip(words, 0, WORD_BINS[-1] - 1), WORD_BINS)[0].tolist()
+        w, h = (kept.column(c).to_pylist() for c in size_cols)
+        ratios = np.array([a / b for a, b in zip(w, h, strict=True) if a and b])
+        clipped = np.clip(ratios, ASPECT_BINS[0], ASPECT_BINS[-1])
+        out["aspect"] = np.histogram(clipped, ASPECT_BINS)[0].tolist()
+    return out
+
+
+def merge(summaries: list[dict[str, Any]], examples_per_reason: int) -> dict[str, Any]:
+    """Sum task summaries (in the order given, so the examples kept are deterministic)."""
+    out: dict[str, Any] = {"rejected": {}, "kept": {}, "examples": {}}
+    words = np.zeros(len(WORD_BINS) - 1, np.int64)
+    aspect = np.zeros(len(ASPECT_BINS) - 1, np.int64)
+    for s in summaries:
+        for source, reasons in s["rejected"].items():
+            per = out["rejected"].setdefault(source, {})
+            for reason, n in reasons.items():
+                per[reason] = per.get(reason, 0) + n
+        for source, n in s["kept"].items():
+            out["kept"][source] = out["kept"].get(source, 0) + n
+        for reason, per_source in s["examples"].items():
+            for source, rows in per_source.items():
+                ex = out["examples"].setdefault(reason, {}).setdefault(source, [])
+                ex.extend(rows[: examples_per_reason - len(ex)])
+        if s.get("words"):
+            words += np.array(s["words"])
+        if s.get("aspect"):
+            aspect += np.array(s["aspect"])
+    out["words"], out["aspect"] = words.tolist(), aspect.tolist()
+    return out
+
+
+def report_from_summary(merged: dict[str, Any], input_by_source: dict[str, int]) -> dict[str, Any]:
+    """The filter report (same format as build_report) from merged task summaries."""
+    return _assemble(
+        input_by_source, merged["kept"], merged["rejected"], merged["examples"], merged["words"], merged["aspect"]
+    )
 
 
 def summary_text(report: dict[str, Any]) -> str:

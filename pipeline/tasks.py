@@ -5,13 +5,22 @@ shards. Submitting them all at once grows the driver and object store without bo
 (a server dripping bytes) would hang the whole job, and Ray's own `max_retries` does not retry a
 task that is merely slow. Here at most `max_in_flight` tasks run, each has a wall-clock deadline
 after which it is force-cancelled and resubmitted, and a task that fails `retries + 1` times is
-handed to `on_give_up` (which records its rows as rejected) instead of failing the build.
+handed to `on_give_up` instead of failing the build.
+
+The deadline counts from when the task STARTS running, not from submission: a list that waited in
+the queue for half its window must not be killed while healthy. Each attempt reports its start to
+a tiny actor (`_StartClock`, one per call, 0 CPUs) that the driver polls once a second.
+
+Each attempt has its own token (`current_attempt()` inside the task). `ray.cancel(force=True)` is
+asynchronous, so a cancelled attempt may still be writing while its retry runs: a task that writes
+must write under attempt-scoped names and let the driver accept exactly one attempt's result.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -25,6 +34,50 @@ class TaskFailure:
     error: str
 
 
+_CURRENT_ATTEMPT = ""
+
+
+def current_attempt() -> str:
+    """The token of the attempt running in this worker ('' outside run_tasks)."""
+    return _CURRENT_ATTEMPT
+
+
+def _attempt(fn: Callable[..., Any], clock: Any, token: str, item: Any, *args: Any) -> Any:
+    """Runs inside the Ray task: report the start, expose the token, run the work."""
+    global _CURRENT_ATTEMPT
+    if clock is not None:
+        clock.start.remote(token)  # fire and forget: the driver's deadline starts now
+    _CURRENT_ATTEMPT = token
+    try:
+        result = fn(item, *args)
+    finally:
+        _CURRENT_ATTEMPT = ""
+    if isinstance(result, dict):  # where it ran and the worker's peak RSS (KiB on Linux): per-phase telemetry
+        import resource
+
+        import ray
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = {**result, "node": ray.get_runtime_context().get_node_id(), "rss_mb": round(peak, 1)}
+    return result
+
+
+class _StartClock:
+    """Start times of running attempts, on one clock (the actor's), so node clock skew cannot matter."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+
+    def start(self, token: str) -> None:
+        self.started[token] = time.monotonic()
+
+    def ages(self, running: list[str]) -> dict[str, float]:
+        """Seconds since each running attempt started (absent: not started yet); forgets the others."""
+        now = time.monotonic()
+        self.started = {t: s for t, s in self.started.items() if t in set(running)}
+        return {t: now - s for t, s in self.started.items()}
+
+
 def default_in_flight() -> int:
     import ray
 
@@ -32,34 +85,42 @@ def default_in_flight() -> int:
 
 
 def run_tasks(
-    remote_fn: Any,
+    fn: Callable[..., Any],
     items: Iterable[Any],
     *,
     args: tuple = (),
+    options: dict[str, Any] | None = None,
     max_in_flight: int = 0,
     timeout_s: float | None = None,
     retries: int = 0,
+    fatal: tuple[type[BaseException], ...] = (),
     on_result: Callable[[Any, Any], None] | None = None,
     on_give_up: Callable[[TaskFailure], Any] | None = None,
     desc: str = "tasks",
     total: int | None = None,
 ) -> list[TaskFailure]:
-    """Call `remote_fn.remote(item, *args)` for every item; return the items that were given up on.
+    """Call `fn(item, *args)` in a Ray task (`options` for ray.remote) for every item; return the
+    items that were given up on.
 
-    `on_result(item, result)` runs in the driver for each success, in completion order.
+    `on_result(item, result)` runs in the driver for each success, in completion order; a result of
+    a superseded attempt (cancelled, then retried) never reaches it.
+    An exception of a `fatal` type is not retried: it raises at once (e.g. an unreadable input file).
     Without `on_give_up`, a task that exhausts its retries raises RuntimeError (a bug, not bad input).
     """
     import ray
     from tqdm import tqdm
 
+    remote = ray.remote(**{"num_cpus": 1, "max_retries": 0, **(options or {})})(_attempt)
+    clock = ray.remote(num_cpus=0)(_StartClock).remote() if timeout_s else None
     window = max_in_flight or default_in_flight()
     pending = iter(items)
-    running: dict[Any, tuple[Any, int, float]] = {}  # ref -> (item, attempt, started)
+    running: dict[Any, tuple[Any, int, str]] = {}  # ref -> (item, attempt, token)
     failures: list[TaskFailure] = []
     bar = tqdm(total=total, desc=desc, unit="task", mininterval=2.0, dynamic_ncols=True)
 
     def submit(item: Any, attempt: int) -> None:
-        running[remote_fn.remote(item, *args)] = (item, attempt, time.monotonic())
+        token = f"a{attempt}-{uuid.uuid4().hex[:12]}"
+        running[remote.remote(fn, clock, token, item, *args)] = (item, attempt, token)
 
     def retry_or_give_up(item: Any, attempt: int, error: str) -> None:
         if attempt < retries:
@@ -89,18 +150,23 @@ def run_tasks(
             item, attempt, _ = running.pop(ref)
             try:
                 result = ray.get(ref)
+            except fatal as exc:
+                bar.close()
+                raise RuntimeError(f"{desc}: {item!r} failed: {exc}") from exc
             except Exception as exc:  # task raised, worker died, or was cancelled
                 retry_or_give_up(item, attempt, f"{type(exc).__name__}: {exc}"[:2000])
                 continue
             if on_result is not None:
                 on_result(item, result)
             bar.update(1)
-        if timeout_s:
-            now = time.monotonic()
-            for ref, (item, attempt, started) in list(running.items()):
-                if now - started > timeout_s:
+        if timeout_s and running:
+            ages = ray.get(clock.ages.remote([token for _, _, token in running.values()]))
+            for ref, (item, attempt, token) in list(running.items()):
+                if ages.get(token, 0.0) > timeout_s:
                     running.pop(ref)
                     ray.cancel(ref, force=True)
-                    retry_or_give_up(item, attempt, f"timeout after {timeout_s:.0f}s")
+                    retry_or_give_up(item, attempt, f"timeout after {timeout_s:.0f}s of running")
     bar.close()
+    if clock is not None:
+        ray.kill(clock)
     return failures

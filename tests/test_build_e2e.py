@@ -161,6 +161,18 @@ def test_shards_follow_the_contract(full_build):
     assert {"ray", "img2dataset", "pyarrow"} <= set(manifest["versions"])
 
 
+def test_report_from_task_results_matches_the_files_on_disk(full_build):
+    """The report is merged from what tasks returned; an audit pass over every output file agrees."""
+    from pipeline.layout import Layout
+    from pipeline.report import build_report
+
+    output, report = full_build
+    audit = build_report(Layout(output), {s: v["input"] for s, v in report["by_source"].items()}, "shards", 5)
+    for field in ("input", "kept", "rejected", "rejected_by_reason", "by_source", "histograms"):
+        assert report[field] == audit[field], field
+    assert {r: sorted(v) for r, v in report["examples"].items()} == {r: sorted(v) for r, v in audit["examples"].items()}
+
+
 def test_mlflow_run_shows_counts_per_reason(full_build):
     import mlflow
 

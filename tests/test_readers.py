@@ -232,17 +232,24 @@ def test_large_compressed_input_streams_with_bounded_batches(tmp_path):
         assert reader.malformed == 0
 
 
-def test_truncated_compressed_file_yields_its_rows_and_one_unreadable_row(tmp_path):
+def test_truncated_compressed_file_is_a_file_level_error_with_the_rows_read(tmp_path):
+    """A cut .gz is never one malformed row: it raises, naming the file and the rows read before the cut."""
+    from pipeline.readers.base import InputUnreadable
+
     # Large enough that the cut falls beyond the reader's 1 MiB buffer, so rows come before the error.
     lines = b"".join(b"caption number %d\thttp://example.com/%d.jpg\n" % (i, i) for i in range(200_000))
     data = gzip.compress(lines, compresslevel=1)
     (tmp_path / "cut.tsv.gz").write_bytes(data[: len(data) // 2])
-    rows, _, reader = read_all(f"cc3m:{tmp_path / 'cut.tsv.gz'}", ReaderConfig(batch_size=50_000))
-    assert 0 < len(rows) - 1 < 200_000
-    assert all(r["malformed"] is None for r in rows[:-1])
-    assert [r["caption"] for r in rows[:3]] == ["caption number 0", "caption number 1", "caption number 2"]
-    assert rows[-1]["malformed"].startswith(f"{tmp_path / 'cut.tsv.gz'}:{len(rows)}: unreadable: ")
-    assert reader.malformed == 1
+    _, files, reader = open_source(f"cc3m:{tmp_path / 'cut.tsv.gz'}", ReaderConfig(batch_size=50_000))
+    seen = 0
+    with pytest.raises(InputUnreadable) as info:
+        for table in reader.read(files[0]):
+            assert table.column("malformed").null_count == table.num_rows
+            seen += table.num_rows
+    err = info.value
+    assert not err.transient and err.path == files[0] and "cut.tsv.gz" in str(err)
+    assert 0 < seen <= err.rows_read < 200_000 and f"after {err.rows_read} rows" in str(err)
+    assert reader.malformed == 0
 
 
 # -- a line is a row: quotes, stray CRs, NULs, bad bytes, wrong tab counts, blank lines ------------------
@@ -426,3 +433,13 @@ def test_yfcc100m_reads_the_23_column_webscope_layout_and_marks_videos(tmp_path)
 
     assert reader_reason(rows[1]["malformed"]) == "video" in CAPTION_REASONS
     assert reader_reason(f"{path}:3: expected 25 or 23 tab-separated columns, got 5") == "malformed"
+
+
+def test_io_errors_are_transient_and_format_errors_are_not():
+    from pipeline.readers.base import is_transient
+
+    assert is_transient(FileNotFoundError("gone for a moment"))
+    assert is_transient(OSError("AWS Error NETWORK_CONNECTION during GetObject operation"))
+    assert not is_transient(OSError("Truncated compressed stream"))
+    assert not is_transient(pa.ArrowInvalid("Parquet magic bytes not found in footer"))
+    assert not is_transient(EOFError("Compressed file ended before the end-of-stream marker"))

@@ -27,6 +27,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("www")
     (root / "img.jpg").write_bytes(plain_jpeg(300, 300))
     (root / "small.bin").write_bytes(b"x" * 50_000)
+    (root / "img2.jpg").write_bytes(plain_jpeg(300, 300))
+    (root / "spaced name.jpg").write_bytes(plain_jpeg(300, 300))
     with serve(str(root)) as base:
         yield base
 
@@ -268,3 +270,106 @@ def test_installed_restores_the_process_opener(server):
         with pytest.raises(BlockedAddress):
             fetch(f"{server}/img.jpg")
     assert urllib.request._opener is before  # other urllib users in the process are left as found
+
+
+# --- issue 10: address rule gaps, quoting, politeness, DNS and TLS inside the deadline ----------------
+@pytest.mark.parametrize(
+    "ip,reason",
+    [
+        ("2002:7f00:1::1", "loopback"),
+        ("2002:a9fe:a9fe::1", "link_local"),
+        ("2002:0a00:0001::1", "private"),
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),  # Teredo, client 127.0.0.1 (obfuscated)
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "private"),  # Teredo, client 10.0.0.1
+        ("2002:0808:0808::1", None),  # 6to4 of a public address
+    ],
+)
+def test_6to4_and_teredo_are_judged_by_their_embedded_ipv4(ip, reason):
+    assert FetchPolicy().address_refusal(ip) == reason
+
+
+def test_urls_with_spaces_and_non_ascii_are_quoted_once(server, policy, tmp_path):
+    assert safe_http.quote_url("http://h/a b/ü.jpg?q=x y") == "http://h/a%20b/%C3%BC.jpg?q=x%20y"
+    assert safe_http.quote_url("http://h/a%20b.jpg") == "http://h/a%20b.jpg"  # already quoted: unchanged
+    assert safe_http.quote_url("http://bücher.example/x") == "http://xn--bcher-kva.example/x"
+    policy(LOOPBACK_ONLY)
+    assert fetch(f"{server}/spaced name.jpg")[:2] == b"\xff\xd8"  # http.client alone: InvalidURL
+
+
+def test_retry_after_header_forms():
+    assert safe_http.retry_after_s("3") == 3.0
+    assert safe_http.retry_after_s(None) is None and safe_http.retry_after_s("soon") is None
+    assert safe_http.retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+
+
+def test_429_is_retried_after_retry_after_within_the_deadline(server, policy):
+    policy(FetchPolicy(allowed_networks=("127.0.0.1/32",), total_timeout=5.0, busy_retries=2))
+    start = time.monotonic()
+    assert fetch(f"{server}/busy/2/img.jpg")[:2] == b"\xff\xd8"  # two 429s, then the image
+    assert time.monotonic() - start >= 1.9  # waited Retry-After (1 s) twice
+    policy(FetchPolicy(allowed_networks=("127.0.0.1/32",), total_timeout=5.0, busy_retries=1))
+    with pytest.raises(urllib.error.HTTPError, match="429"):
+        fetch(f"{server}/busy/5/small.bin")  # still busy after its one retry: the 429 stays visible
+    policy(FetchPolicy(allowed_networks=("127.0.0.1/32",), total_timeout=0.5, busy_retries=2))
+    with pytest.raises(FetchError, match=r"host busy: 127.0.0.1 asked to wait"):
+        fetch(f"{server}/busy/1/img2.jpg")  # Retry-After 1 s does not fit in a 0.5 s deadline
+
+
+def test_per_host_cap_bounds_concurrent_fetches(tmp_path):
+    import threading
+
+    from pipeline.demo.server import DemoServer
+
+    (tmp_path / "img.jpg").write_bytes(plain_jpeg(300, 300))
+    srv = DemoServer(str(tmp_path))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with safe_http.installed(FetchPolicy(allowed_networks=("127.0.0.1/32",), max_per_host=2)):
+            threads = [threading.Thread(target=fetch, args=(f"{srv.base_url}/slow/0.3/img.jpg",)) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert srv.peak_slow == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_tls_handshake_is_inside_the_deadline(policy):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts the TCP connection, never answers the ClientHello
+    try:
+        policy(FetchPolicy(allowed_networks=("127.0.0.1/32",), total_timeout=0.6))
+        start = time.monotonic()
+        with pytest.raises(FetchError, match=r"deadline of 0.6s exceeded"):
+            fetch(f"https://127.0.0.1:{silent.getsockname()[1]}/x.jpg")  # socket timeout is 5 s
+        assert time.monotonic() - start < 2.5
+    finally:
+        silent.close()
+
+
+def test_one_retry_of_a_temporary_dns_failure(server, policy, monkeypatch):
+    port = int(server.rsplit(":", 1)[1])
+    real = safe_http.socket.getaddrinfo
+    calls = []
+
+    def flaky(host, port_, *args):
+        calls.append(host)
+        if host == "flaky.test" and len(calls) == 1:
+            raise safe_http.socket.gaierror(safe_http.socket.EAI_AGAIN, "Temporary failure in name resolution")
+        if host == "flaky.test":
+            return real("127.0.0.1", port_, *args)
+        raise safe_http.socket.gaierror(safe_http.socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(safe_http.socket, "getaddrinfo", flaky)
+    policy(LOOPBACK_ONLY)
+    assert fetch(f"http://flaky.test:{port}/img.jpg")[:2] == b"\xff\xd8" and calls == ["flaky.test"] * 2
+    calls.clear()
+    with pytest.raises(FetchError, match="DNS failure for down.test"):
+        fetch("http://down.test/x.jpg")
+    assert calls == ["down.test"] * 2  # one retry, not more

@@ -14,6 +14,8 @@ Routes (PATH is a file under --root):
     /drip/SECONDS              Content-Length 1000, then one byte every 0.1 s for at most SECONDS
     /drip-headers/SECONDS      the status line, then a header one byte every 0.1 s for at most SECONDS
     /status/CODE               an empty response with that status
+    /busy/N/PATH               429 with "Retry-After: 1" for the first N requests of PATH, then the file
+    /slow/SECONDS/PATH         the file after SECONDS (at most 10); `peak_slow` counts the most at once
     anything else              404
 
     python orchestration/demo_server.py --root DIR --port 0 --port-file F    # foreground; Ctrl-C/SIGTERM stops
@@ -46,6 +48,9 @@ class DemoServer(ThreadingHTTPServer):
     def __init__(self, root: str, port: int = 0):
         self.root = os.path.realpath(root)
         self._cache: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+        self.busy_seen: dict[str, int] = {}  # /busy: requests answered 429 so far, per path
+        self.slow_now = self.peak_slow = 0  # /slow: requests in progress, and the most at once
         super().__init__((HOST, port), _Handler)
 
     @property
@@ -98,6 +103,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._drip(float(rest), headers_too=True)
             if head == "status":
                 return self._empty(int(rest))
+            if head == "busy":
+                return self._busy(*rest.split("/", 1))
+            if head == "slow":
+                return self._slow(*rest.split("/", 1))
             return self._file(path, {})
         except ValueError:
             return self._empty(400)
@@ -122,6 +131,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+
+    def _busy(self, n: str, rel: str):
+        with self.server.lock:
+            seen = self.server.busy_seen.get(rel, 0)
+            if seen < int(n):
+                self.server.busy_seen[rel] = seen + 1
+        if seen < int(n):
+            return self._empty(429, {"Retry-After": "1"})
+        return self._file(rel, {})
+
+    def _slow(self, seconds: str, rel: str):
+        with self.server.lock:
+            self.server.slow_now += 1
+            self.server.peak_slow = max(self.server.peak_slow, self.server.slow_now)
+        try:
+            time.sleep(min(float(seconds), 10.0))
+        finally:  # counted while it waits, before the body goes out (the client's slot ends after it)
+            with self.server.lock:
+                self.server.slow_now -= 1
+        return self._file(rel, {})
 
     def _redirect(self, location: str):
         self._empty(302, {"Location": location})

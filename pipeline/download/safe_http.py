@@ -11,7 +11,7 @@ handlers we need, so that img2dataset keeps doing the download while every reque
    the very address we checked. A DNS answer that changes between a check and the connect (DNS
    rebinding) therefore cannot slip through, and each redirect hop is checked the same way.
    Refused: loopback, private, link-local (169.254.169.254 included), multicast, reserved,
-   unspecified and their IPv6 forms, IPv4-mapped/NAT64 IPv6 included. `allow_private_networks`
+   unspecified and their IPv6 forms, IPv4-mapped/NAT64/6to4/Teredo IPv6 included. `allow_private_networks`
    lifts the rule; `allowed_networks` exempts given networks (tests allow 127.0.0.1 only).
 3. The body is capped: Content-Length above `max_bytes` is refused before reading, and bodies
    without a length are read in chunks and abandoned as soon as they pass the cap.
@@ -26,6 +26,7 @@ starts with a machine-readable reason, e.g. "blocked_address: ...", "too_large: 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import heapq
@@ -36,12 +37,17 @@ import itertools
 import socket
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import urllib.response
 from collections.abc import Iterator
 
 from img2dataset.downloader import is_disallowed  # the same X-Robots-Tag parser img2dataset applies
+
+from pipeline.download.politeness import HOSTS as _HOSTS
+from pipeline.download.politeness import IMG2DATASET_CONTACT as _IMG2DATASET_CONTACT
+from pipeline.download.politeness import quote_url, retry_after_s
 
 ALLOWED_SCHEMES = ("http", "https")
 _READ_CHUNK = 1 << 16
@@ -58,6 +64,9 @@ class FetchPolicy:
     # (img2dataset checks them too, but only after it has read the whole body).
     disallowed_header_directives: tuple[str, ...] = ()
     user_agent_token: str | None = None
+    contact_url: str = ""  # replaces img2dataset's project URL in the User-Agent ('' keeps it)
+    max_per_host: int = 0  # concurrent fetches to one host per process (0 = no cap)
+    busy_retries: int = 2  # extra tries after a 429/503, each after the host's Retry-After
 
     @classmethod
     def from_download_config(cls, cfg) -> FetchPolicy:
@@ -67,6 +76,9 @@ class FetchPolicy:
             total_timeout=cfg.total_timeout,
             disallowed_header_directives=tuple(d.strip().lower() for d in cfg.disallowed_header_directives),
             user_agent_token=cfg.user_agent_token.strip().lower() or None,
+            contact_url=cfg.contact_url.strip(),
+            max_per_host=cfg.max_per_host,
+            busy_retries=cfg.busy_retries,
         )
 
     def address_refusal(self, ip: str) -> str | None:
@@ -87,10 +99,18 @@ def non_public_reason(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st
     """'loopback', 'private', ... for a non-public address, None for a public one."""
     if addr.version == 6:
         # An IPv6 form that carries an IPv4 address reaches that IPv4 address: judge the embedded one.
+        # 6to4 (2002::/16) routes to its embedded IPv4 through a relay; Teredo (2001::/32) carries
+        # the client's IPv4 (obfuscated; the ipaddress module undoes that).
         if addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
         elif addr in _NAT64:
             addr = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        elif addr.sixtofour is not None:
+            addr = addr.sixtofour
+        elif addr.teredo is not None:
+            embedded = non_public_reason(addr.teredo[1])
+            if embedded is not None:
+                return embedded
     for name in ("loopback", "unspecified", "link_local", "multicast", "reserved", "private", "site_local"):
         if getattr(addr, f"is_{name}", False):
             return name
@@ -224,15 +244,41 @@ def _track_socket(sock) -> None:
             raise FetchError("deadline exceeded before connecting")
 
 
+# --- DNS inside the deadline --------------------------------------------------------------------
+_DNS_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="dns")
+
+
+def _remaining() -> float | None:
+    entry = getattr(_tls, "deadline", None)
+    return None if entry is None else entry.at - time.monotonic()
+
+
+def _resolve(host: str, port: int) -> list:
+    """getaddrinfo bounded by the fetch's deadline (a stuck resolver cannot hold a thread past it),
+    with one retry of a temporary failure (EAI_AGAIN: an overloaded resolver, common at scale)."""
+    for attempt in (0, 1):
+        remaining = _remaining()
+        if remaining is not None and remaining <= 0:
+            raise FetchError(f"deadline exceeded before the DNS lookup of {host}")
+        future = _DNS_POOL.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        try:
+            return future.result(timeout=remaining)
+        except concurrent.futures.TimeoutError:
+            raise FetchError(f"deadline exceeded during the DNS lookup of {host}") from None
+        except socket.gaierror as err:
+            if attempt == 0 and err.errno == socket.EAI_AGAIN:
+                time.sleep(min(0.5, max(0.0, (_remaining() or 1.0) / 2)))
+                continue
+            raise FetchError(f"DNS failure for {host}: {err}") from None
+    raise AssertionError("unreachable")
+
+
 # --- connections that check the address they connect to ---------------------------------------
 def _checked_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
     """socket.create_connection, but only to addresses the policy allows (checked after DNS)."""
     host, port = address
     policy = _policy
-    try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    except socket.gaierror as err:
-        raise FetchError(f"DNS failure for {host}: {err}") from None
+    infos = _resolve(host, port)
     allowed, refusals = [], []
     for family, type_, proto, _, sockaddr in infos:
         why = policy.address_refusal(sockaddr[0])
@@ -278,8 +324,21 @@ class _SafeHTTPSConnection(http.client.HTTPSConnection):
         self._create_connection = _checked_connection
 
     def connect(self):
-        super().connect()
-        _track_socket(self.sock)  # the TLS socket replaced the raw one: watch that instead
+        # The handshake runs on the TLS socket, which the watchdog must be able to shut down: wrap
+        # without handshaking, track the wrapped socket, then handshake (inside the deadline).
+        http.client.HTTPConnection.connect(self)
+        if self._tunnel_host:  # never set: the opener has no proxy handler
+            raise FetchError("proxy tunnels are not supported")
+        tls = self._context.wrap_socket(self.sock, server_hostname=self.host, do_handshake_on_connect=False)
+        self.sock = tls
+        _track_socket(tls)
+        try:
+            tls.do_handshake()
+        except (OSError, ValueError):
+            entry = getattr(_tls, "deadline", None)
+            if entry is not None and entry.expired:
+                raise FetchError(f"deadline of {_policy.total_timeout:g}s exceeded during the TLS handshake") from None
+            raise
 
 
 class _SafeHTTPHandler(urllib.request.HTTPHandler):
@@ -352,30 +411,74 @@ class _BodyReader(urllib.request.BaseHandler):
     https_response = http_response
 
 
+BUSY_CODES = (429, 503)
+
+
 class SafeOpener(urllib.request.OpenerDirector):
-    """Refuses other schemes up front and runs every fetch (with its redirects) under a deadline."""
+    """Refuses other schemes up front and runs every fetch (with its redirects) under a deadline.
+
+    Politeness: at most `max_per_host` fetches to one host at once (waiting for a slot does not count
+    against the deadline); a 429 or 503 pauses the host for its Retry-After (else 1, 2, 4 s) and the
+    fetch is tried again, at most `busy_retries` times and only while the wait fits in the deadline.
+    """
 
     def open(self, fullurl, data=None, timeout=socket._GLOBAL_DEFAULT_TIMEOUT):
         url = fullurl.full_url if isinstance(fullurl, urllib.request.Request) else str(fullurl)
         scheme = urllib.parse.urlsplit(url).scheme.lower()
         if scheme not in ALLOWED_SCHEMES:
             raise FetchError(f"unsupported scheme {scheme!r}: only http and https are fetched")
+        policy = _policy
+        url = quote_url(url)
+        if isinstance(fullurl, urllib.request.Request):
+            fullurl.full_url = url
+            agent = fullurl.get_header("User-agent")
+            if agent and policy.contact_url:
+                fullurl.add_header("User-Agent", agent.replace(_IMG2DATASET_CONTACT, f"+{policy.contact_url}"))
+        else:
+            fullurl = url
         outer = getattr(_tls, "deadline", None) is None
-        if outer:
-            _tls.deadline = _WATCHDOG.start(_policy.total_timeout)
+        if not outer:  # a redirect hop: already inside a fetch, its slot and its deadline
+            return self._open_once(fullurl, data, timeout)
+        host = (urllib.parse.urlsplit(url).hostname or "").lower()
+        slot = _HOSTS.slot(host, policy.max_per_host) if policy.max_per_host > 0 else contextlib.nullcontext()
+        with slot:
+            _tls.deadline = _WATCHDOG.start(policy.total_timeout)
+            try:
+                for attempt in range(policy.busy_retries + 1):
+                    self._wait_for_host(host, policy)
+                    try:
+                        return self._open_once(fullurl, data, timeout)
+                    except urllib.error.HTTPError as err:
+                        if err.code not in BUSY_CODES or attempt == policy.busy_retries:
+                            raise
+                        wait = retry_after_s(err.headers.get("Retry-After") if err.headers else None)
+                        _HOSTS.pause(host, 2.0**attempt if wait is None else wait)
+            finally:
+                _WATCHDOG.finish(_tls.deadline)
+                _tls.deadline = None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _wait_for_host(host: str, policy: FetchPolicy) -> None:
+        wait = _HOSTS.wait_s(host)
+        if wait <= 0:
+            return
+        if wait >= (_remaining() or 0.0):
+            raise FetchError(
+                f"host busy: {host} asked to wait {wait:.0f}s, past the {policy.total_timeout:g}s deadline"
+            )
+        time.sleep(wait)
+
+    def _open_once(self, fullurl, data, timeout):
         entry = _tls.deadline
         try:
             return super().open(fullurl, data, timeout)
-        except FetchError:
+        except (FetchError, urllib.error.HTTPError):
             raise
         except Exception as err:
             if entry.expired:
                 raise FetchError(f"deadline of {_policy.total_timeout:g}s exceeded ({err})") from None
             raise
-        finally:
-            if outer:
-                _WATCHDOG.finish(entry)
-                _tls.deadline = None
 
 
 def build_safe_opener() -> SafeOpener:

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from common import storage
 from common.schemas import SOURCE_ROW, reader_reason
@@ -100,22 +101,68 @@ def to_int(value: object) -> int | None:
     return number if number > 0 else None
 
 
-def _until_unreadable(items: Iterator[T]) -> Iterator[T | Row]:
-    """The items of a format's iterator until its file fails to read (truncated .gz, corrupt parquet,
-    I/O error); the failure then ends it as ONE malformed row instead of an exception.
+class InputUnreadable(RuntimeError):
+    """A whole input file could not be read to its end: a file-level failure, never a row.
+
+    `transient` says whether a retry may help (a filesystem or network error) or not (a truncated
+    compressed stream, a corrupt parquet footer: the same bytes fail the same way every time).
+    `rows_read` is how many rows were read before the failure, for the error message.
+    """
+
+    def __init__(self, path: str, rows_read: int, error: BaseException | str, transient: bool | None = None):
+        self.path, self.rows_read = path, rows_read
+        self.transient = is_transient(error) if transient is None else transient  # type: ignore[arg-type]
+        self.error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        kind = "transient read error" if self.transient else "unreadable file"
+        super().__init__(f"{kind} in {path} after {rows_read} rows: {self.error}"[:2000])
+
+    def __reduce__(self):  # crosses process boundaries (Ray) with its fields, not just its message
+        return (InputUnreadable, (self.path, self.rows_read, self.error, self.transient))
+
+
+_PERMANENT_HINTS = ("truncated", "corrupt", "magic bytes", "invalid", "not a parquet", "unexpected end")
+
+
+def is_transient(error: BaseException | str) -> bool:
+    """An OSError (I/O, S3, network) may go away on retry; format errors in the bytes do not."""
+    if isinstance(error, EOFError) or not isinstance(error, OSError):
+        return False
+    return not any(hint in str(error).lower() for hint in _PERMANENT_HINTS)
+
+
+def _until_unreadable(items: Iterator[T], path: str) -> Iterator[T]:
+    """The items of a format's iterator; a failure to READ the file (I/O error, truncated .gz,
+    corrupt parquet) raises InputUnreadable with the rows read so far, so the caller retries the
+    file or fails loudly. Only format errors inside readable bytes are malformed rows.
 
     next() by hand rather than `yield from` inside try: only errors raised while READING are caught,
     never ones thrown in when the consumer closes the stream early.
     """
+    rows = 0
     while True:
         try:
             item = next(items)
         except StopIteration:
             return
         except (OSError, EOFError, pa.ArrowException) as exc:
-            yield bad(f"unreadable: {exc}"[:200])
-            return
+            raise InputUnreadable(path, rows, exc) from exc
+        rows += item.num_rows if isinstance(item, pa.Table) else 1
         yield item
+
+
+class Split(NamedTuple):
+    """Part of one input file, so that caption work follows the cluster, not the file count.
+
+    kind "rows":  parquet row groups [start, stop); first_row is the file's row number of the first.
+    kind "bytes": the lines that START in bytes [start, stop) of an uncompressed line file (the
+                  line that straddles `start` belongs to the previous split); first_row = start, so
+                  row numbers stay unique and in input order (a line has at least one byte).
+    """
+
+    kind: str
+    start: int
+    stop: int
+    first_row: int
 
 
 class Reader:
@@ -128,19 +175,21 @@ class Reader:
         self.cfg = cfg or ReaderConfig()
         self.rows_read = 0
         self.malformed = 0
+        self.split: Split | None = None
 
     # -- the public call --------------------------------------------------------------------------
-    def read(self, path: str) -> Iterator[pa.Table]:
+    def read(self, path: str, split: Split | None = None) -> Iterator[pa.Table]:
         """Stream SOURCE_ROW tables of at most batch_size rows, one row per input line/record, in order.
+        With `split`, only that row-group range (parquet) or byte range (plain text) of the file.
 
-        A file that cannot be read to its end (truncated .gz, corrupt parquet, I/O error) yields
-        the rows read so far plus ONE malformed row "unreadable: ..." and stops: bad input is
-        counted, never fatal, and the caller sees it in the rejected rows.
+        A file that cannot be read to its end (truncated .gz, corrupt parquet, I/O error) raises
+        InputUnreadable after the rows read so far: a file-level failure, never one malformed row.
         """
+        self.split = split
         batch_size = max(1, int(self.cfg.batch_size))
         if type(self).iter_tables is not Reader.iter_tables:
-            first = 0
-            for table in _until_unreadable(self.iter_tables(path)):
+            first = self._first_row(path)
+            for table in _until_unreadable(self.iter_tables(path), path):
                 if isinstance(table, Row):
                     table = self._to_table([table])
                 for start in range(0, table.num_rows, batch_size):
@@ -149,17 +198,28 @@ class Reader:
                 first += table.num_rows
             return
         buffer: list[Row] = []
-        line = self.header_lines
-        for row in _until_unreadable(self.iter_rows(path)):
+        line, where = self.header_lines, self._line_origin(path)
+        for row in _until_unreadable(self.iter_rows(path), path):
             line += 1  # iter_rows yields exactly one row per line: its position IS its line number
             if row.malformed is not None:
-                row = row._replace(malformed=_located(row.malformed, f"{path}:{line}"))
+                row = row._replace(malformed=_located(row.malformed, f"{where}:{line}"))
             buffer.append(row)
             if len(buffer) >= batch_size:
                 yield self._count(self._to_table(buffer))
                 buffer = []
         if buffer:
             yield self._count(self._to_table(buffer))
+
+    def _first_row(self, path: str) -> int:
+        """Rows of the file before this reader's row-group split (so details name the file's row)."""
+        return self.split.first_row if self.split is not None and self.split.kind == "rows" else 0
+
+    def _line_origin(self, path: str) -> str:
+        """Where line numbers count from: the file, or, in a byte-range split past the start, that
+        byte offset (lines before it are another task's, so they are not counted here)."""
+        if self.split is not None and self.split.kind == "bytes" and self.split.start > 0:
+            return f"{path}@byte{self.split.start}"
+        return path
 
     # -- hooks for subclasses ---------------------------------------------------------------------
     def iter_rows(self, path: str) -> Iterator[Row]:
@@ -169,15 +229,41 @@ class Reader:
         raise NotImplementedError
 
     # -- helpers shared by the formats ------------------------------------------------------------
-    @staticmethod
-    def open_lines(path: str) -> Iterator[bytes]:
-        """Raw lines (bytes, LF included) of a possibly compressed, possibly remote file.
+    def open_lines(self, path: str) -> Iterator[bytes]:
+        """Raw lines (bytes, LF included) of a possibly compressed, possibly remote file, or of this
+        reader's byte-range split of an uncompressed one.
 
         Bytes, not text: binary iteration splits on LF only, so a lone CR stays inside its line,
         and an undecodable byte cannot end the file.
         """
-        with storage.open_input(path) as stream:
-            yield from io.BufferedReader(stream, buffer_size=_READ_BUFFER)
+        split = self.split
+        if split is None or split.kind != "bytes":
+            with storage.open_input(path) as stream:
+                yield from io.BufferedReader(stream, buffer_size=_READ_BUFFER)
+            return
+        fs, inner = storage.resolve(path)
+        with fs.open_input_file(inner) as raw:
+            raw.seek(max(0, split.start - 1))
+            lines = io.BufferedReader(raw, buffer_size=_READ_BUFFER)
+            pos = max(0, split.start - 1)
+            if split.start > 0:  # finish the line that straddles `start`: the previous split owns it
+                pos += len(lines.readline())
+            while pos < split.stop:
+                line = lines.readline()
+                if not line:
+                    return
+                pos += len(line)
+                yield line
+
+    def parquet_batches(self, path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """Record batches of a parquet file, or of this reader's row-group split of it."""
+        split = self.split
+        groups = range(split.start, split.stop) if split is not None and split.kind == "rows" else None
+        fs, inner = storage.resolve(path)
+        with fs.open_input_file(inner) as fh:
+            yield from pq.ParquetFile(fh).iter_batches(
+                batch_size=self.cfg.batch_size, columns=columns, row_groups=groups
+            )
 
     def _lines(self, path: str) -> Iterator[tuple[str, bool]]:
         """(text without its LF/CRLF, lossy) for every line: THE one place lines are counted out.

@@ -26,5 +26,5 @@ class LaionReader(Reader):
         with fs.open_input_file(inner) as fh:  # reads only the footer
             present = set(pq.ParquetFile(fh).schema_arrow.names)
         wanted = [c for c in (url, caption, width, height) if c and c in present]
-        for batch in storage.iter_parquet_batches(path, columns=wanted, batch_size=self.cfg.batch_size):
+        for batch in self.parquet_batches(path, wanted):  # the whole file, or this reader's split
             yield columnar_source_rows(batch, url, caption, width, height)

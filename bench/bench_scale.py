@@ -1,0 +1,248 @@
+"""How build_dataset grows with the input: 1M, 2M and 4M rows, every phase but the network download,
+and an extrapolation to 250M pairs from the measured growth (not from assumptions).
+
+    python bench/bench_scale.py                     # 1M, 2M, 4M rows (tens of minutes on 2 CPUs)
+    python bench/bench_scale.py --sizes 100000 200000 400000   # a quick look
+
+Input: real LAION captions (shared/data/laion_sample_1000.parquet) repeated with distinct URLs
+(2% repeat an earlier URL, so duplicate_url has work), in a realistic layout: FILES large parquet
+files of 10k-row groups, which the caption phase cuts into splits (reader.split_rows).
+
+The caption filters run the default language rule (lexicon, with fastText where it can change the
+outcome) unless --band picks the langdetect rule: ~20x slower (docs/filters.md), 4M rows take hours.
+
+Phases measured: captions and URL dedup run through build_dataset itself (--captions-only, a
+private Ray instance of --cpus CPUs); then image dedup and finalize run the real pipeline tasks on
+the download lists, fed by a LOCAL FAKE DOWNLOADER (no network): each candidate becomes a 64x64
+JPEG (one of 256 distinct images, so duplicate_image has work) with its real sha256, written as
+the download attempt files and committed exactly as download_task's results are.
+
+Per phase it prints wall time, tasks, files written, files opened (summed over tasks) and the peak
+RSS of a task (the worker's ru_maxrss, which a reused worker only raises: an upper bound). The
+extrapolation fits each quantity on the two largest sizes (linear in rows) and reports, for 250M
+rows: files written, peak memory per task, and node-hours at 32 cores per node from the measured
+core-seconds per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/x.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "laion_sample_1000.parquet"
+TARGET = 250_000_000
+
+
+def synthesise(out_dir: str, rows: int, files: int) -> str:
+    captions = pq.read_table(SAMPLE, columns=["TEXT"]).column("TEXT").to_pylist()
+    os.makedirs(out_dir, exist_ok=True)
+    per = -(-rows // files)
+    for f in range(files):
+        lo, hi = f * per, min(rows, (f + 1) * per)
+        idx = range(lo, hi)
+        urls = [f"http://img.example/{(i - 1000) if i % 50 == 49 else i}.jpg" for i in idx]  # 2% repeats
+        table = pa.table({"URL": urls, "TEXT": [captions[i % len(captions)] for i in idx]})
+        pq.write_table(table, os.path.join(out_dir, f"part-{f:03d}.parquet"), row_group_size=10_000)
+    return f"laion:{out_dir}/*.parquet"
+
+
+def fake_download_task(name: str, cfg) -> dict:
+    """The local fake downloader: a tiny real JPEG per candidate, written and summarised as the real
+    download_task writes its attempt files (pipeline.download_phase)."""
+    import hashlib
+
+    from PIL import Image
+
+    from common import schemas, storage
+    from pipeline.download_phase import _write_attempt
+    from pipeline.layout import Layout
+    from pipeline.report import summarize
+    from pipeline.tasks import current_attempt
+
+    layout = Layout(cfg.output)
+    rows = storage.read_parquet(layout.candidates(name))
+    images = []
+    for i in range(256):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (i, 255 - i, 128)).save(buf, "JPEG", quality=80)
+        images.append(buf.getvalue())
+    urls = rows.column("url").to_pylist()
+    pick = [int(hashlib.blake2b(u.encode(), digest_size=4).hexdigest(), 16) % 4096 for u in urls]
+    data = [images[p] if p < 256 else images[p % 256][:-2] + bytes([p % 251, p // 251]) + b"\xff\xd9" for p in pick]
+    n = rows.num_rows
+    kept = (
+        pa.table(
+            {
+                **{c: rows.column(c) for c in ("key", "url", "caption", "source")},
+                "image": pa.array(data, pa.binary()),
+                "width": pa.array([64] * n, pa.int32()),
+                "height": pa.array([64] * n, pa.int32()),
+                "original_width": pa.array([640] * n, pa.int32()),
+                "original_height": pa.array([480] * n, pa.int32()),
+                "sha256": pa.array([hashlib.sha256(d).hexdigest() for d in data], pa.string()),
+            }
+        )
+        .select(schemas.DATASET_SHARD.names)
+        .cast(schemas.DATASET_SHARD)
+    )
+    token = current_attempt()
+    _write_attempt(layout, cfg, name, token, kept, schemas.empty(schemas.REJECTED))
+    return {"name": name, "attempt": token, "input": n, "kept": n, "bytes": sum(map(len, data)),
+            "summary": summarize(None, None, 0, ("width", "height"))}  # fmt: skip
+
+
+def run_size(rows: int, files: int, cpus: int, work: str, band: bool) -> dict:
+    import ray
+
+    from common import storage
+    from common.config import from_dict
+    from pipeline.build import build
+    from pipeline.config import BuildConfig
+    from pipeline.dedup import image_dedup_task, plan_ranges, task_memory
+    from pipeline.download_phase import commit_list, finalize_task
+    from pipeline.layout import Layout
+    from pipeline.tasks import run_tasks
+
+    source = synthesise(os.path.join(work, f"in-{rows}"), rows, files)
+    out = os.path.join(work, f"out-{rows}")
+    captions = {"language_id": "langdetect"} if band else {}  # default: the lexicon rule (docs/filters.md)
+    cfg = from_dict(BuildConfig, {"sources": [source], "output": out, "captions_only": True, "captions": captions,
+                                  "run": {"num_cpus": cpus, "dedup_partitions": 1024}})  # fmt: skip
+    t0 = time.monotonic()
+    report = build(cfg)  # captions + URL dedup + report, through build_dataset itself
+    wall = time.monotonic() - t0
+    layout = Layout(out)
+    phases = {name: dict(p) for name, p in report["phases"].items()}
+    phases["captions"]["files_written"] = len(storage.listdir(layout.path("_work", "captions"), ".parquet")) + sum(
+        1 for p in storage.listdir(layout.path("rejected")) if "/captions-" in p
+    )
+    lists = [p.rsplit("/", 1)[-1][: -len(".parquet")] for p in storage.listdir(layout.path("candidates"), ".parquet")]
+    phases["url dedup"]["files_written"] = len(lists) + phases["url dedup"]["tasks"] * 2
+
+    # image side: fake downloads, then the real image dedup and finalize tasks
+    from common.ray_cluster import init_ray
+
+    init_ray(num_cpus=cpus)
+    full = from_dict(BuildConfig, {**json.loads(json.dumps(_plain(cfg))), "captions_only": False})
+    committed = {}
+    t = time.monotonic()
+    run_tasks(fake_download_task, lists, args=(full,), on_result=lambda _, s: committed.__setitem__(s["name"], s))
+    for s in committed.values():
+        commit_list(layout, s)
+    fake_s = time.monotonic() - t
+    hashes = [layout.attempt(n, committed[n]["attempt"], "hashes") for n in lists]
+    images = sum(s["kept"] for s in committed.values())
+    ranges = plan_ranges(images, full.run.dedup_partitions, full.run.dedup_rows_per_task)
+    for name, fn, items, args, opts in (
+        ("image dedup", image_dedup_task, ranges, (full, hashes), {"memory": task_memory(images, len(ranges))}),
+        ("finalize", finalize_task, lists, (full, [lo for lo, _ in ranges]), {}),
+    ):
+        results: list[dict] = []
+        t = time.monotonic()
+        run_tasks(fn, items, args=args, options=opts, on_result=lambda _, s, out=results: out.append(s))
+        phases[name] = {
+            "seconds": time.monotonic() - t,
+            "tasks": len(items),
+            "files_read": sum(r.get("files_read", 0) for r in results),
+            "peak_task_rss_mb": max(r.get("rss_mb", 0) for r in results),
+        }
+    phases["image dedup"]["files_written"] = len(ranges)
+    phases["finalize"]["files_written"] = len(storage.listdir(layout.path("shards"), ".parquet")) + 2 * len(lists)
+    ray.shutdown()
+    return {"rows": rows, "kept_captions": report["kept"], "wall_captions_only_s": wall, "fake_download_s": fake_s,
+            "phases": phases}  # fmt: skip
+
+
+def _plain(cfg):
+    from common import config as config_lib
+
+    return config_lib.to_dict(cfg)
+
+
+def extrapolate(results: list[dict], cpus: int, split_rows: int, rows_per_task: int, partitions: int) -> dict:
+    """250M rows from the two largest runs. Time: the measured per-row slope of each phase (its fixed
+    start-up cost added once). Memory per task: the largest measured, with its growth at 2x rows.
+    Counts (tasks, files written and opened): from the plan formulas the build itself uses, with the
+    kept fractions measured here (a linear fit of counts measured at a few tasks would be wrong:
+    files opened by a dedup phase are reducers x mapper files)."""
+    a, b = results[-2], results[-1]
+    keep_captions = b["kept_captions"] / b["rows"]
+    captions_tasks = -(-TARGET // split_rows)
+    kept = int(TARGET * keep_captions)
+    lists = -(-kept // 10_000)
+    url_tasks = min(partitions, -(-kept // rows_per_task))
+    image_tasks = min(partitions, -(-kept // rows_per_task))  # fake downloads keep every image
+    plan = {
+        "captions": {"tasks": captions_tasks, "files_written": 3 * captions_tasks, "files_read": captions_tasks},
+        "url dedup": {"tasks": url_tasks, "files_written": lists + 2 * url_tasks,
+                      "files_read": url_tasks * captions_tasks},
+        "image dedup": {"tasks": image_tasks, "files_written": image_tasks, "files_read": image_tasks * lists},
+        "finalize": {"tasks": lists, "files_written": 4 * lists, "files_read": lists * (3 + image_tasks)},
+    }  # fmt: skip
+    out = {}
+    for name in b["phases"]:
+        pa_, pb = a["phases"][name], b["phases"][name]
+        per_row = max(0.0, (pb["seconds"] - pa_["seconds"]) / (b["rows"] - a["rows"]))
+        fixed = max(0.0, pb["seconds"] - per_row * b["rows"])
+        out[name] = {
+            **plan[name],
+            "core_hours": (per_row * TARGET + fixed) * cpus / 3600,
+            "peak_task_rss_mb": pb["peak_task_rss_mb"],
+            "rss_growth_2x": pb["peak_task_rss_mb"] / max(1.0, pa_["peak_task_rss_mb"]),
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 2_000_000, 4_000_000])
+    ap.add_argument("--files", type=int, default=4, help="input parquet files (a few large ones)")
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument(
+        "--band", action="store_true", help="the langdetect rule instead of the default lexicon rule (~20x slower)"
+    )
+    args = ap.parse_args()
+    if not SAMPLE.exists():
+        sys.exit(f"missing {SAMPLE}: the real LAION caption sample")
+    with tempfile.TemporaryDirectory(prefix="bench_scale-") as work:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
+        results = []
+        for rows in args.sizes:
+            r = run_size(rows, args.files, args.cpus, work, args.band)
+            results.append(r)
+            print(f"\n== {rows:,} rows (captions-only build {r['wall_captions_only_s']:.0f} s, "
+                  f"fake downloads {r['fake_download_s']:.0f} s) ==")  # fmt: skip
+            print(f"{'phase':<12}{'wall s':>9}{'tasks':>8}{'written':>9}{'opened':>9}{'peak RSS/task MB':>18}")
+            for name, p in r["phases"].items():
+                print(f"{name:<12}{p['seconds']:>9.1f}{p['tasks']:>8}{p.get('files_written', 0):>9}"
+                      f"{p.get('files_read', 0):>9}{p['peak_task_rss_mb']:>18.0f}")  # fmt: skip
+    ext = extrapolate(results, args.cpus, 50_000, 2_000_000, 1024)
+    print(f"\n== extrapolated to {TARGET:,} rows from {results[-2]['rows']:,} -> {results[-1]['rows']:,} ==")
+    print(f"{'phase':<12}{'core-hours':>11}{'node-h @32':>11}{'tasks':>10}{'written':>10}{'opened':>11}"
+          f"{'RSS/task MB':>12}{'RSS x at 2x rows':>17}")  # fmt: skip
+    total = 0.0
+    for name, e in ext.items():
+        total += e["core_hours"]
+        print(f"{name:<12}{e['core_hours']:>11.1f}{e['core_hours'] / 32:>11.2f}{e['tasks']:>10.0f}"
+              f"{e['files_written']:>10.0f}{e['files_read']:>11.0f}{e['peak_task_rss_mb']:>12.0f}"
+              f"{e['rss_growth_2x']:>17.2f}")  # fmt: skip
+    print(f"{'all (no download)':<12} {total:.1f} core-hours = {total / 32:.2f} node-hours at 32 cores per node")
+    print(f"(language rule: {'langdetect' if args.band else 'lexicon, the default'}; fake downloads keep every image)")
+    print(json.dumps({"results": results, "extrapolated": ext}, default=float)[:4000])
+
+
+if __name__ == "__main__":
+    main()
