@@ -109,17 +109,22 @@ def lock_config(layout: Layout, cfg: BuildConfig) -> str:
     return digest
 
 
+def source_names(cfg: BuildConfig) -> list[str]:
+    """The name each --source is counted under: its format, or FORMAT:N when a format repeats."""
+    formats = [spec.split(":", 1)[0] for spec in cfg.sources]
+    names, seen = [], {}
+    for fmt in formats:
+        names.append(fmt if formats.count(fmt) == 1 else f"{fmt}:{seen.get(fmt, 0)}")
+        seen[fmt] = seen.get(fmt, 0) + 1
+    return names
+
+
 def plan_inputs(cfg: BuildConfig) -> list[InputFile]:
     from pipeline.readers import open_source
 
-    formats = [spec.split(":", 1)[0] for spec in cfg.sources]
     files: list[InputFile] = []
-    seen: dict[str, int] = {}
-    for i, spec in enumerate(cfg.sources):
+    for i, (spec, name) in enumerate(zip(cfg.sources, source_names(cfg), strict=True)):
         fmt, paths, _ = open_source(spec, cfg.reader)
-        n = seen.get(fmt, 0)
-        seen[fmt] = n + 1
-        name = fmt if formats.count(fmt) == 1 else f"{fmt}:{n}"
         for j, path in enumerate(paths):
             splits = plan_splits(fmt, path, cfg.reader)
             for k, split in enumerate(splits):
@@ -171,7 +176,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     storage.clean_temp(cfg.output)
     digest = lock_config(layout, cfg)
     files = plan_inputs(cfg)
-    lock_inputs(layout, cfg, files)  # refuses a rerun on a different input set or versions
+    inputs = lock_inputs(layout, cfg, files)  # refuses a rerun on a different input set or versions
     owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None)
     import mlflow
     import ray
@@ -183,7 +188,12 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     try:
         mlflow.set_tags({"stage": "build_dataset", "output": cfg.output, "config_hash": digest})
         tracking.log_params(config_lib.flatten(cfg))
+        log_sources(mlflow.active_run().info.run_id, cfg, inputs["files"])
         report = _run_phases(cfg, layout, digest, files, ray, _Progress())
+        if not cfg.captions_only:  # the dataset encode_tokens and train_dvae read: same name and digest there
+            tracking.log_dataset(
+                mlflow.active_run().info.run_id, cfg.output, "output", tracking.dataset_digest(cfg.output)
+            )
         mlflow.end_run("FINISHED")
         return report
     except BaseException:
@@ -192,6 +202,16 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     finally:
         if owns_ray:
             ray.shutdown()
+
+
+def log_sources(run_id: str, cfg: BuildConfig, described: list[dict[str, Any]]) -> None:
+    """Each --source as an MLflow dataset input ("source"), its digest from its files' paths, sizes and
+    modification times (what the input lock records)."""
+    for spec, name in zip(cfg.sources, source_names(cfg), strict=True):
+        entries = sorted(json.dumps(f, sort_keys=True) for f in described if f["source"] == name)
+        digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+        pattern = spec.partition(":")[2]
+        tracking.log_dataset(run_id, pattern, "source", digest, name=f"{name}:{pattern.rstrip('/').rsplit('/', 1)[-1]}")
 
 
 class FailedLists(RuntimeError):

@@ -188,6 +188,13 @@ def test_mlflow_run_shows_counts_per_reason(full_build):
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "report")}
     assert {"report/filter_report.json", "report/examples.md", "report/aspect_ratio.png"} <= artifacts
     assert runs[0].data.params["captions.min_words"] == "3"
+    # Lineage: every --source and the dataset written, as MLflow dataset inputs with their roles.
+    from common.tracking import dataset_digest
+
+    inputs = mlflow.get_run(runs[0].info.run_id).inputs.dataset_inputs
+    roles = [({t.key: t.value for t in i.tags}["mlflow.data.context"], i.dataset.digest) for i in inputs]
+    assert sorted(role for role, _ in roles) == ["output"] + ["source"] * 3
+    assert ("output", dataset_digest(output)) in roles
 
 
 def test_rerun_of_finished_build_is_a_noop(env, full_build):
