@@ -102,6 +102,25 @@ def listdir(path: str, suffix: str = "") -> list[str]:
     )
 
 
+def list_files(path: str, suffix: str = "") -> dict[str, tuple[int, int]]:
+    """One listing: basename -> (size, mtime_ns) of the visible files directly under `path`.
+    On an object store that is one LIST request per 1,000 files, instead of one HEAD per file."""
+    fs, inner = resolve(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return {
+        posixpath.basename(i.path): (int(i.size), int(i.mtime_ns or 0))
+        for i in infos
+        if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith(".") and i.path.endswith(suffix)
+    }
+
+
+def remove(path: str) -> None:
+    """Delete a file if it exists."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).type == pafs.FileType.File:
+        fs.delete_file(inner)
+
+
 def makedirs(path: str) -> None:
     fs, inner = resolve(path)
     fs.create_dir(inner, recursive=True)

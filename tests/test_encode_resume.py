@@ -20,7 +20,7 @@ def run_cli(dataset, ckpt, out, env):
     cmd = [sys.executable, os.path.join(ROOT, "orchestration", "encode_tokens.py"), "--dataset", dataset,
            "--dvae", ckpt, "--output", out, "--run.batch_size", "4", "--run.read_batch_rows", "4",
            "--run.num_cpus", "2", "--run.mlflow", "false", "--tokenizer.vocab_size", "300",
-           "--tokenizer.min_frequency", "1"]
+           "--tokenizer.min_frequency", "1", "--tokenizer.train_if_missing", "true"]
     # Own session: SIGKILL goes to the driver and the local Ray processes it started, nothing else.
     return subprocess.Popen(cmd, env=env, cwd=str(ROOT), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -50,7 +50,7 @@ def test_encode_end_to_end(tmp_path, monkeypatch):
     sha = tiny_dvae(ckpt)
     cfg = EncodeConfig(dataset=dataset, dvae=str(ckpt), output=out,
                        run=EncodeRunConfig(batch_size=4, read_batch_rows=4, num_cpus=2, grid_images=4),
-                       tokenizer=TokenizerConfig(vocab_size=300, min_frequency=1))
+                       tokenizer=TokenizerConfig(vocab_size=300, min_frequency=1, train_if_missing=True))
     manifest = encode_tokens(cfg)
 
     expected = expected_tokens(dataset, str(ckpt))

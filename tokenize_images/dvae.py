@@ -77,7 +77,9 @@ class ResBlock(nn.Module):
         self.res_path = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.id_path(x) + self.post_gain * self.res_path(x)
+        r = self.res_path(x)
+        # post_gain == 1 once folded into the last conv (encoder_actor.fold_post_gain): skip a pass over r
+        return self.id_path(x) + (r if self.post_gain == 1 else self.post_gain * r)
 
 
 ENCODER_KERNELS = (3, 3, 3, 1)
