@@ -77,8 +77,11 @@ class EncodeRunConfig:
     )
     min_token_agreement: float = doc(
         0.999,
-        "Each encoder actor encodes its first batch in fp32 too; below this share of identical tokens the job "
-        "fails with the figure (checked only under autocast).",
+        "Under autocast each encoder actor also encodes its first token_check_tokens tokens in fp32 (and writes "
+        "those); below this share of identical tokens the job fails with the figure.",
+    )
+    token_check_tokens: int = doc(
+        65536, "Tokens compared per actor before the verdict (64 openai images): 0.1% of fewer would be noise."
     )
     compile: bool = doc(False, "torch.compile the encoder trunk (fixed batch shapes; worth it on GPU).")
     null_encoder: bool = doc(False, "Bench only: zero tokens without a model (the pipeline's own ceiling).")

@@ -128,6 +128,7 @@ def start_encoders(cfg: EncodeConfig, device: str, actors: int, resources: dict)
         "batch_size": cfg.run.batch_size,
         "compile": cfg.run.compile,
         "min_agreement": cfg.run.min_token_agreement,
+        "check_tokens": cfg.run.token_check_tokens,
         "null": cfg.run.null_encoder,
     }
     return [cls.remote(**kwargs) for _ in range(actors)]

@@ -3,9 +3,10 @@
 
 Exact tokens: the trunk may run under autocast, but the vocabulary projection (the output 1x1 conv) runs in
 true fp32, TF32 off, as in OpenAI's dall_e (use_float16=False for that conv): rounded logits flip argmax
-between close codes. The first batch an actor sees is also encoded in fp32 and the token agreement is
-checked against `min_agreement` (measured figures per precision: docs/tokens.md); below it the actor
-raises with the figure, which fails the job.
+between close codes. An actor's first batches (check_tokens tokens) are also encoded in fp32, and the fp32
+tokens are the ones returned until the agreement is known; below `min_agreement` (measured figures per
+precision: docs/tokens.md) the actor raises with the figure, which fails the job before an inexact token
+is written.
 
 GPU throughput: post_gain is folded into each resblock's last conv at load (one pass less over the largest
 activations per block; exact for the presets, whose gains are powers of two), the trunk can be compiled,
@@ -60,6 +61,7 @@ class TokenEncoder:
         batch_size: int = 0,
         compile: bool = False,
         min_agreement: float = 0.999,
+        check_tokens: int = 65536,
         null: bool = False,
     ):
         """batch_size > 0: forward passes of exactly that many images (the last one padded).
@@ -69,8 +71,14 @@ class TokenEncoder:
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
-        self.batch_size, self.min_agreement, self.null = batch_size, min_agreement, null
-        self.agreement: float | None = None  # token agreement of the autocast trunk with fp32 (first batch)
+        self.batch_size, self.min_agreement, self.check_tokens, self.null = (
+            batch_size,
+            min_agreement,
+            check_tokens,
+            null,
+        )
+        self.agreement: float | None = None  # token agreement of the autocast trunk with fp32 (first batches)
+        self._compared = self._equal = 0
         self._check_lock = threading.Lock()
         if null:
             from tokenize_images.dvae import checkpoint_info
@@ -144,28 +152,34 @@ class TokenEncoder:
             x = map_pixels(x.permute(0, 3, 1, 2).float() / 255.0)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            tokens = self._logits(x, self.amp).argmax(dim=1)
             real = min(step, n - i)
             if self.amp is not None and self.agreement is None:
-                self._check_precision(x[:real], tokens[:real])
+                tokens = self._checked_tokens(x, real)
+            else:
+                tokens = self._logits(x, self.amp).argmax(dim=1)
             out.append(tokens.flatten(1)[:real].to(torch.int32).cpu().numpy().astype(np.uint16))
         return np.concatenate(out)
 
-    def _check_precision(self, x: torch.Tensor, tokens: torch.Tensor) -> None:
+    def _checked_tokens(self, x: torch.Tensor, real: int) -> torch.Tensor:
+        """While the check runs: encode in both precisions, count agreement, and return the fp32 tokens, so
+        nothing inexact is written before the verdict. The verdict comes once check_tokens tokens are compared
+        (a sample large enough that a 0.1% rate is not noise); a job smaller than that stays fp32 throughout."""
+        fast = self._logits(x, self.amp).argmax(dim=1)
+        with torch.autocast(self.device.type, enabled=False), fp32_exact():
+            exact = self.encoder.blocks.output(self.encoder.blocks[:-1](x)).argmax(dim=1)  # eager fp32 reference
         with self._check_lock:
-            if self.agreement is not None:
-                return
-            with torch.autocast(self.device.type, enabled=False):
-                with fp32_exact():
-                    hidden = self.encoder.blocks[:-1](x)  # eager, no autocast: the fp32 reference
-                    exact = self.encoder.blocks.output(hidden).argmax(dim=1)
-            self.agreement = float((exact == tokens).float().mean())
-        print(f"TokenEncoder: {self.amp} trunk agrees with fp32 on {self.agreement:.4%} of first-batch tokens")
+            self._compared += exact[:real].numel()
+            self._equal += int((exact[:real] == fast[:real]).sum())
+            if self.agreement is not None or self._compared < self.check_tokens:
+                return exact
+            self.agreement = self._equal / self._compared
+        print(f"TokenEncoder: {self.amp} trunk agrees with fp32 on {self.agreement:.4%} of {self._compared} tokens")
         if self.agreement < self.min_agreement:
             raise RuntimeError(
-                f"autocast {self.amp} gives the fp32 argmax on only {self.agreement:.4%} of tokens "
+                f"autocast {self.amp} gives the fp32 argmax on only {self.agreement:.4%} of {self._compared} tokens "
                 f"(run.min_token_agreement = {self.min_agreement:.4%}): use run.amp_dtype 'float32' or 'float16'"
             )
+        return exact
 
     def encode_timed(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
         """Tokens and when they were ready (lets the driver measure steady-state throughput)."""
@@ -176,4 +190,5 @@ class TokenEncoder:
         return {
             "amp_dtype": str(self.amp).replace("torch.", "") if self.amp else "float32",
             "agreement": self.agreement,
+            "tokens_compared": self._compared,
         }
