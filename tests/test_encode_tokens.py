@@ -11,10 +11,11 @@ import torch
 from common import schemas, storage
 from tokenize_images.config import EncodeConfig, EncodeRunConfig, TokenizerConfig
 from tokenize_images.dvae import DVAE, DVAEConfig, load_checkpoint, save_checkpoint
-from tokenize_images.encode import encode_tokens
+from tokenize_images.encode import encode_tokens, plan_shards
+from tokenize_images.encode_shard import check_shard
 from tokenize_images.preprocess import load_image
 from tokenize_images.synthetic import write_dataset
-from tokenize_images.text_tokenizer import load_text_tokenizer
+from tokenize_images.text_tokenizer import iter_captions, load_text_tokenizer
 
 PHOTOS = "/work/shared/data/photos"
 
@@ -41,6 +42,7 @@ def expected_tokens(dataset, ckpt):
     return out
 
 
+@pytest.mark.slow
 def test_encode_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     dataset, out = str(tmp_path / "ds"), str(tmp_path / "tokens")
@@ -110,3 +112,59 @@ def test_encode_end_to_end(tmp_path, monkeypatch):
     tiny_dvae(other, seed=1)
     with pytest.raises(ValueError, match="encoded by dVAE"):
         encode_tokens(EncodeConfig(dataset=dataset, dvae=str(other), output=out, run=cfg.run, tokenizer=cfg.tokenizer))
+
+    # The per-shard resume checks (run as Ray tasks by encode_tokens), on the shards just written.
+    plans = {p.name: p for p in plan_shards(cfg)}
+    assert [p.rows for p in plans.values()] == [10, 10]  # from the dataset manifest, no footer read
+    assert check_shard(plans["00000.parquet"], sha, True)["input_rows"] == 10
+    with pytest.raises(ValueError, match="does not match"):  # a leftover rejected file next to a clean shard
+        check_shard(plans["00001.parquet"], sha, True)
+    with pytest.raises(ValueError, match="does not match"):  # a rejected file gone missing
+        check_shard(plans["00000.parquet"], sha, False)
+    shard1 = os.path.join(dataset, "shards", "00001.parquet")
+    t = storage.read_parquet(shard1)
+    storage.write_parquet_atomic(shard1, t.slice(1))  # the input changed since it was encoded
+    with pytest.raises(ValueError, match="changed since"):
+        check_shard(plan_shards(cfg)[1], sha, False)
+    with pytest.raises(ValueError, match="changed since"):  # the whole job refuses it too
+        encode_tokens(cfg)
+    os.remove(shard1)  # and a dataset whose shards differ from its manifest is refused at planning
+    with pytest.raises(ValueError, match=r"shards differ from its manifest \(missing \['00001.parquet'\]"):
+        plan_shards(cfg)
+
+
+def test_encode_refuses_without_tokenizer_and_names_the_step(tmp_path):
+    dataset = str(tmp_path / "ds")
+    write_dataset(dataset, shards=1, rows_per_shard=2)
+    ckpt = tmp_path / "dvae.pt"
+    tiny_dvae(ckpt)
+    cfg = EncodeConfig(dataset=dataset, dvae=str(ckpt), output=str(tmp_path / "tokens"))
+    with pytest.raises(FileNotFoundError, match="orchestration/train_tokenizer.py"):
+        encode_tokens(cfg)  # before Ray or any encoding starts
+
+
+def test_tokenizer_trains_on_a_fixed_sample_of_captions(tmp_path):
+    dataset = str(tmp_path / "ds")
+    write_dataset(dataset, shards=3, rows_per_shard=4)
+    first = list(iter_captions(dataset, limit=5))
+    assert len(first) == 5 and first == list(iter_captions(dataset, limit=5))  # same sample on a rerun
+    assert len(list(iter_captions(dataset))) == 12
+
+
+@pytest.mark.slow
+def test_cuda_waits_for_gpus_then_fails_instead_of_running_on_cpu(tmp_path):
+    import dataclasses
+
+    import ray
+
+    from tokenize_images.encode import _pool
+
+    cfg = EncodeConfig(run=EncodeRunConfig(device="cuda", min_gpus=1, gpu_wait_s=1.0))
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        with pytest.raises(TimeoutError, match="needs run.min_gpus=1 GPUs; the cluster has 0 after run.gpu_wait_s=1"):
+            _pool(cfg)
+        auto = _pool(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device="auto")))
+        assert auto[0] == "cpu"  # 'auto' takes what is there now; 'cuda' never does
+    finally:
+        ray.shutdown()
