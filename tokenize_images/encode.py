@@ -73,6 +73,8 @@ def _pool(cfg: EncodeConfig) -> tuple[str, int, dict]:
         raise ValueError(f"unknown run.device {cfg.run.device!r}; allowed: 'auto', 'cuda', 'cpu'")
     import ray
 
+    if cfg.run.null_encoder:  # bench: no model, no CPU taken from the shard tasks
+        return "cpu", cfg.run.num_encoders or 1, {"num_cpus": 0}
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 1))
     device = cfg.run.device
