@@ -207,6 +207,18 @@ class DVAETrainConfig:
         "Rows in each worker's local shuffle buffer (0 = stream order; with "
         "cache_decoded every epoch would then repeat the same batches).",
     )
+    horizontal_flip: bool = doc(True, "Flip each training image left-right with probability 1/2 (paper, Listing 1).")
+    shuffle_files: bool = doc(
+        True,
+        "Read the dataset shards in a new seeded order every epoch (Ray Data FileShuffleConfig), so batches mix "
+        "shards and sources instead of repeating one file order with a 1,024-row local shuffle.",
+    )
+    activation_checkpointing: bool = doc(
+        False,
+        "Recompute each resblock group's activations in the backward pass instead of keeping them: saved "
+        "activations drop to the group boundaries (configs/dvae_openai.toml has the arithmetic).",
+    )
+    channels_last: bool = doc(True, "GPU: model and batches in channels_last (faster convolutions on tensor cores).")
     checkpoint_every: int = doc(200, "Report a Ray Train checkpoint every N updates (and at the end).")
     image_every: int = doc(200, "Log an originals / reconstructions grid to MLflow every N updates.")
     model: DVAEModelConfig = doc(DVAEModelConfig, "Architecture.")
