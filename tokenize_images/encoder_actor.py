@@ -105,8 +105,8 @@ class TokenEncoder:
 
     def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
         """(N,S,S,3) uint8 host -> device. GPU: through a pinned buffer on the side stream (truly async)."""
-        if self._copy_stream is None:
-            return torch.from_numpy(np.ascontiguousarray(pixels))
+        if self._copy_stream is None:  # arrays from Ray's object store are read-only: torch needs a writable one
+            return torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
         if self._staging is None:
             self._staging = queue.Queue()
             for _ in range(2):  # two calls in flight (max_concurrency=2)
