@@ -45,12 +45,13 @@ from tokenize_images.synthetic import write_dataset
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
-def bare_loop(ckpt: str, dataset: str, size: int, batch: int, device: str, threads: int) -> float:
+def bare_loop(ckpt: str, dataset: str, size: int, batch: int, device: str, threads: int, compile: bool) -> float:
     blobs = []
     for path in storage.glob(os.path.join(dataset, "shards", "*.parquet")):
         blobs += storage.read_parquet(path, columns=["image"]).column("image").to_pylist()
     pixels, _ = load_images(blobs, size)
-    enc = TokenEncoder(ckpt, device=device, threads=threads)
+    # The actor's own settings: fixed batch shapes, and the trunk compiled when the pipeline compiles it.
+    enc = TokenEncoder(ckpt, device=device, threads=threads, batch_size=batch, compile=compile)
     enc.encode(pixels[:batch])  # warm-up (cuDNN autotune, allocator)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--dvae", default="", help="checkpoint to use (default: random weights of --preset)")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the trunk (both sides; GPU)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--num_cpus", type=int, default=0)
     ap.add_argument("--null-only", action="store_true", help="only the null-encoder ceiling vs bare decode")
@@ -109,7 +111,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    run = EncodeRunConfig(batch_size=args.batch, num_cpus=args.num_cpus, mlflow=False)
+    run = EncodeRunConfig(batch_size=args.batch, num_cpus=args.num_cpus, mlflow=False, compile=args.compile)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.dvae or os.path.join(tmp, "dvae.pt")
         if not args.dvae:
@@ -145,7 +147,7 @@ def main() -> None:
                 return
         bare, e2e, steady = [], [], []
         for r in range(args.repeats):
-            bare.append(bare_loop(ckpt, dataset, cfg_dvae.image_size, args.batch, device, threads))
+            bare.append(bare_loop(ckpt, dataset, cfg_dvae.image_size, args.batch, device, threads, args.compile))
             if args.bare_only:
                 continue
             cfg = EncodeConfig(

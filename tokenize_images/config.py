@@ -56,8 +56,8 @@ class EncodeRunConfig:
     cpus_per_shard_task: float = doc(1.0, "CPUs per shard task (reads, decodes and writes one shard).")
     shards_in_flight: int = doc(
         0,
-        "Shard tasks submitted at once (0 = 2 per encoder actor + the cluster's CPUs). Each holds one shard's "
-        "tokens and captions and at most 2 pixel batches.",
+        "Shard tasks submitted at once (0 = the CPU slots the encoders leave, plus one per encoder actor). Each "
+        "holds one shard's tokens and captions and at most 2 pixel batches.",
     )
     reserve_cpus: float = doc(
         1.0,
