@@ -152,15 +152,17 @@ def test_tokenizer_trains_on_a_fixed_sample_of_captions(tmp_path):
 
 
 @pytest.mark.slow
-def test_cuda_waits_for_gpus_then_fails_instead_of_running_on_cpu(tmp_path):
+def test_cuda_waits_for_gpus_then_fails_instead_of_running_on_cpu(monkeypatch):
     import dataclasses
 
     import ray
 
+    from common.ray_cluster import init_ray
     from tokenize_images.encode import _pool
 
     cfg = EncodeConfig(run=EncodeRunConfig(device="cuda", min_gpus=1, gpu_wait_s=1.0))
-    ray.init(num_cpus=1, include_dashboard=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert init_ray(num_cpus=1)  # a private instance (never a cluster somebody else started on this box)
     try:
         with pytest.raises(TimeoutError, match="needs run.min_gpus=1 GPUs; the cluster has 0 after run.gpu_wait_s=1"):
             _pool(cfg)
