@@ -1,6 +1,13 @@
-"""encode_tokens throughput: the Ray Data pipeline against a bare in-process encoder loop, same run.
+"""encode_tokens throughput: the pipeline against a bare in-process encoder loop, and the pipeline's own
+ceiling (a null encoder: read -> decode -> write, no model) against a bare decode on the same cores.
 
     python bench/bench_encode.py [--images 1024] [--preset small] [--batch 64] [--dvae CKPT] [--repeats 2]
+    python bench/bench_encode.py --null-only --images 2048 --shards 8 --num_cpus 2     # the ceiling alone
+
+The null-encoder ceiling: encode_tokens with run.null_encoder (an actor that returns zero tokens, taking no
+CPU), so the shard tasks read, decode, call the actor and write on every core; against the same shards read
+and decoded by a bare multiprocessing pool of as many processes as the pipeline has CPUs. Goal >= 0.8: then
+nothing but the encoder (the GPU) limits the job.
 
 Both sides encode the same images with the same batch size and the same encoder class
 (tokenize_images.encoder_actor.TokenEncoder) on the same device: on CPU with the threads one encoder
@@ -14,6 +21,7 @@ On GPU the openai preset also reports the fraction of bf16 peak (encoder ~272 GF
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -37,12 +45,13 @@ from tokenize_images.synthetic import write_dataset
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
-def bare_loop(ckpt: str, dataset: str, size: int, batch: int, device: str, threads: int) -> float:
+def bare_loop(ckpt: str, dataset: str, size: int, batch: int, device: str, threads: int, compile: bool) -> float:
     blobs = []
     for path in storage.glob(os.path.join(dataset, "shards", "*.parquet")):
         blobs += storage.read_parquet(path, columns=["image"]).column("image").to_pylist()
     pixels, _ = load_images(blobs, size)
-    enc = TokenEncoder(ckpt, device=device, threads=threads)
+    # The actor's own settings: fixed batch shapes, and the trunk compiled when the pipeline compiles it.
+    enc = TokenEncoder(ckpt, device=device, threads=threads, batch_size=batch, compile=compile)
     enc.encode(pixels[:batch])  # warm-up (cuDNN autotune, allocator)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -52,6 +61,38 @@ def bare_loop(ckpt: str, dataset: str, size: int, batch: int, device: str, threa
     return len(pixels) / (time.perf_counter() - t)
 
 
+def _decode_shard(args: tuple[str, int]) -> int:
+    path, size = args
+    n = 0
+    for rb in storage.iter_parquet_batches(path, columns=["image"], batch_size=128):
+        load_images(rb.column("image").to_pylist(), size)
+        n += rb.num_rows
+    return n
+
+
+def bare_decode(dataset: str, size: int, processes: int) -> float:
+    """Read + decode every shard with a plain process pool of `processes`: the decode ceiling of those cores."""
+    import multiprocessing as mp
+
+    paths = storage.glob(os.path.join(dataset, "shards", "*.parquet"))
+    with mp.get_context("spawn").Pool(processes) as pool:
+        pool.map(_decode_shard, [(paths[0], size)])  # warm the workers (imports) outside the timing
+        t = time.perf_counter()
+        n = sum(pool.map(_decode_shard, [(p, size) for p in paths], chunksize=1))
+    return n / (time.perf_counter() - t)
+
+
+def null_pipeline(ckpt: str, dataset: str, out: str, run: EncodeRunConfig) -> dict:
+    cfg = EncodeConfig(
+        dataset=dataset,
+        dvae=ckpt,
+        output=out,
+        run=dataclasses.replace(run, null_encoder=True, device="cpu"),
+        tokenizer=TokenizerConfig(train_if_missing=True, vocab_size=300, sample_captions=1000),
+    )
+    return encode_tokens(cfg)["run"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1024)
@@ -59,8 +100,10 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--dvae", default="", help="checkpoint to use (default: random weights of --preset)")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the trunk (both sides; GPU)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--num_cpus", type=int, default=0)
+    ap.add_argument("--null-only", action="store_true", help="only the null-encoder ceiling vs bare decode")
     ap.add_argument(
         "--bare-only",
         action="store_true",
@@ -68,7 +111,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    run = EncodeRunConfig(batch_size=args.batch, num_cpus=args.num_cpus, mlflow=False)
+    run = EncodeRunConfig(batch_size=args.batch, num_cpus=args.num_cpus, mlflow=False, compile=args.compile)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.dvae or os.path.join(tmp, "dvae.pt")
         if not args.dvae:
@@ -80,9 +123,31 @@ def main() -> None:
         dataset = os.path.join(tmp, "ds")
         write_dataset(dataset, shards=args.shards, rows_per_shard=args.images // args.shards, size_range=(256, 320))
         threads = int(run.cpus_per_encoder) if device == "cpu" else 0
+        if not args.bare_only:
+            import ray
+
+            cpus = args.num_cpus or os.cpu_count()
+            dec, null_e2e, null_steady = [], [], []
+            for r in range(args.repeats):
+                dec.append(bare_decode(dataset, cfg_dvae.image_size, cpus))
+                m = null_pipeline(ckpt, dataset, os.path.join(tmp, f"null{r}"), run)
+                null_e2e.append(m["images_per_s"])
+                null_steady.append(m["steady_images_per_s"])
+            assert not ray.is_initialized()
+            d, ns, ne = max(dec), max(null_steady), max(null_e2e)
+            print(
+                f"null encoder, {cpus} CPUs, {args.images} images of {cfg_dvae.image_size} px, best of {args.repeats}"
+            )
+            print(f"bare decode ({cpus} processes) : {d:9.1f} images/s   (all: {', '.join(f'{x:.1f}' for x in dec)})")
+            print(f"null pipeline, steady state  : {ns:9.1f} images/s   ratio {ns / d:.2f}   "
+                  f"(all: {', '.join(f'{x:.1f}' for x in null_steady)})")  # fmt: skip
+            print(f"null pipeline, end to end    : {ne:9.1f} images/s   ratio {ne / d:.2f}   "
+                  f"(all: {', '.join(f'{x:.1f}' for x in null_e2e)})")  # fmt: skip
+            if args.null_only:
+                return
         bare, e2e, steady = [], [], []
         for r in range(args.repeats):
-            bare.append(bare_loop(ckpt, dataset, cfg_dvae.image_size, args.batch, device, threads))
+            bare.append(bare_loop(ckpt, dataset, cfg_dvae.image_size, args.batch, device, threads, args.compile))
             if args.bare_only:
                 continue
             cfg = EncodeConfig(
@@ -90,7 +155,7 @@ def main() -> None:
                 dvae=ckpt,
                 output=os.path.join(tmp, f"tokens{r}"),
                 run=run,
-                tokenizer=TokenizerConfig(train_if_missing=False),
+                tokenizer=TokenizerConfig(train_if_missing=True, vocab_size=300, sample_captions=1000),
             )
             m = encode_tokens(cfg)["run"]
             e2e.append(m["images_per_s"])

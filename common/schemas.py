@@ -141,6 +141,12 @@ TOKEN_META_DVAE_SHA256 = "dvae_sha256"
 TOKEN_META_GRID = "grid"  # "HxW", e.g. "32x32"
 TOKEN_META_VOCAB = "image_vocab_size"
 TOKEN_META_IMAGE_SIZE = "image_size"
+# What the shard was encoded from, for resume checks: input rows = token rows + rejected rows, and the input
+# file's size and modification time (a changed input shard is refused rather than silently kept).
+TOKEN_META_INPUT_ROWS = "input_rows"
+TOKEN_META_REJECTED = "rejected_rows"
+TOKEN_META_INPUT_SIZE = "input_size"
+TOKEN_META_INPUT_MTIME = "input_mtime_ns"
 
 
 def token_shard_schema(grid_h: int, grid_w: int) -> pa.Schema:
@@ -154,13 +160,23 @@ def token_shard_schema(grid_h: int, grid_w: int) -> pa.Schema:
 
 
 def token_shard_metadata(
-    dvae_sha256: str, grid_h: int, grid_w: int, vocab_size: int, image_size: int
+    dvae_sha256: str, grid_h: int, grid_w: int, vocab_size: int, image_size: int, **input_facts: int
 ) -> dict[str, str]:
+    """input_facts: input_rows, rejected_rows, input_size, input_mtime_ns (the TOKEN_META_INPUT_* keys)."""
+    unknown = set(input_facts) - {
+        TOKEN_META_INPUT_ROWS,
+        TOKEN_META_REJECTED,
+        TOKEN_META_INPUT_SIZE,
+        TOKEN_META_INPUT_MTIME,
+    }
+    if unknown:
+        raise ValueError(f"unknown token shard metadata {sorted(unknown)}")
     return {
         TOKEN_META_DVAE_SHA256: dvae_sha256,
         TOKEN_META_GRID: f"{grid_h}x{grid_w}",
         TOKEN_META_VOCAB: str(vocab_size),
         TOKEN_META_IMAGE_SIZE: str(image_size),
+        **{k: str(int(v)) for k, v in input_facts.items()},
     }
 
 

@@ -64,7 +64,7 @@ REFUSALS = [
     (PriorTrainConfig, ["--model.attn_impl", "flash"], "model.attn_impl", "'auto', 'sdpa', 'flex'"),
     (PriorTrainConfig, ["--model.compile", "yes"], "model.compile", "'auto', 'true', 'false'"),
     (PriorTrainConfig, ["--model.preset", "13b"], "model.preset", "'tiny', 'demo', '1b', '12b'"),
-    (EncodeConfig, ["--run.amp_dtype", "bf16"], "run.amp_dtype", "'bfloat16', 'float16', 'float32'"),
+    (EncodeConfig, ["--run.amp_dtype", "bf16"], "run.amp_dtype", "'auto', 'bfloat16', 'float16', 'float32'"),
     (EncodeConfig, ["--run.resample", "Lanczos3"], "run.resample", "'lanczos', 'bicubic', 'bilinear', 'box'"),
     (EncodeConfig, ["--run.device=gpu"], "run.device", "'auto', 'cuda', 'cpu'"),
     (DVAETrainConfig, ["--model.preset", "tiny"], "model.preset", "'openai', 'small'"),

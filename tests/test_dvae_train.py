@@ -98,6 +98,7 @@ def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, mlflow_store, share
         output=str(tmp_path / "dvae.pt"),
         checkpoint_every=3,
         image_every=3,
+        activation_checkpointing=True,
         model=DVAEModelConfig(preset="small", n_hid=16, vocab_size=64, image_size=32),
         schedule=ScheduleConfig(scale=0.001),
         optim=DVAEOptimConfig(batch_size=4, max_steps=6),
@@ -110,8 +111,9 @@ def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, mlflow_store, share
             num_cpus=2,
             log_every=1,
             log_final_checkpoint=False,
+            parallel="fsdp2",
         ),
-    )
+    )  # the EMA must be built before FSDP2 wraps the model
     _train_resume_and_reuse(cfg)
 
 
@@ -142,6 +144,9 @@ def _train_resume_and_reuse(cfg):
         assert client.get_metric_history(first["run_id"], name), name
     # The k-means init ran once, on the fresh start (8 images x 16 positions for 64 codes), not on resume.
     assert [m.step for m in client.get_metric_history(first["run_id"], "kmeans_codes_used")] == [0]
+    # The data position is checkpointed: the resumed run goes on counting epochs where the first one stopped.
+    epochs = [m.value for m in sorted(client.get_metric_history(first["run_id"], "epoch"), key=lambda m: m.step)]
+    assert epochs == sorted(epochs) and epochs[-1] >= 3, epochs
     taus = [m.value for m in sorted(client.get_metric_history(first["run_id"], "tau"), key=lambda m: m.step)]
     assert taus[0] > taus[-1]  # scaled schedule: tau anneals within 9 steps
     grids = [a.path for a in client.list_artifacts(first["run_id"], "reconstructions")]

@@ -43,6 +43,8 @@ def run_cli(dataset, ckpt, out, env):
         "300",
         "--tokenizer.min_frequency",
         "1",
+        "--tokenizer.train_if_missing",
+        "true",
     ]
     # Own session: SIGKILL goes to the driver and the local Ray processes it started, nothing else.
     return subprocess.Popen(

@@ -12,10 +12,11 @@ from common import schemas, storage
 from tests.data_paths import SHARED_DATA
 from tokenize_images.config import EncodeConfig, EncodeRunConfig, TokenizerConfig
 from tokenize_images.dvae import DVAE, DVAEConfig, load_checkpoint, save_checkpoint
-from tokenize_images.encode import encode_tokens
+from tokenize_images.encode import encode_tokens, plan_shards
+from tokenize_images.encode_shard import check_shard
 from tokenize_images.preprocess import load_image
 from tokenize_images.synthetic import write_dataset
-from tokenize_images.text_tokenizer import load_text_tokenizer
+from tokenize_images.text_tokenizer import iter_captions, load_text_tokenizer
 
 PHOTOS = SHARED_DATA / "photos"  # optional: synthetic images only when the shared data is absent
 
@@ -60,7 +61,7 @@ def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
         dvae=str(ckpt),
         output=out,
         run=EncodeRunConfig(batch_size=4, read_batch_rows=4, num_cpus=2, grid_images=4),
-        tokenizer=TokenizerConfig(vocab_size=300, min_frequency=1),
+        tokenizer=TokenizerConfig(vocab_size=300, min_frequency=1, train_if_missing=True),
     )
     manifest = encode_tokens(cfg)
 
@@ -124,3 +125,61 @@ def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
     tiny_dvae(other, seed=1)
     with pytest.raises(ValueError, match="encoded by dVAE"):
         encode_tokens(EncodeConfig(dataset=dataset, dvae=str(other), output=out, run=cfg.run, tokenizer=cfg.tokenizer))
+
+    # The per-shard resume checks (run as Ray tasks by encode_tokens), on the shards just written.
+    plans = {p.name: p for p in plan_shards(cfg)}
+    assert [p.rows for p in plans.values()] == [10, 10]  # from the dataset manifest, no footer read
+    assert check_shard(plans["00000.parquet"], sha, True)["input_rows"] == 10
+    with pytest.raises(ValueError, match="does not match"):  # a leftover rejected file next to a clean shard
+        check_shard(plans["00001.parquet"], sha, True)
+    with pytest.raises(ValueError, match="does not match"):  # a rejected file gone missing
+        check_shard(plans["00000.parquet"], sha, False)
+    shard1 = os.path.join(dataset, "shards", "00001.parquet")
+    t = storage.read_parquet(shard1)
+    storage.write_parquet_atomic(shard1, t.slice(1))  # the input changed since it was encoded
+    with pytest.raises(ValueError, match="changed since"):
+        check_shard(plan_shards(cfg)[1], sha, False)
+    with pytest.raises(ValueError, match="changed since"):  # the whole job refuses it too
+        encode_tokens(cfg)
+    os.remove(shard1)  # and a dataset whose shards differ from its manifest is refused at planning
+    with pytest.raises(ValueError, match=r"shards differ from its manifest \(missing \['00001.parquet'\]"):
+        plan_shards(cfg)
+
+
+def test_encode_refuses_without_tokenizer_and_names_the_step(tmp_path):
+    dataset = str(tmp_path / "ds")
+    write_dataset(dataset, shards=1, rows_per_shard=2)
+    ckpt = tmp_path / "dvae.pt"
+    tiny_dvae(ckpt)
+    cfg = EncodeConfig(dataset=dataset, dvae=str(ckpt), output=str(tmp_path / "tokens"))
+    with pytest.raises(FileNotFoundError, match="orchestration/train_tokenizer.py"):
+        encode_tokens(cfg)  # before Ray or any encoding starts
+
+
+def test_tokenizer_trains_on_a_fixed_sample_of_captions(tmp_path):
+    dataset = str(tmp_path / "ds")
+    write_dataset(dataset, shards=3, rows_per_shard=4)
+    first = list(iter_captions(dataset, limit=5))
+    assert len(first) == 5 and first == list(iter_captions(dataset, limit=5))  # same sample on a rerun
+    assert len(list(iter_captions(dataset))) == 12
+
+
+@pytest.mark.slow
+def test_cuda_waits_for_gpus_then_fails_instead_of_running_on_cpu(monkeypatch):
+    import dataclasses
+
+    import ray
+
+    from common.ray_cluster import init_ray
+    from tokenize_images.encode import _pool
+
+    cfg = EncodeConfig(run=EncodeRunConfig(device="cuda", min_gpus=1, gpu_wait_s=1.0))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert init_ray(num_cpus=1)  # a private instance (never a cluster somebody else started on this box)
+    try:
+        with pytest.raises(TimeoutError, match="needs run.min_gpus=1 GPUs; the cluster has 0 after run.gpu_wait_s=1"):
+            _pool(cfg)
+        auto = _pool(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device="auto")))
+        assert auto[0] == "cpu"  # 'auto' takes what is there now; 'cuda' never does
+    finally:
+        ray.shutdown()

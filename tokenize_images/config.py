@@ -24,9 +24,15 @@ class TokenizerConfig:
     )
     special_tokens: list[str] = doc([], "Extra special tokens to reserve (the prior pads per position itself).")
     train_if_missing: bool = doc(
-        True,
-        "encode_tokens: train tokenizer.json from the captions when the output "
-        "root has none yet (train_tokenizer.py does it on its own).",
+        False,
+        "encode_tokens: train tokenizer.json on a sample of sample_captions captions when the output root has "
+        "none (it says so, and how big). Off: encode_tokens refuses to start without it; train it first with "
+        "orchestration/train_tokenizer.py, its own step.",
+    )
+    sample_captions: int = doc(
+        10_000_000,
+        "Captions the BPE trains on: read from the dataset shards in a fixed shuffled order until this many "
+        "(0 = every caption). A 10-20M sample gives the merges of the whole set at a fraction of the time.",
     )
 
 
@@ -39,10 +45,20 @@ class EncodeRunConfig:
         "of pixels, so 128 rows make 24 MiB blocks).",
     )
     device: Literal["auto", "cuda", "cpu"] = doc(
-        "auto", "'auto' (GPU actors when the cluster has GPUs), 'cuda' or 'cpu'."
+        "auto",
+        "'cuda' (waits up to gpu_wait_s for min_gpus GPUs, never falls back to CPU), 'cpu', or 'auto' "
+        "(GPU actors if the cluster has GPUs at start-up: on an autoscaling cluster use 'cuda').",
     )
+    min_gpus: int = doc(1, "device 'cuda': GPUs the cluster must have before encoding starts.")
+    gpu_wait_s: float = doc(900.0, "device 'cuda': how long to wait for min_gpus (autoscaled nodes start).")
     num_encoders: int = doc(0, "Encoder actors (0 = one per GPU, or on CPU: cluster CPUs minus reserve_cpus).")
     cpus_per_encoder: float = doc(1.0, "CPUs per CPU encoder actor (also its torch threads).")
+    cpus_per_shard_task: float = doc(1.0, "CPUs per shard task (reads, decodes and writes one shard).")
+    shards_in_flight: int = doc(
+        0,
+        "Shard tasks submitted at once (0 = the CPU slots the encoders leave, plus one per encoder actor). Each "
+        "holds one shard's tokens and captions and at most 2 pixel batches.",
+    )
     reserve_cpus: float = doc(
         1.0,
         "CPUs kept free of encoder actors for reading, decoding and writing: an "
@@ -54,9 +70,21 @@ class EncodeRunConfig:
         "Data from fusing the decode tasks into the actors).",
     )
     # The keys of encoder_actor.AMP_DTYPES and preprocess.FILTERS (tests/test_config_choices.py checks).
-    amp_dtype: Literal["bfloat16", "float16", "float32"] = doc(
-        "bfloat16", "GPU autocast dtype: bfloat16, float16, or float32 (no autocast)."
+    amp_dtype: Literal["auto", "bfloat16", "float16", "float32"] = doc(
+        "auto",
+        "Autocast dtype of the encoder trunk (the output conv is always fp32): 'auto' = float16 on GPU, "
+        "float32 on CPU; an explicit dtype applies on CPU too. Token agreement with fp32: docs/tokens.md.",
     )
+    min_token_agreement: float = doc(
+        0.999,
+        "Under autocast each encoder actor also encodes its first token_check_tokens tokens in fp32 (and writes "
+        "those); below this share of identical tokens the job fails with the figure.",
+    )
+    token_check_tokens: int = doc(
+        65536, "Tokens compared per actor before the verdict (64 openai images): 0.1% of fewer would be noise."
+    )
+    compile: bool = doc(False, "torch.compile the encoder trunk (fixed batch shapes; worth it on GPU).")
+    null_encoder: bool = doc(False, "Bench only: zero tokens without a model (the pipeline's own ceiling).")
     channels_last: bool = doc(True, "GPU: channels_last memory format (faster convolutions on tensor cores).")
     resample: Literal["lanczos", "bicubic", "bilinear", "box"] = doc(
         "lanczos", "Pillow filter for the short-side resize: lanczos, bicubic, bilinear, box."
@@ -179,6 +207,18 @@ class DVAETrainConfig:
         "Rows in each worker's local shuffle buffer (0 = stream order; with "
         "cache_decoded every epoch would then repeat the same batches).",
     )
+    horizontal_flip: bool = doc(True, "Flip each training image left-right with probability 1/2 (paper, Listing 1).")
+    shuffle_files: bool = doc(
+        True,
+        "Read the dataset shards in a new seeded order every epoch (Ray Data FileShuffleConfig), so batches mix "
+        "shards and sources instead of repeating one file order with a 1,024-row local shuffle.",
+    )
+    activation_checkpointing: bool = doc(
+        False,
+        "Recompute each resblock group's activations in the backward pass instead of keeping them: saved "
+        "activations drop to the group boundaries (configs/dvae_openai.toml has the arithmetic).",
+    )
+    channels_last: bool = doc(True, "GPU: model and batches in channels_last (faster convolutions on tensor cores).")
     checkpoint_every: int = doc(200, "Report a Ray Train checkpoint every N updates (and at the end).")
     image_every: int = doc(200, "Log an originals / reconstructions grid to MLflow every N updates.")
     model: DVAEModelConfig = doc(DVAEModelConfig, "Architecture.")

@@ -77,7 +77,21 @@ class ResBlock(nn.Module):
         self.res_path = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.id_path(x) + self.post_gain * self.res_path(x)
+        r = self.res_path(x)
+        # post_gain == 1 once folded into the last conv (encoder_actor.fold_post_gain): skip a pass over r
+        return self.id_path(x) + (r if self.post_gain == 1 else self.post_gain * r)
+
+
+class FP32Conv2d(nn.Conv2d):
+    """A conv that dall_e keeps in fp32 (use_float16=False): the encoder's vocabulary projection, whose logits
+    feed the argmax, the Gumbel-softmax at tau down to 1/16 (which amplifies rounding 16x) and the KL term, and
+    the decoder's code-embedding conv. Runs outside autocast on fp32 input, weights and bias; TF32 is the caller's
+    choice (encoder_actor.fp32_exact). Same parameter names as nn.Conv2d, so checkpoints are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            bias = None if self.bias is None else self.bias.float()
+            return self._conv_forward(x.float(), self.weight.float(), bias)
 
 
 ENCODER_KERNELS = (3, 3, 3, 1)
@@ -122,7 +136,7 @@ class Encoder(nn.Module):
                     (
                         "output",
                         nn.Sequential(
-                            OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(8 * h, cfg.vocab_size, 1))])
+                            OrderedDict([("relu", nn.ReLU()), ("conv", FP32Conv2d(8 * h, cfg.vocab_size, 1))])
                         ),
                     ),
                 ]
@@ -149,7 +163,7 @@ class Decoder(nn.Module):
         self.blocks = nn.Sequential(
             OrderedDict(
                 [
-                    ("input", nn.Conv2d(cfg.vocab_size, cfg.n_init, 1)),
+                    ("input", FP32Conv2d(cfg.vocab_size, cfg.n_init, 1)),
                     *[
                         (f"group_{g}", _group(widths(g), L, DECODER_KERNELS, up() if g < 4 else None))
                         for g in range(1, 5)
@@ -191,8 +205,8 @@ class DVAE(nn.Module):
         """Training pass: mapped pixels -> (encoder logits, decoder statistics of a Gumbel-softmax sample)."""
         from tokenize_images.objective import gumbel_softmax
 
-        logits = self.encoder(x)
-        return logits, self.decoder(gumbel_softmax(logits.float(), tau).to(logits.dtype))
+        logits = self.encoder(x)  # fp32: the output conv runs outside autocast
+        return logits, self.decoder(gumbel_softmax(logits.float(), tau))  # the decoder's input conv is fp32 too
 
     @torch.no_grad()
     def encode_tokens(self, images: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,11 @@ def training_dataset(cfg: DVAETrainConfig, image_size: int):
     files = storage.glob(storage.join(cfg.dataset, "shards", "*.parquet"))
     if not files:
         raise FileNotFoundError(f"no dataset shards under {cfg.dataset}/shards")
-    ds = ray.data.read_parquet(files, columns=["image"])
+    from ray.data import FileShuffleConfig
+
+    # A new seeded file order on every execution (= every epoch): batches mix shards and sources.
+    shuffle = FileShuffleConfig(seed=cfg.optim.seed, reseed_after_execution=True) if cfg.shuffle_files else None
+    ds = ray.data.read_parquet(files, columns=["image"], shuffle=shuffle)
     ds = ds.map_batches(
         decode_for_training,
         batch_format="numpy",
@@ -65,25 +69,53 @@ def training_dataset(cfg: DVAETrainConfig, image_size: int):
     return ds.materialize() if cfg.cache_decoded else ds
 
 
-def batches(shard, batch_size: int, shuffle_buffer: int = 0):
-    """Endless stream of (B,S,S,3) uint8 batches, epoch after epoch, locally shuffled."""
-    epoch = 0
+def batches(shard, batch_size: int, shuffle_buffer: int = 0, start: tuple[int, int] = (0, 0)):
+    """Endless stream of (epoch, batch index in the epoch, (B,S,S,3) uint8 batch), locally shuffled.
+
+    start = (epoch, batches already taken in it), the data position of a checkpoint: a resumed run counts epochs
+    on from there and skips what that epoch already gave. The files come in a new order per execution, so the
+    skipped batches are a count, not the same rows (the rows of a partial epoch are not replayed either)."""
+    epoch, skip = start
     while True:
         seen = 0
         for batch in shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer or None
         ):
             seen += 1
-            yield epoch, batch["pixels"]
+            if skip:
+                skip -= 1
+                continue
+            yield epoch, seen, batch["pixels"]
         if seen == 0:
             raise ValueError(f"the dataset shard has fewer than batch_size={batch_size} decodable images")
-        epoch += 1
+        epoch, skip = epoch + 1, 0
+
+
+def random_flip(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B,S,S,3): each image mirrored left-right with probability 1/2 (paper, Listing 1)."""
+    flip = torch.rand(pixels.shape[0], generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1).to(pixels.device), pixels.flip(2), pixels)
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a rank's random streams (Gumbel noise, flips) from `step` on: distinct per rank and per
+    resume point, reproducible from the config alone, for the CPU and every CUDA generator (manual_seed)."""
+    return int(np.random.SeedSequence([seed, 1 + rank, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def resblock_groups(dvae: DVAE) -> list[torch.nn.Module]:
+    """The units of activation checkpointing and FSDP2 sharding: the four groups of the encoder and decoder."""
+    return [
+        m for part in (dvae.encoder, dvae.decoder) for n, m in part.blocks.named_children() if n.startswith("group")
+    ]
 
 
 # --- one update ---------------------------------------------------------------------------------
 
 
-def train_step(model, optimizer, pixels: torch.Tensor, step: int, cfg: DVAETrainConfig, autocast=None) -> dict:
+def train_step(
+    model, optimizer, pixels: torch.Tensor, step: int, cfg: DVAETrainConfig, autocast=None, channels_last=False
+) -> dict:
     """One AdamW update at `step`; returns the figures to log. `pixels` is (B,S,S,3) uint8."""
     import contextlib
 
@@ -91,6 +123,8 @@ def train_step(model, optimizer, pixels: torch.Tensor, step: int, cfg: DVAETrain
     for group in optimizer.param_groups:
         group["lr"] = s["lr"] * group["lr_mult"]
     x = model_input(pixels)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with autocast or contextlib.nullcontext():
         logits, stats = model(x, s["tau"])
     losses = elbo_loss(x, stats, logits, s["beta"])
@@ -152,7 +186,7 @@ def init_codebook(dvae: DVAE, stream, cfg: DVAETrainConfig, ctx) -> dict[str, fl
 
     images, seen = [], 0
     while seen < cfg.codebook.kmeans_images:
-        _, pixels = next(stream)
+        *_, pixels = next(stream)
         images.append(pixels)
         seen += pixels.shape[0]
     dvae.to(ctx.device)
@@ -199,16 +233,34 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.optim.seed)  # same initial weights on every rank
     dvae = DVAE(dvae_cfg)
     fresh = ctx.attempt_checkpoint is None
-    stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer)
+    channels_last = cfg.channels_last and ctx.device.type == "cuda"
+    stream = None
     if fresh and cfg.codebook.kmeans_margin > 0:
+        stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer)
         ctx.logger.log_metrics(init_codebook(dvae, stream, cfg, ctx), 0)
-    model = prepare_model(dvae, ctx)
+    # The EMA copies the plain module: FSDP2 shards in place and refuses deepcopy afterwards.
+    ema = ModelEMA(dvae, cfg.optim.ema_decay)
+    if channels_last:
+        dvae = dvae.to(memory_format=torch.channels_last)
+    groups = lambda m: resblock_groups(m)  # noqa: E731
+    model = prepare_model(
+        dvae,
+        ctx,
+        fsdp_units=groups,
+        activation_checkpointing=cfg.activation_checkpointing,
+        checkpoint_units=groups,
+    )
+    ema.to(ctx.device)
     optimizer = make_optimizer(model, cfg)
-    ema = ModelEMA(model, cfg.optim.ema_decay)
     ckpt = CheckpointManager(ctx, model, optimizer, ema=ema, meta={"dvae": config["dvae"]})
-    step, _ = ckpt.restore()
-    if not ckpt.resumed:
-        torch.manual_seed(cfg.optim.seed + 1000 + ctx.rank)  # different Gumbel noise per rank
+    step, mine = ckpt.restore()
+    # Every rank's CPU and CUDA generators from (seed, rank, step): distinct Gumbel noise and flips per rank,
+    # also after a resume (the checkpoint restores only the CPU generator's state).
+    torch.manual_seed(rank_seed(cfg.optim.seed, ctx.rank, step))
+    flip_gen = torch.Generator().manual_seed(rank_seed(cfg.optim.seed, ctx.rank, step) + 1)
+    position = tuple((mine or {}).get("data_position", (0, 0)))
+    if stream is None:
+        stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer, position)
 
     train_flops = flops_per_image(dvae_cfg, training=True)
     peak = peak_flops(ctx.device) if ctx.is_rank0 else 0.0  # CPU: a measured fp32 matmul rate
@@ -216,10 +268,12 @@ def train_loop_per_worker(config: dict) -> None:
     metrics: dict = {}
     while step < cfg.optim.max_steps:
         with timer.wait():
-            epoch, pixels = next(stream)
+            epoch, in_epoch, pixels = next(stream)
+            if cfg.horizontal_flip:
+                pixels = random_flip(pixels, flip_gen)
             pixels = pixels.to(ctx.device, non_blocking=True)
         with timer.compute():
-            metrics = train_step(model, optimizer, pixels, step, cfg, ctx.autocast())
+            metrics = train_step(model, optimizer, pixels, step, cfg, ctx.autocast(), channels_last)
             ema.decay = ema_decay(step, cfg.optim.ema_decay)
             ema.update(model)
         step += 1
@@ -242,7 +296,7 @@ def train_loop_per_worker(config: dict) -> None:
                 reconstruction_png(ema.module, pixels), f"step_{step:07d}.png", "reconstructions"
             )
         if step % cfg.checkpoint_every == 0 or step == cfg.optim.max_steps:
-            ckpt.save(step, {"loss": metrics["loss"]})
+            ckpt.save(step, {"loss": metrics["loss"]}, {"data_position": [epoch, in_epoch]})
     ctx.close()
 
 

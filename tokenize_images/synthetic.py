@@ -55,7 +55,7 @@ def write_dataset(
     """Write shards/NNNNN.parquet + manifest.json. Corrupt rows go into the first shard. Returns keys."""
     rng = np.random.default_rng(seed)
     photo_files = sorted(_glob.glob(os.path.join(photos, "*.jpg"))) if photos else []
-    keys, n = [], 0
+    keys, n, listed = [], 0, []
     for s in range(shards):
         rows = []
         for i in range(rows_per_shard):
@@ -85,6 +85,7 @@ def write_dataset(
             )
             n += 1
         keys += [r["key"] for r in rows]
+        listed.append({"path": f"{s:05d}.parquet", "rows": len(rows)})
         storage.write_parquet_atomic(
             storage.join(root, "shards", f"{s:05d}.parquet"), pa.Table.from_pylist(rows, schema=schemas.DATASET_SHARD)
         )
@@ -95,7 +96,7 @@ def write_dataset(
             "config": {"synthetic": True, "seed": seed},
             "config_hash": f"synthetic-{seed}",
             "versions": {},
-            "shards": shards,
+            "shards": listed,  # as build_dataset lists them: encode_tokens plans from these row counts
             "counts": {"kept": n},
             "created": "synthetic",
         },

@@ -43,11 +43,24 @@ def train_text_tokenizer(captions: Iterable[str], cfg: TokenizerConfig | None = 
     return tok
 
 
-def iter_captions(dataset_root: str, batch_size: int = 8192) -> Iterator[str]:
-    """Stream every caption of the dataset shards (memory bounded by one batch)."""
-    for path in storage.glob(storage.join(dataset_root, "shards", "*.parquet")):
+def iter_captions(dataset_root: str, limit: int = 0, batch_size: int = 8192, seed: int = 0) -> Iterator[str]:
+    """Stream captions of the dataset shards, at most `limit` (0 = all; memory bounded by one batch).
+
+    Shards are visited in a fixed shuffled order, so a sample spans the sources and the time range of the
+    build instead of the first shards only, and the same sample is drawn on every rerun."""
+    import random
+
+    paths = storage.glob(storage.join(dataset_root, "shards", "*.parquet"))
+    random.Random(seed).shuffle(paths)
+    seen = 0
+    for path in paths:
         for batch in storage.iter_parquet_batches(path, columns=["caption"], batch_size=batch_size):
-            yield from (c for c in batch.column(0).to_pylist() if c)
+            for c in batch.column(0).to_pylist():
+                if c:
+                    yield c
+                    seen += 1
+                    if limit and seen >= limit:
+                        return
 
 
 def tokenizer_path(output: str) -> str:
@@ -57,7 +70,8 @@ def tokenizer_path(output: str) -> str:
 
 def train_tokenizer_from_dataset(dataset_root: str, output: str, cfg: TokenizerConfig | None = None) -> dict:
     """Train on the dataset's captions and write tokenizer.json atomically. Returns a manifest entry."""
-    tok = train_text_tokenizer(iter_captions(dataset_root), cfg)
+    cfg = cfg or TokenizerConfig()
+    tok = train_text_tokenizer(iter_captions(dataset_root, cfg.sample_captions), cfg)
     path = tokenizer_path(output)
     storage.write_bytes_atomic(path, tok.to_str().encode())
     return tokenizer_info(path)
@@ -87,11 +101,18 @@ def tokenizer_info(path: str) -> dict:
     }
 
 
-def ensure_tokenizer(dataset_root: str, tokens_root: str, cfg: TokenizerConfig) -> dict | None:
-    """The tokens root's tokenizer.json: kept when present, trained from the captions when missing."""
+def ensure_tokenizer(dataset_root: str, tokens_root: str, cfg: TokenizerConfig) -> dict:
+    """The tokens root's tokenizer.json: kept when present; when missing, refused unless cfg.train_if_missing,
+    then trained here on a sample of captions (and said so, with the sample's size)."""
     path = tokenizer_path(tokens_root)
     if storage.exists(path):
         return tokenizer_info(path)
     if not cfg.train_if_missing:
-        return None
+        raise FileNotFoundError(
+            f"{path} does not exist: train it first (its own step, no GPU needed): "
+            f"python orchestration/train_tokenizer.py --dataset {dataset_root} --output {tokens_root} "
+            "[--tokenizer.sample_captions N], or pass --tokenizer.train_if_missing true"
+        )
+    size = f"up to {cfg.sample_captions:,} captions" if cfg.sample_captions else "every caption"
+    print(f"encode_tokens: {path} missing: training the BPE on a sample of {size} before encoding")
     return train_tokenizer_from_dataset(dataset_root, tokens_root, cfg)
