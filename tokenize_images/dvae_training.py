@@ -242,13 +242,9 @@ def train_loop_per_worker(config: dict) -> None:
     ema = ModelEMA(dvae, cfg.optim.ema_decay)
     if channels_last:
         dvae = dvae.to(memory_format=torch.channels_last)
-    groups = lambda m: resblock_groups(m)  # noqa: E731
+    groups = resblock_groups
     model = prepare_model(
-        dvae,
-        ctx,
-        fsdp_units=groups,
-        activation_checkpointing=cfg.activation_checkpointing,
-        checkpoint_units=groups,
+        dvae, ctx, fsdp_units=groups, activation_checkpointing=cfg.activation_checkpointing, checkpoint_units=groups
     )
     ema.to(ctx.device)
     optimizer = make_optimizer(model, cfg)
