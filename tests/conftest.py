@@ -141,3 +141,24 @@ def mlflow_store_module(tmp_path_factory) -> str:
 def shared_data() -> Path:
     """../shared/data beside the clone (tests/data_paths.py); skips the test when it is absent."""
     return require_shared_data()
+
+
+# --- torch.distributed ------------------------------------------------------------------------------
+@pytest.fixture
+def gloo_group(monkeypatch):
+    """A one-process gloo group on a free port (what DDP and FSDP2 need on a CPU), destroyed after the
+    test; torch runs on one thread, as a Ray Train worker of the demo does."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

@@ -2,12 +2,8 @@
 activation checkpointing per resblock group, the two convs dall_e keeps in fp32 under bf16 autocast, per-rank
 seeds, and the horizontal flip."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from harness import ModelEMA, WorkerContext, model_state_dict, prepare_model
 from tokenize_images.config import DVAEOptimConfig, DVAETrainConfig, ScheduleConfig
@@ -19,42 +15,33 @@ def small():
     return preset("small", n_hid=16, vocab_size=64, image_size=32)
 
 
-def test_fsdp2_with_ema_built_first_and_group_checkpointing_trains():
-    torch.set_num_threads(1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        dvae = DVAE(small())
-        ema = ModelEMA(dvae, 0.9)  # before wrapping: FSDP2 refuses deepcopy afterwards
-        ctx = WorkerContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), parallel="fsdp2",
-                            log_every=0, run_id="")  # fmt: skip
-        model = prepare_model(dvae, ctx, fsdp_units=resblock_groups, activation_checkpointing=True,
-                              checkpoint_units=resblock_groups)  # fmt: skip
-        assert type(model).__name__.startswith("FSDP")
-        wrapped = [type(m).__name__ for m in model.encoder.blocks.children()]
-        # the four encoder groups recompute, each its own FSDP2 unit (FSDP + CheckpointWrapper)
-        assert wrapped.count("FSDPCheckpointWrapper") == 4, wrapped
-        with pytest.raises(AssertionError, match="deepcopy"):
-            ModelEMA(model, 0.9)  # what train_dvae did before: EMA after prepare_model
-        cfg = DVAETrainConfig(schedule=ScheduleConfig(lr_start=3e-3, lr_end=3e-3), optim=DVAEOptimConfig(batch_size=4))
-        opt = make_optimizer(model, cfg)
-        pixels = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-        losses = []
-        for step in range(8):
-            losses.append(train_step(model, opt, pixels, step, cfg)["loss"])
-            ema.update(model)
-        assert losses[-1] < losses[0], losses
-        state = model_state_dict(model)
-        assert all(type(v) is torch.Tensor for v in state.values())
-        plain = DVAE(small())
-        plain.load_state_dict(state)  # no wrapper prefixes
-        plain.load_state_dict(ema.state_dict())
-    finally:
-        dist.destroy_process_group()
+def test_fsdp2_with_ema_built_first_and_group_checkpointing_trains(gloo_group):
+    torch.manual_seed(0)
+    dvae = DVAE(small())
+    ema = ModelEMA(dvae, 0.9)  # before wrapping: FSDP2 refuses deepcopy afterwards
+    ctx = WorkerContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), parallel="fsdp2",
+                        log_every=0, run_id="")  # fmt: skip
+    model = prepare_model(dvae, ctx, fsdp_units=resblock_groups, activation_checkpointing=True,
+                          checkpoint_units=resblock_groups)  # fmt: skip
+    assert type(model).__name__.startswith("FSDP")
+    wrapped = [type(m).__name__ for m in model.encoder.blocks.children()]
+    # the four encoder groups recompute, each its own FSDP2 unit (FSDP + CheckpointWrapper)
+    assert wrapped.count("FSDPCheckpointWrapper") == 4, wrapped
+    with pytest.raises(AssertionError, match="deepcopy"):
+        ModelEMA(model, 0.9)  # what train_dvae did before: EMA after prepare_model
+    cfg = DVAETrainConfig(schedule=ScheduleConfig(lr_start=3e-3, lr_end=3e-3), optim=DVAEOptimConfig(batch_size=4))
+    opt = make_optimizer(model, cfg)
+    pixels = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    losses = []
+    for step in range(8):
+        losses.append(train_step(model, opt, pixels, step, cfg)["loss"])
+        ema.update(model)
+    assert losses[-1] < losses[0], losses
+    state = model_state_dict(model)
+    assert all(type(v) is torch.Tensor for v in state.values())
+    plain = DVAE(small())
+    plain.load_state_dict(state)  # no wrapper prefixes
+    plain.load_state_dict(ema.state_dict())
 
 
 def test_vocabulary_and_code_embedding_convs_stay_fp32_under_autocast():

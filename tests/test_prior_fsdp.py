@@ -1,110 +1,88 @@
 """FSDP2 (fully_shard per block) + activation checkpointing through the harness's prepare_model,
 on a real single-process gloo group: trains, and its full state dict loads into a plain Prior."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from harness import ModelEMA, WorkerContext, model_state_dict, optimizer_state_dict, prepare_model
 from training.model import Prior, prior_loss
 from training.presets import preset
 
 
-def test_fsdp2_with_activation_checkpointing_trains_and_exports_full_state():
-    torch.set_num_threads(1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        model = Prior(preset("tiny"))
-        ema = ModelEMA(model, 0.99)
-        ctx = WorkerContext(
-            rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), parallel="fsdp2", log_every=0, run_id=""
-        )
-        from training.loop import fp32_layer_norms
+def test_fsdp2_with_activation_checkpointing_trains_and_exports_full_state(gloo_group):
+    torch.manual_seed(0)
+    model = Prior(preset("tiny"))
+    ema = ModelEMA(model, 0.99)
+    ctx = WorkerContext(
+        rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), parallel="fsdp2", log_every=0, run_id=""
+    )
+    from training.loop import fp32_layer_norms
 
-        # as training/loop.py wraps it: LayerNorms their own fp32 units inside the checkpointed blocks
-        model = prepare_model(model, ctx, activation_checkpointing=True, fp32_units=fp32_layer_norms, fp32_root=True)
-        assert type(model).__name__.startswith("FSDP")  # fully_shard swapped the class
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        text, image = torch.randint(0, 256, (4, 8)), torch.randint(0, 16, (4, 16))
-        losses = []
-        for _ in range(6):
-            out = prior_loss(*model(text, image), text, image)
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 4.0)
-            opt.step()
-            opt.zero_grad()
-            ema.update(model)
-            losses.append(out["loss"].item())
-        assert losses[-1] < losses[0]
-        state = model_state_dict(model)
-        assert all(type(v) is torch.Tensor for v in state.values())  # full tensors, not DTensor shards
-        plain = Prior(preset("tiny"))
-        plain.load_state_dict(state)  # no wrapper prefixes in the keys
-        torch.testing.assert_close(
-            prior_loss(*plain(text, image), text, image)["loss"], prior_loss(*model(text, image), text, image)["loss"]
-        )
-        # after a forward without backward (as in validation) the optimiser state still exports
-        assert len(optimizer_state_dict(model, opt)["state"]) == len(list(model.parameters()))
-        ema_copy = Prior(preset("tiny"))
-        ema_copy.load_state_dict(ema.state_dict())
-    finally:
-        dist.destroy_process_group()
+    # as training/loop.py wraps it: LayerNorms their own fp32 units inside the checkpointed blocks
+    model = prepare_model(model, ctx, activation_checkpointing=True, fp32_units=fp32_layer_norms, fp32_root=True)
+    assert type(model).__name__.startswith("FSDP")  # fully_shard swapped the class
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    text, image = torch.randint(0, 256, (4, 8)), torch.randint(0, 16, (4, 16))
+    losses = []
+    for _ in range(6):
+        out = prior_loss(*model(text, image), text, image)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 4.0)
+        opt.step()
+        opt.zero_grad()
+        ema.update(model)
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0]
+    state = model_state_dict(model)
+    assert all(type(v) is torch.Tensor for v in state.values())  # full tensors, not DTensor shards
+    plain = Prior(preset("tiny"))
+    plain.load_state_dict(state)  # no wrapper prefixes in the keys
+    torch.testing.assert_close(
+        prior_loss(*plain(text, image), text, image)["loss"], prior_loss(*model(text, image), text, image)["loss"]
+    )
+    # after a forward without backward (as in validation) the optimiser state still exports
+    assert len(optimizer_state_dict(model, opt)["state"]) == len(list(model.parameters()))
+    ema_copy = Prior(preset("tiny"))
+    ema_copy.load_state_dict(ema.state_dict())
 
 
-def test_fsdp2_ema_updates_local_shards_without_gathering(monkeypatch):
+def test_fsdp2_ema_updates_local_shards_without_gathering(monkeypatch, gloo_group):
     """Under FSDP2 the EMA averages this rank's shards (no full_tensor per update), on its cadence,
     and state_dict() gathers the right average; logits/embeddings/norms stay fp32 under fp32_root."""
     from torch.distributed.tensor import DTensor
 
     from training.loop import fp32_layer_norms
 
-    torch.set_num_threads(1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        model = Prior(preset("tiny"))
-        start = {k: v.clone() for k, v in model.state_dict().items()}
-        ema = ModelEMA(model, 0.5, every=2)
-        ctx = WorkerContext(
-            rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), parallel="fsdp2", log_every=0, run_id=""
-        )
-        model = prepare_model(model, ctx, fp32_units=fp32_layer_norms, fp32_root=True)
-        assert type(model.blocks[0].ln1).__name__.startswith("FSDP")  # norms are their own fp32 units
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        text, image = torch.randint(0, 256, (4, 8)), torch.randint(0, 16, (4, 16))
-        expected = {k: v.clone() for k, v in start.items()}
+    torch.manual_seed(0)
+    model = Prior(preset("tiny"))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = ModelEMA(model, 0.5, every=2)
+    ctx = WorkerContext(
+        rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), parallel="fsdp2", log_every=0, run_id=""
+    )
+    model = prepare_model(model, ctx, fp32_units=fp32_layer_norms, fp32_root=True)
+    assert type(model.blocks[0].ln1).__name__.startswith("FSDP")  # norms are their own fp32 units
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    text, image = torch.randint(0, 256, (4, 8)), torch.randint(0, 16, (4, 16))
+    expected = {k: v.clone() for k, v in start.items()}
 
-        def gather_forbidden(self, *a, **k):
-            raise AssertionError("EMA update all-gathered a parameter")
+    def gather_forbidden(self, *a, **k):
+        raise AssertionError("EMA update all-gathered a parameter")
 
-        for step in range(1, 5):
-            prior_loss(*model(text, image), text, image)["loss"].backward()
-            opt.step()
-            opt.zero_grad()
-            with monkeypatch.context() as m:
-                m.setattr(DTensor, "full_tensor", gather_forbidden)
-                averaged = ema.update(model)
-            assert averaged == (step % 2 == 0)
-            if averaged:
-                live = model_state_dict(model)
-                expected = {k: 0.5 * expected[k] + 0.5 * live[k] for k in expected}
-        got = ema.state_dict()
-        for k in expected:
-            torch.testing.assert_close(got[k], expected[k], msg=k)
-    finally:
-        dist.destroy_process_group()
+    for step in range(1, 5):
+        prior_loss(*model(text, image), text, image)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        with monkeypatch.context() as m:
+            m.setattr(DTensor, "full_tensor", gather_forbidden)
+            averaged = ema.update(model)
+        assert averaged == (step % 2 == 0)
+        if averaged:
+            live = model_state_dict(model)
+            expected = {k: 0.5 * expected[k] + 0.5 * live[k] for k in expected}
+    got = ema.state_dict()
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], msg=k)
 
 
 @pytest.mark.slow
