@@ -113,5 +113,8 @@ echo "Tokens:         $DEMO/stage2/tokens   (dVAE: $DEMO/stage2/dvae_demo.pt)"
 echo "Prior:          $CKPT"
 echo "Sample grid:    $DEMO/sample.png   (\"$PROMPT\")"
 echo
+echo "Does the demo draw what its captions say? (scene classifier, bench/demo_quality.py)"
+python bench/demo_quality.py "$DEMO" --json "$DEMO/quality.json"
+echo
 echo "Open the MLflow UI (experiments build_dataset, train_dvae, encode_tokens, train_prior):"
 python -c "from common.tracking import ui_command; print('  ' + ui_command())"

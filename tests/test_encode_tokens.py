@@ -111,6 +111,12 @@ def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
     assert run.data.metrics["images_per_s"] > 0 and 0 < run.data.metrics["codebook_used_fraction"] <= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"originals_vs_reconstructions.png", "codebook_usage.png", "manifest.json"} <= artifacts
+    # Lineage: the dataset it read and the token set it wrote, with the digests the neighbours log.
+    from common.tracking import dataset_digest
+
+    roles = {({t.key: t.value for t in i.tags}["mlflow.data.context"], i.dataset.digest)
+             for i in client.get_run(run.info.run_id).inputs.dataset_inputs}  # fmt: skip
+    assert roles == {("encode", dataset_digest(dataset)), ("output", dataset_digest(out))}
 
     # A rerun finds every shard done and changes nothing.
     before = {n: os.path.getmtime(os.path.join(out, "shards", n)) for n in os.listdir(os.path.join(out, "shards"))}
@@ -165,21 +171,14 @@ def test_tokenizer_trains_on_a_fixed_sample_of_captions(tmp_path):
 
 
 @pytest.mark.slow
-def test_cuda_waits_for_gpus_then_fails_instead_of_running_on_cpu(monkeypatch):
+def test_cuda_waits_for_gpus_then_fails_instead_of_running_on_cpu(ray_cluster):
     import dataclasses
 
-    import ray
-
-    from common.ray_cluster import init_ray
     from tokenize_images.encode import _pool
 
     cfg = EncodeConfig(run=EncodeRunConfig(device="cuda", min_gpus=1, gpu_wait_s=1.0))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert init_ray(num_cpus=1)  # a private instance (never a cluster somebody else started on this box)
-    try:
-        with pytest.raises(TimeoutError, match="needs run.min_gpus=1 GPUs; the cluster has 0 after run.gpu_wait_s=1"):
-            _pool(cfg)
-        auto = _pool(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device="auto")))
-        assert auto[0] == "cpu"  # 'auto' takes what is there now; 'cuda' never does
-    finally:
-        ray.shutdown()
+    ray_cluster.start(num_cpus=1)  # the session's private instance (never a cluster somebody else started)
+    with pytest.raises(TimeoutError, match="needs run.min_gpus=1 GPUs; the cluster has 0 after run.gpu_wait_s=1"):
+        _pool(cfg)
+    auto = _pool(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device="auto")))
+    assert auto[0] == "cpu"  # 'auto' takes what is there now; 'cuda' never does

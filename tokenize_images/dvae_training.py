@@ -27,8 +27,9 @@ import torch
 
 from common import storage
 from common.config import flatten, from_dict, to_dict
+from common.tracking import dataset_digest, register_pytorch_model
 from tokenize_images.config import DVAETrainConfig
-from tokenize_images.dvae import DVAE, DVAEConfig, flops_per_image, map_pixels, preset, save_checkpoint
+from tokenize_images.dvae import DVAE, DVAEConfig, flops_per_image, load_checkpoint, map_pixels, preset, save_checkpoint
 from tokenize_images.objective import codebook_usage, elbo_loss, schedules
 
 
@@ -288,15 +289,16 @@ def train_loop_per_worker(config: dict) -> None:
                 step,
             )
         if ctx.is_rank0 and (step % cfg.image_every == 0 or step == cfg.optim.max_steps):
-            ctx.logger.log_artifact_bytes(
-                reconstruction_png(ema.module, pixels), f"step_{step:07d}.png", "reconstructions"
-            )
+            ctx.logger.log_image(reconstruction_png(ema.module, pixels), "reconstructions", step)  # image slider
         if step % cfg.checkpoint_every == 0 or step == cfg.optim.max_steps:
             ckpt.save(step, {"loss": metrics["loss"]}, {"data_position": [epoch, in_epoch]})
     ctx.close()
 
 
 # --- driver -------------------------------------------------------------------------------------
+
+
+REGISTERED_NAME = "dalle-dvae"  # MLflow model registry: each trained dVAE is a version, linked to its run
 
 
 def export_ema(checkpoint_dir: str, output: str, run_id: str) -> str:
@@ -336,6 +338,7 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
             params={**flatten(cfg), **{f"dvae.{k}": v for k, v in dataclasses.asdict(dvae_cfg).items()}},
             tags={"stage": "train_dvae", "dataset": cfg.dataset},
             datasets={"train": training_dataset(cfg, dvae_cfg.image_size)},
+            inputs=[(cfg.dataset, "training", dataset_digest(cfg.dataset))],
         )
     finally:
         if owns_ray:
@@ -343,6 +346,8 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
     if result.checkpoint_path is None:
         raise RuntimeError("training reported no checkpoint")
     sha = export_ema(result.checkpoint_path, cfg.output, result.run_id)
+    model, _ = load_checkpoint(cfg.output)  # the exported EMA weights, as encode_tokens will read them
+    register_pytorch_model(model, "dvae", REGISTERED_NAME, result.run_id)
     return {
         "checkpoint": cfg.output,
         "sha256": sha,

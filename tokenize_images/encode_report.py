@@ -12,7 +12,7 @@ import numpy as np
 from common import storage
 from common.config import flatten
 from common.images import comparison_rows
-from common.tracking import ensure_experiment, log_params
+from common.tracking import dataset_digest, ensure_experiment, log_dataset, log_params
 
 
 def usage_figure(code_counts: np.ndarray, path: str) -> None:
@@ -82,6 +82,10 @@ def log_run(cfg, manifest: dict, plans) -> str:
         tags={"output": cfg.output, "dvae_sha256": manifest["dvae"]["sha256"]},
     ) as active:
         log_params(flatten(cfg))
+        # Lineage: the dataset read (digest = the one build_dataset logged as its output) and the tokens
+        # written (the one train_prior logs as its training input).
+        log_dataset(active.info.run_id, cfg.dataset, "encode", dataset_digest(cfg.dataset))
+        log_dataset(active.info.run_id, cfg.output, "output", dataset_digest(cfg.output))
         metrics = {k: float(v) for k, v in run.items() if isinstance(v, (int, float))}
         metrics.update(
             {
