@@ -32,21 +32,9 @@ from pipeline.demo.source import write_demo_source
 
 
 def run_build(sources: list[str], out: str, threads: int, env: dict[str, str]) -> tuple[float, dict]:
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "orchestration", "build_dataset.py"),
-        "--output",
-        out,
-        "--allow-private-networks",
-        "--run.num_cpus",
-        "2",
-        "--run.shard_size",
-        "1000",
-        "--run.dedup_partitions",
-        "4",
-        "--download.thread_count",
-        str(threads),
-    ]
+    settings = {"run.num_cpus": 2, "run.shard_size": 1000, "run.dedup_partitions": 4, "download.thread_count": threads}
+    cmd = [sys.executable, os.path.join(ROOT, "orchestration", "build_dataset.py"), "--output", out]
+    cmd += ["--allow-private-networks"] + [arg for key, value in settings.items() for arg in (f"--{key}", str(value))]
     for spec in sources:
         cmd += ["--source", spec]
     start = time.perf_counter()

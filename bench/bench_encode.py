@@ -93,6 +93,16 @@ def null_pipeline(ckpt: str, dataset: str, out: str, run: EncodeRunConfig) -> di
     return encode_tokens(cfg)["run"]
 
 
+def dvae_checkpoint(dvae: str, preset_name: str, tmp: str) -> str:
+    """The given dVAE checkpoint, or one of random weights of `preset_name` written under `tmp` (seeded)."""
+    if dvae:
+        return dvae
+    path = os.path.join(tmp, "dvae.pt")
+    torch.manual_seed(0)
+    save_checkpoint(DVAE(preset(preset_name)), path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1024)
@@ -113,10 +123,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = EncodeRunConfig(batch_size=args.batch, num_cpus=args.num_cpus, mlflow=False, compile=args.compile)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.dvae or os.path.join(tmp, "dvae.pt")
-        if not args.dvae:
-            torch.manual_seed(0)
-            save_checkpoint(DVAE(preset(args.preset)), ckpt)
+        ckpt = dvae_checkpoint(args.dvae, args.preset, tmp)
         from tokenize_images.dvae import checkpoint_info
 
         cfg_dvae, _ = checkpoint_info(ckpt)

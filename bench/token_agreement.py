@@ -22,8 +22,9 @@ if __package__ in (None, ""):  # `python bench/x.py`: make the repository import
 import numpy as np
 import torch
 
+from bench.bench_encode import dvae_checkpoint
 from common import storage
-from tokenize_images.dvae import DVAE, checkpoint_info, preset, save_checkpoint
+from tokenize_images.dvae import checkpoint_info
 from tokenize_images.encoder_actor import TokenEncoder
 from tokenize_images.preprocess import load_images
 from tokenize_images.synthetic import write_dataset
@@ -41,10 +42,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.dvae or os.path.join(tmp, "dvae.pt")
-        if not args.dvae:
-            torch.manual_seed(0)
-            save_checkpoint(DVAE(preset(args.preset)), ckpt)
+        ckpt = dvae_checkpoint(args.dvae, args.preset, tmp)
         cfg, sha = checkpoint_info(ckpt)
         dataset = args.dataset or os.path.join(tmp, "ds")
         if not args.dataset:

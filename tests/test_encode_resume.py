@@ -22,30 +22,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_shared_ray")]
 
 
 def run_cli(dataset, ckpt, out, env):
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "orchestration", "encode_tokens.py"),
-        "--dataset",
-        dataset,
-        "--dvae",
-        ckpt,
-        "--output",
-        out,
-        "--run.batch_size",
-        "4",
-        "--run.read_batch_rows",
-        "4",
-        "--run.num_cpus",
-        "2",
-        "--run.mlflow",
-        "false",
-        "--tokenizer.vocab_size",
-        "300",
-        "--tokenizer.min_frequency",
-        "1",
-        "--tokenizer.train_if_missing",
-        "true",
-    ]
+    script = os.path.join(ROOT, "orchestration", "encode_tokens.py")
+    settings = {
+        "run.batch_size": 4,
+        "run.read_batch_rows": 4,
+        "run.num_cpus": 2,
+        "run.mlflow": "false",
+        "tokenizer.vocab_size": 300,
+        "tokenizer.min_frequency": 1,
+        "tokenizer.train_if_missing": "true",
+    }
+    cmd = [sys.executable, script, "--dataset", dataset, "--dvae", ckpt, "--output", out]
+    cmd += [arg for key, value in settings.items() for arg in (f"--{key}", str(value))]
     # Own session: SIGKILL goes to the driver and the local Ray processes it started, nothing else.
     return subprocess.Popen(
         cmd, env=env, cwd=str(ROOT), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

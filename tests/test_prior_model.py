@@ -179,18 +179,8 @@ def test_flops_terms_against_a_hand_count():
     Keys per query (text 1, 2; image 3, 4, 5 for both kinds, worked out from Fig. 11's rules) = 15 / 5 = 3."""
     from training.model import flops_per_token, flops_terms
 
-    s = preset(
-        "tiny",
-        n_layer=2,
-        n_head=1,
-        head_dim=4,
-        text_len=2,
-        grid_h=2,
-        grid_w=2,
-        text_vocab=5,
-        image_vocab=3,
-        conv_kernel=3,
-    )
+    shape = dict(n_layer=2, n_head=1, head_dim=4, text_len=2, grid_h=2, grid_w=2, image_vocab=3, conv_kernel=3)
+    s = preset("tiny", text_vocab=5, **shape)
     d, n = 4, 5
     blocks = 2 * n * 2 * (4 * d * d + 2 * 4 * d * d)  # 2 layers of qkv+proj (4d²) and MLP (8d²)
     heads = 2 * d * (1 * (5 + 2) + 4 * 3)  # 1 text position -> 7 logits, 4 image -> 3
@@ -204,20 +194,7 @@ def test_flops_terms_against_a_hand_count():
     }
     assert flops_per_token(s) == terms["total"] / s.seq_len
     # embeddings are not in it: a bigger text vocabulary changes only the text head's term
-    bigger = flops_terms(
-        preset(
-            "tiny",
-            n_layer=2,
-            n_head=1,
-            head_dim=4,
-            text_len=2,
-            grid_h=2,
-            grid_w=2,
-            text_vocab=50,
-            image_vocab=3,
-            conv_kernel=3,
-        )
-    )
+    bigger = flops_terms(preset("tiny", text_vocab=50, **shape))
     assert bigger["total"] - terms["total"] == 3 * 2 * d * 1 * 45
 
 
