@@ -70,8 +70,11 @@ EOF
 )
 # --block: the head's processes live and die with this one process, so cleanup stops exactly
 # the cluster this script started (`ray stop` would stop every Ray on the machine).
+# A private temp dir too: a job's driver finds its cluster through <temp dir>/ray_current_cluster,
+# which any other `ray start` on the machine would otherwise overwrite (the driver then dials that one).
+RAY_TMP=$(mktemp -d /tmp/ray-demo-XXXXXX)   # short: Ray's socket paths live under it
 ray start --head --block --node-ip-address 127.0.0.1 --port "$GCS" --num-cpus "${DEMO_CPUS:-2}" \
-  --dashboard-host 127.0.0.1 --dashboard-port "$DASH" --dashboard-agent-listen-port "$AGENT" \
+  --temp-dir "$RAY_TMP" --dashboard-host 127.0.0.1 --dashboard-port "$DASH" --dashboard-agent-listen-port "$AGENT" \
   --dashboard-agent-grpc-port "$AGENT_GRPC" --metrics-export-port "$METRICS" \
   --runtime-env-agent-port "$RUNTIME_ENV" --disable-usage-stats > "$DEMO/ray_head.log" 2>&1 &
 pids+=($!)
