@@ -2,7 +2,7 @@
 
     python bench/bench_memory.py                 # captions-only builds, 1x = 100k LAION captions
     python bench/bench_memory.py --rows 20000    # smaller
-    python bench/bench_memory.py --band-off      # without langdetect: same memory, ~25x faster
+    python bench/bench_memory.py --language-id langdetect    # the old langdetect rule: ~20x slower
 
 Input: the 1,000 real LAION captions of ../shared/data repeated with unique URLs, written as LAION
 parquet files of `--rows-per-file` rows (web-scale inputs come as many files). Each build runs as
@@ -106,12 +106,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000, help="rows at 1x")
     ap.add_argument("--rows-per-file", type=int, default=50_000)
     ap.add_argument("--scale", type=int, default=10)
-    ap.add_argument(
-        "--band-off",
-        action="store_true",
-        help="captions.uncertain_band=[0,0]: ~25x faster caption stage, same memory profile "
-        "(langdetect's profiles are loaded once per worker either way)",
-    )
+    ap.add_argument("--language-id", default="lexicon", choices=["lexicon", "fasttext", "langdetect"],
+                    help="captions.language_id (default: the build's default)")  # fmt: skip
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench-mem-")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "PYTHONPATH": ROOT}
@@ -119,19 +115,9 @@ def main() -> None:
     results = {}
     for label, rows in (("1x", args.rows), (f"{args.scale}x", args.rows * args.scale)):
         src = make_input(os.path.join(tmp, f"in-{label}"), rows, args.rows_per_file)
-        cmd = [
-            sys.executable,
-            os.path.join(ROOT, "orchestration", "build_dataset.py"),
-            "--captions-only",
-            "--source",
-            f"laion:{src}",
-            "--output",
-            os.path.join(tmp, f"out-{label}"),
-            "--run.num_cpus",
-            "2",
-        ]
-        if args.band_off:
-            cmd += ["--captions.uncertain_band", "[0, 0]"]
+        cmd = [sys.executable, os.path.join(ROOT, "orchestration", "build_dataset.py"), "--captions-only"]
+        cmd += ["--source", f"laion:{src}", "--output", os.path.join(tmp, f"out-{label}"), "--run.num_cpus", "2"]
+        cmd += ["--captions.language_id", args.language_id]
         results[label] = (rows, *peak_rss(cmd, env))
         print(
             f"{label:>4}: {rows:>9,} rows  {results[label][1]:7.1f} s  peak process {results[label][2]:7.0f} MiB"

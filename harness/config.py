@@ -16,31 +16,24 @@ Parallel = Literal["ddp", "fsdp2", "none"]
 UseGpu = Literal["auto", "true", "false"]
 
 
+# Formatting is off below: a field and its documentation are aligned by hand, one field per line or two.
+# fmt: off
 @dataclass
 class HarnessConfig:
-    name: str = doc(
-        "",
-        "Stable run name. Ray Train's run folder and the MLflow run are found by it: rerunning "
-        "the same command with the same name resumes from the latest checkpoint.",
-    )
-    storage_path: str = doc(
-        "ray_results", "Where Ray Train keeps checkpoints (local folder or s3://); a relative path is made absolute."
-    )
+    name: str = doc("", "Stable run name. Ray Train's run folder and the MLflow run are found by it: rerunning the "
+                        "same command with the same name resumes from the latest checkpoint.")
+    storage_path: str = doc("ray_results", "Where Ray Train keeps checkpoints (local folder or s3://); a relative "
+                                           "path is made absolute.")
     experiment: str = doc("train", "MLflow experiment name.")
     num_workers: int = doc(2, "Ray Train workers (one process per GPU, or per CPU slot).")
     use_gpu: UseGpu = doc("auto", "'auto' = use GPUs when the Ray cluster has any; 'true' / 'false' to force.")
     cpus_per_worker: float = doc(1.0, "CPUs reserved per worker. Leave some CPUs free for Ray Data reads.")
-    parallel: Parallel = doc(
-        "ddp",
-        "'ddp' (DistributedDataParallel), 'fsdp2' (torch fully_shard per block) or 'none' (no wrapper, single worker).",
-    )
+    parallel: Parallel = doc("ddp", "'ddp' (DistributedDataParallel), 'fsdp2' (torch fully_shard per block) or 'none' "
+                                    "(no wrapper, single worker).")
     max_failures: int = doc(0, "Worker-group restarts from the last checkpoint before the run fails (-1 = unlimited).")
     num_to_keep: int = doc(2, "Checkpoints kept in storage (the newest N).")
     log_every: int = doc(10, "Rank 0 sends metrics to MLflow every N optimiser steps (asynchronously).")
-    log_final_checkpoint: bool = doc(
-        True,
-        "Copy the final checkpoint into the MLflow run's artifacts "
-        "(turn off for multi-GB models; its path is always logged as a tag).",
-    )
+    log_final_checkpoint: bool = doc(True, "Copy the final checkpoint into the MLflow run's artifacts (turn off for "
+                                           "multi-GB models; its path is always logged as a tag).")
     ray_address: str = doc("", "Ray cluster to connect to ('' = RAY_ADDRESS, else a private local instance).")
     num_cpus: int = doc(0, "CPUs for a private local Ray instance (0 = all).")

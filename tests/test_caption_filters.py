@@ -124,10 +124,13 @@ def test_too_short_on_real_captions(cfg):
 def test_too_short_counts_the_words_of_slugs_and_file_names(cfg):
     flt = TooShortFilter(cfg)
     slugs = [
-        real("manchester-united-celebrates-goal-in-front-of-city-players"),
-        real("my-sisters-prayer"),
-        real("Crop_oktoberfest_old_couple_in_tracht"),
-        real("inside-blue-mosque-istanbul-turkey"),
+        real(c)
+        for c in (
+            "manchester-united-celebrates-goal-in-front-of-city-players",
+            "my-sisters-prayer",
+            "Crop_oktoberfest_old_couple_in_tracht",
+            "inside-blue-mosque-istanbul-turkey",
+        )
     ]
     assert run(flt, slugs) == [None] * len(slugs)
     assert run(flt, ["Spider-Man", "red_circle"]) == ["2 words < 3", "2 words < 3"]  # still two words each

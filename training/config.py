@@ -12,30 +12,29 @@ from common.config import doc
 from harness import HarnessConfig
 
 
+# Formatting is off below: a field and its documentation are aligned by hand, one field per line or two.
+# fmt: off
 @dataclass
 class ModelConfig:
     # The names of training/presets.PRESETS (tests/test_config_choices.py keeps the two equal).
-    preset: Literal["tiny", "demo", "1b", "12b"] = doc(
-        "tiny",
-        "Shape preset: tiny (tests), demo (CPU demo), 1b (GPU MFU bench), 12b (the paper's). See training/presets.py.",
-    )
+    preset: Literal["tiny", "demo", "1b", "12b"] = doc("tiny", "Shape preset: tiny (tests), demo (CPU demo), 1b (GPU "
+                                                               "MFU bench), 12b (the paper's). See "
+                                                               "training/presets.py.")
     n_layer: int = doc(0, "Override the preset's layer count (0 = keep).")
     n_head: int = doc(0, "Override the preset's head count (0 = keep).")
     head_dim: int = doc(0, "Override the preset's head width (0 = keep).")
     text_len: int = doc(0, "Override the text length in BPE tokens (0 = keep; paper: 256).")
-    attention: Literal["sparse", "full"] = doc(
-        "sparse", "'sparse' = the paper's row/column/conv layer pattern; 'full' = causal everywhere."
-    )
-    attn_impl: Literal["auto", "sdpa", "flex"] = doc(
-        "auto",
-        "'auto' = flex on GPU clusters, sdpa otherwise; 'sdpa' = scaled_dot_product_attention with "
-        "boolean masks cached once per shape (works everywhere, but a mask rules out FlashAttention: "
-        "every score is computed); 'flex' = FlexAttention block masks that skip masked blocks, column "
-        "layers on transposed image states (GPU only: torch has no FlexAttention backward on CPU).",
-    )
-    compile: Literal["auto", "true", "false"] = doc(
-        "auto", "torch.compile the training forward: 'auto' = on CUDA devices (FlexAttention is slow uncompiled)."
-    )
+    attention: Literal["sparse", "full"] = doc("sparse", "'sparse' = the paper's row/column/conv layer pattern; "
+                                                         "'full' = causal everywhere.")
+    attn_impl: Literal["auto", "sdpa", "flex"] = doc("auto", "'auto' = flex on GPU clusters, sdpa otherwise; 'sdpa' = "
+                                                             "scaled_dot_product_attention with boolean masks cached "
+                                                             "once per shape (works everywhere, but a mask rules out "
+                                                             "FlashAttention: every score is computed); 'flex' = "
+                                                             "FlexAttention block masks that skip masked blocks, "
+                                                             "column layers on transposed image states (GPU only: "
+                                                             "torch has no FlexAttention backward on CPU).")
+    compile: Literal["auto", "true", "false"] = doc("auto", "torch.compile the training forward: 'auto' = on CUDA "
+                                                            "devices (FlexAttention is slow uncompiled).")
     conv_kernel: int = doc(0, "Override the conv attention window K (0 = keep; paper: 11).")
     dropout: float = doc(0.0, "Residual/attention dropout (the paper uses none).")
 
@@ -60,20 +59,16 @@ class OptimConfig:
     eps: float = doc(1e-8, "AdamW epsilon.")
     weight_decay: float = doc(4.5e-2, "Decoupled weight decay, not applied to gains, biases or embeddings.")
     grad_clip: float = doc(4.0, "Gradient-norm clipping threshold (paper: 4).")
-    plateau_patience: int = doc(
-        2, "Windows of val_every updates without training-loss improvement (after warmup) before the lr is halved."
-    )
+    plateau_patience: int = doc(2, "Windows of val_every updates without training-loss improvement (after warmup) "
+                                   "before the lr is halved.")
     plateau_threshold: float = doc(1e-3, "Relative improvement of the window's training loss that counts as progress.")
     max_halvings: int = doc(5, "The lr is halved at most this many times (paper: 5).")
     ema_decay: float = doc(0.99, "Parameter EMA decay (paper: 0.99). Samples are drawn from the EMA model.")
     ema_every: int = doc(25, "Apply the EMA decay once every N updates (paper B.2: 25, a window of ~2,500 updates).")
     grad_accum: int = doc(1, "Micro-batches per optimiser update (gradient accumulation).")
     bf16: bool = doc(True, "bf16 autocast on GPU (ignored on CPU).")
-    powersgd: bool = doc(
-        False,
-        "Compress DDP gradients with PowerSGD (powerSGD_hook; the batched variant "
-        "is broken in torch 2.13). Its error-feedback state is checkpointed.",
-    )
+    powersgd: bool = doc(False, "Compress DDP gradients with PowerSGD (powerSGD_hook; the batched variant is broken "
+                                "in torch 2.13). Its error-feedback state is checkpointed.")
     powersgd_rank: int = doc(2, "PowerSGD matrix approximation rank.")
     powersgd_start_iter: int = doc(10, "Plain allreduce for this many iterations before compressing.")
     activation_checkpointing: bool = doc(False, "Recompute each block's activations in backward (large presets).")
