@@ -61,6 +61,9 @@ def worker_context(config: dict[str, Any], bf16: bool = True) -> WorkerContext:
     import ray.train
     import ray.train.torch
 
+    from common.ray_cluster import quiet_ray_data
+
+    quiet_ray_data()  # this worker iterates its dataset shard: its own per-epoch lines and bars
     h = config[HARNESS_KEY]
     tc = ray.train.get_context()
     rank = tc.get_world_rank()
