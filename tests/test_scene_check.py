@@ -62,3 +62,15 @@ def test_grammar():
     assert len(all_single_object_captions()) == 2 * 6 * 3 * 3
     with pytest.raises(ValueError):
         parse_caption("a cat on a mat")
+
+
+def test_demo_quality_captions_cover_the_grammar():
+    """The prior is scored on every colour, shape, size and background, and on two-object captions."""
+    from bench.demo_quality import prior_captions
+
+    scenes = [parse_caption(c) for c in prior_captions()]
+    singles = [s for s in scenes if s.relation is None]
+    assert len(scenes) == 48 and len(singles) == 36
+    assert {o for s in singles for o in s.objects} == {(z, c, h) for z in ("small", "large") for c in COLOURS
+                                                       for h in SHAPES}  # fmt: skip
+    assert {s.background for s in singles} == set(BACKGROUNDS)
