@@ -1,7 +1,7 @@
 """The two captions-only ratios of issue 10, measured side by side in one run.
 
-    python bench/bench_split_shuffle.py              # 160k and 240k real captions (band off: fastText only)
-    python bench/bench_split_shuffle.py --band       # with the langdetect band (the default config; ~20x slower)
+    python bench/bench_split_shuffle.py                            # 160k and 240k real captions, default rule
+    python bench/bench_split_shuffle.py --language-id langdetect   # the langdetect rule (~20x slower)
 
 1. Caption work split inside files: 160k captions as ONE parquet file of 10k-row groups against the
    same rows as 16 files. Goal: wall-time ratio <= 1.25 (one task per file would give 1 core).
@@ -32,17 +32,18 @@ from bench.bench_memory import make_input, peak_rss
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_cmd(pattern: str, out: str, cpus: int, partitions: int, band: bool) -> list[str]:
+def build_cmd(pattern: str, out: str, cpus: int, partitions: int, language_id: str) -> list[str]:
     cmd = [sys.executable, os.path.join(ROOT, "orchestration", "build_dataset.py"), "--captions-only",
            "--source", f"laion:{pattern}", "--output", out, "--run.num_cpus", str(cpus),
            "--run.dedup_partitions", str(partitions)]  # fmt: skip
-    return cmd if band else [*cmd, "--captions.uncertain_band", "[0, 0]"]
+    return [*cmd, "--captions.language_id", language_id]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpus", type=int, default=2)
-    ap.add_argument("--band", action="store_true")
+    ap.add_argument("--language-id", default="lexicon", choices=["lexicon", "fasttext", "langdetect"],
+                    help="captions.language_id (default: the build's default)")  # fmt: skip
     args = ap.parse_args()
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": ROOT}
     with tempfile.TemporaryDirectory(prefix="bench_split_shuffle-") as tmp:
@@ -56,13 +57,13 @@ def main() -> None:
         for name, pattern, partitions in (("1 file", one, 64), ("16 files", sixteen, 64),
                                           ("240 files P=64", many, 64), ("240 files P=1024", many, 1024)):  # fmt: skip
             out = os.path.join(tmp, name.replace(" ", "_").replace("=", ""))
-            runs[name] = peak_rss(build_cmd(pattern, out, args.cpus, partitions, args.band), env)
+            runs[name] = peak_rss(build_cmd(pattern, out, args.cpus, partitions, args.language_id), env)
             print(f"{name:<18} {runs[name][0]:7.1f} s   peak process {runs[name][1]:6.0f} MiB   "
                   f"peak tree {runs[name][2]:6.0f} MiB", flush=True)  # fmt: skip
     split = runs["1 file"][0] / runs["16 files"][0]
     wall = runs["240 files P=1024"][0] / runs["240 files P=64"][0]
     rss = runs["240 files P=1024"][2] / runs["240 files P=64"][2]
-    print(f"\nband {'on' if args.band else 'off'}, {args.cpus} CPUs")
+    print(f"\nlanguage rule {args.language_id}, {args.cpus} CPUs")
     print(f"1 file / 16 files, wall:         {split:.2f}  (goal <= 1.25)")
     print(f"P=1024 / P=64, wall:             {wall:.2f}  (goal <= 1.5)")
     print(f"P=1024 / P=64, peak tree RSS:    {rss:.2f}  (goal <= 1.3)")
