@@ -63,12 +63,7 @@ def train(cfg: PriorTrainConfig) -> LaunchResult:
     if not cfg.data.tokens:
         raise ValueError("data.tokens (the token root of stage 2) must be set")
     # Before Ray Data touches Ray. Per-epoch progress bars of every worker would flood the job log.
-    init_ray(
-        cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None, env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    )
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray(cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None)  # quiets Ray Data, as the workers do
     gpus = use_gpu(cfg.run.use_gpu)
     impl = attention_impl(cfg.model.attn_impl, gpus, cfg.model.dropout)
     source = TokenSource.open(cfg.data.tokens, cfg.data.val_shards)
