@@ -64,3 +64,19 @@ def test_flop_count_matches_the_published_encoder_cost():
     from tokenize_images.dvae import flops_per_image, preset
 
     assert flops_per_image(preset("openai")) / 1e9 == pytest.approx(272.3, abs=0.1)  # issue: ~272 GFLOP / 256 px image
+
+
+def test_downsample_4_keeps_dall_e_blocks_and_makes_a_finer_grid():
+    """downsample=4 (the demo's 16x16 grid at 64 px) drops one pool and one upsample and nothing else: the same
+    parameter names and shapes as downsample=8, so checkpoints differ only in the grid they make."""
+    from tokenize_images.dvae import DVAE, DVAEConfig
+
+    kw = dict(n_hid=8, n_blk_per_group=1, vocab_size=32, image_size=32, n_init=8)
+    fine, coarse = DVAE(DVAEConfig(**kw, downsample=4)), DVAE(DVAEConfig(**kw, downsample=8))
+    assert {k: v.shape for k, v in fine.state_dict().items()} == {k: v.shape for k, v in coarse.state_dict().items()}
+    x = torch.rand(2, 3, 32, 32)
+    assert fine.encode_tokens(x).shape == (2, 8, 8) and coarse.encode_tokens(x).shape == (2, 4, 4)
+    assert fine.decode_tokens(fine.encode_tokens(x)).shape == (2, 3, 32, 32)
+    assert fine.cfg.grid == 8 and coarse.cfg.grid == 4
+    with pytest.raises(ValueError, match="one of 4, 8"):
+        DVAEConfig(**kw, downsample=2)

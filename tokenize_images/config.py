@@ -103,7 +103,9 @@ class DVAEModelConfig:
     n_hid: int = doc(0, "Override the preset's n_hid (0 = keep).")
     n_blk_per_group: int = doc(0, "Override the preset's resblocks per group (0 = keep).")
     vocab_size: int = doc(0, "Override the preset's codebook size (0 = keep).")
-    image_size: int = doc(0, "Override the preset's image size, a multiple of 8 (0 = keep).")
+    image_size: int = doc(0, "Override the preset's image size, a multiple of `downsample` (0 = keep).")
+    downsample: Literal[0, 4, 8] = doc(0, "Override the preset's pixels per token side (0 = keep; dall_e: 8). 4 "
+                                          "gives a 16x16 grid at 64 px (tokenize_images/dvae.py).")
 
 
 @dataclass

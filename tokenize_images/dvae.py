@@ -31,10 +31,23 @@ class DVAEConfig:
     image_size: int = 256  # the encoder downsamples by 8: 256 px -> 32x32 tokens
     n_init: int = 128  # decoder: width after the 1x1 input conv on one-hots
     group_count: int = 4  # fixed by the architecture; kept for post_gain = 1 / n_layers^2
+    # Pixels per token side: 8 in dall_e (3 max-pools). 4 drops the encoder's last pool and the decoder's first
+    # upsample, so a 64 px demo image becomes 16x16 tokens, fine enough for its small shapes (configs/dvae_demo.toml).
+    downsample: int = 8
+
+    def __post_init__(self):
+        if self.downsample not in (4, 8):
+            raise ValueError(f"dVAE downsample must be one of 4, 8; got {self.downsample!r}")
+        if self.image_size % self.downsample:
+            raise ValueError(f"dVAE image_size {self.image_size} is not a multiple of downsample {self.downsample}")
+
+    @property
+    def pools(self) -> int:
+        return {4: 2, 8: 3}[self.downsample]
 
     @property
     def grid(self) -> int:
-        return self.image_size // 8
+        return self.image_size // self.downsample
 
 
 PRESETS = {
@@ -130,7 +143,10 @@ class Encoder(nn.Module):
                 [
                     ("input", nn.Conv2d(3, h, 7, padding=3)),
                     *[
-                        (f"group_{g}", _group(widths(g), L, ENCODER_KERNELS, nn.MaxPool2d(2) if g < 4 else None))
+                        (
+                            f"group_{g}",
+                            _group(widths(g), L, ENCODER_KERNELS, nn.MaxPool2d(2) if g <= cfg.pools else None),
+                        )
                         for g in range(1, 5)
                     ],
                     (
@@ -145,7 +161,7 @@ class Encoder(nn.Module):
         init_like_dall_e(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,3,S,S) mapped pixels -> (B,V,S/8,S/8) logits."""
+        """(B,3,S,S) mapped pixels -> (B,V,S/d,S/d) logits (d = cfg.downsample)."""
         return self.blocks(x)
 
 
@@ -165,7 +181,7 @@ class Decoder(nn.Module):
                 [
                     ("input", FP32Conv2d(cfg.vocab_size, cfg.n_init, 1)),
                     *[
-                        (f"group_{g}", _group(widths(g), L, DECODER_KERNELS, up() if g < 4 else None))
+                        (f"group_{g}", _group(widths(g), L, DECODER_KERNELS, up() if 4 - cfg.pools <= g < 4 else None))
                         for g in range(1, 5)
                     ],
                     ("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(h, 6, 1))]))),
@@ -175,11 +191,11 @@ class Decoder(nn.Module):
         init_like_dall_e(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """(B,V,g,g) one-hots or relaxed one-hots -> (B,6,8g,8g) logit-Laplace statistics."""
+        """(B,V,g,g) one-hots or relaxed one-hots -> (B,6,d*g,d*g) logit-Laplace statistics."""
         return self.blocks(z)
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B,g,g) integer codes -> (B,6,8g,8g). A 1x1 conv on a one-hot is a column lookup, so skip the one-hot."""
+        """(B,g,g) integer codes -> (B,6,d*g,d*g). A 1x1 conv on a one-hot is a column lookup, so skip the one-hot."""
         conv = self.blocks.input
         x = conv.weight[:, :, 0, 0].t()[tokens.long()] + conv.bias  # (B,g,g,n_init)
         x = x.permute(0, 3, 1, 2).contiguous()

@@ -84,7 +84,7 @@ class TokenEncoder:
             from tokenize_images.dvae import checkpoint_info
 
             cfg, self.sha256 = checkpoint_info(checkpoint)
-            self.vocab_size, self.amp = cfg.vocab_size, None
+            self.vocab_size, self.amp, self.downsample = cfg.vocab_size, None, cfg.downsample
             return
         model, self.sha256 = load_checkpoint(checkpoint, with_decoder=False)
         self.encoder = fold_post_gain(model.encoder).to(self.device).eval()
@@ -98,7 +98,7 @@ class TokenEncoder:
         self.trunk = self.encoder.blocks[:-1]
         if compile:
             self.trunk = torch.compile(self.trunk, dynamic=False)
-        self.vocab_size = model.cfg.vocab_size
+        self.vocab_size, self.downsample = model.cfg.vocab_size, model.cfg.downsample
         assert self.vocab_size <= 65536, "tokens are stored as uint16"
         self._staging: queue.Queue | None = None  # pinned host buffers, one per concurrent call (GPU)
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -139,7 +139,7 @@ class TokenEncoder:
     @torch.inference_mode()
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """(N,S,S,3) uint8 -> (N, g*g) uint16 argmax codes, row-major."""
-        n, grid = len(pixels), (pixels.shape[1] // 8) * (pixels.shape[2] // 8)
+        n, grid = len(pixels), (pixels.shape[1] // self.downsample) * (pixels.shape[2] // self.downsample)
         if self.null or n == 0:
             return np.zeros((n, grid), np.uint16)
         step = self.batch_size or n
