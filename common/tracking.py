@@ -37,13 +37,19 @@ def artifact_root(uri: str | None = None) -> str | None:
     return None
 
 
+# MLflow 3.17's UI keeps a global GenAI / Model training switch of its own (browser local storage, GenAI in a
+# fresh browser), which wins over the experiments' `mlflow.experimentKind` tag; the `workflowType` query
+# parameter sets it, so the printed address opens the model-training view (runs, charts, datasets).
+UI_URL = "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+
+
 def ui_command(uri: str | None = None) -> str:
     uri = uri or tracking_uri()
     root = artifact_root(uri)
     cmd = f"mlflow ui --backend-store-uri {uri}"
     if root:
         cmd += f" --default-artifact-root {root}"
-    return cmd + " --port 5000   # then open http://127.0.0.1:5000"
+    return cmd + f" --port 5000   # then open {UI_URL}"
 
 
 def ensure_experiment(name: str) -> str:

@@ -58,3 +58,13 @@ def test_lineage_registry_and_images(tmp_path, mlflow_store):
         "10",
         "20",
     }
+
+
+def test_ui_command_opens_the_model_training_view():
+    """MLflow 3.17's UI starts in GenAI mode in a fresh browser whatever the experiment tag says; only the
+    workflowType query parameter overrides it (checked in headless Chromium, docs/images/mlflow_training_view.png)."""
+    from common.tracking import ui_command
+
+    line = ui_command("sqlite:////tmp/x/mlflow.db")
+    assert line.startswith("mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db")
+    assert "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning" in line
