@@ -11,6 +11,13 @@ MSE, codebook perplexity and the fraction of codes used. --png writes originals 
 so colour loss is visible. This is how configs/dvae_demo.toml was tuned (docs/tokens.md has the sweep):
 the second command above, the demo without its codebook aids, maps every foreground colour to grey.
 
+With --dataset demo:N the images are the demo source's first N scenes (pipeline/demo/source.py, seed 0, as
+the demo serves them, JPEG and all), no dataset needed; --scene-check also scores 256 held-out scenes with the
+demo's pixel classifier (bench/demo_quality.py: fully right, per aspect, PSNR), the issue-13 goal:
+
+    python bench/dvae_recon_quality.py --config configs/dvae_demo.toml --dataset demo:1000 --images 1064 \
+        --scene-check --model.downsample 4 --optim.max_steps 400
+
 Bench-only knobs, for the rows of that sweep: --torch-init (torch's default conv init instead of
 dall_e's), --decoder-input-std (re-initialise the code embeddings), --restart-every N (VQ-style
 dead-code restarts every N updates, after a k-means init).
@@ -59,6 +66,16 @@ def restart_dead_codes(model: DVAE, x: torch.Tensor, scale: float, generator: to
 
 def load_images(dataset: str, limit: int, size: int) -> torch.Tensor:
     images = []
+    if dataset.startswith("demo:"):  # the demo source's scenes, drawn as the demo draws them
+        import random
+
+        from pipeline.demo.source import describe_and_draw, jpeg_bytes
+
+        rng = random.Random(0)
+        count = min(limit, int(dataset.split(":", 1)[1]))
+        return torch.from_numpy(
+            np.stack([load_image(jpeg_bytes(describe_and_draw(rng)[1]), size) for _ in range(count)])
+        )
     for path in storage.listdir(storage.join(dataset, "shards"), ".parquet"):
         for data in storage.read_parquet(path, columns=["image"]).column("image").to_pylist():
             images.append(load_image(data, size))
@@ -77,6 +94,7 @@ def main() -> None:
         "--restart-every", type=int, default=0, help="dead-code restarts every N updates (k-means init only)"
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--scene-check", action="store_true", help="also score held-out demo scenes (issue 13's goal)")
     args, rest = ap.parse_known_args()
     cfg = parse_cli(DVAETrainConfig, rest, description=__doc__, flags=[Flag("--dataset", "dataset", "dataset root")])
     if args.threads:
@@ -115,6 +133,15 @@ def main() -> None:
         f"reconstruction MSE {((recon - x) ** 2).mean().item():.4f}, perplexity {usage['perplexity']:.1f}, "
         f"codes used {usage['used_fraction']:.1%} ({time.perf_counter() - started:.0f} s)"
     )
+    if args.scene_check:
+        from bench.demo_quality import dvae_quality
+
+        scores = dvae_quality(model, 256)
+        aspects = ", ".join(f"{k[5:]} {v:.1%}" for k, v in scores.items() if k not in ("dvae_all", "dvae_psnr_db"))
+        print(
+            f"scene check, 256 held-out scenes: {scores['dvae_all']:.1%} fully right, PSNR "
+            f"{scores['dvae_psnr_db']:.1f} dB (goal 95%, 25 dB); {aspects}"
+        )
     if args.png:
         from PIL import Image
 
