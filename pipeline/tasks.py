@@ -48,11 +48,12 @@ def _attempt(fn: Callable[..., Any], clock: Any, token: str, item: Any, *args: A
     if clock is not None:
         clock.start.remote(token)  # fire and forget: the driver's deadline starts now
     _CURRENT_ATTEMPT = token
+    _reset_peak_rss()
     try:
         result = fn(item, *args)
     finally:
         _CURRENT_ATTEMPT = ""
-    if isinstance(result, dict):  # where it ran and the worker's peak RSS (KiB on Linux): per-phase telemetry
+    if isinstance(result, dict):  # where it ran and its peak RSS (KiB on Linux): per-phase telemetry
         import resource
 
         import ray
@@ -60,6 +61,18 @@ def _attempt(fn: Callable[..., Any], clock: Any, token: str, item: Any, *args: A
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result = {**result, "node": ray.get_runtime_context().get_node_id(), "rss_mb": round(peak, 1)}
     return result
+
+
+def _reset_peak_rss() -> None:
+    """Start the worker's peak-RSS counter afresh, so that rss_mb is the peak of THIS task (the worker's
+    resident baseline included), not the largest task the reused worker ever ran. Linux resets the
+    high-water mark (VmHWM, which ru_maxrss reports) on writing 5 to /proc/self/clear_refs; elsewhere
+    the value stays the worker's lifetime peak, an upper bound."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
 
 
 class _StartClock:
