@@ -3,6 +3,7 @@ and an extrapolation to 250M pairs from the measured growth (not from assumption
 
     python bench/bench_scale.py                     # 1M, 2M, 4M rows (tens of minutes on 2 CPUs)
     python bench/bench_scale.py --sizes 100000 200000 400000   # a quick look
+    nice -n 15 python bench/bench_scale.py          # on a shared machine
 
 Input: real LAION captions (shared/data/laion_sample_1000.parquet) repeated with distinct URLs
 (2% repeat an earlier URL, so duplicate_url has work), in a realistic layout: FILES large parquet
@@ -17,11 +18,14 @@ the download lists, fed by a LOCAL FAKE DOWNLOADER (no network): each candidate 
 JPEG (one of 256 distinct images, so duplicate_image has work) with its real sha256, written as
 the download attempt files and committed exactly as download_task's results are.
 
-Per phase it prints wall time, tasks, files written, files opened (summed over tasks) and the peak
-RSS of a task (the worker's ru_maxrss, which a reused worker only raises: an upper bound). The
-extrapolation fits each quantity on the two largest sizes (linear in rows) and reports, for 250M
-rows: files written, peak memory per task, and node-hours at 32 cores per node from the measured
-core-seconds per row.
+One private Ray instance (its own temp dir, started with retries: Ray gives its raylet a fixed 30 s
+to register, which a loaded machine can miss) serves every size; each size's files are deleted once
+measured. Per phase it prints wall time, tasks, files written, files opened (summed over tasks) and
+the peak RSS of a task (the largest over the phase's tasks; pipeline.tasks resets the worker's
+high-water mark at each task's start, so this is the task's own peak, the worker's baseline
+included), and the load average of the machine while the size ran. The extrapolation fits each
+quantity on the two largest sizes (linear in rows) and reports, for 250M rows: files written, peak
+memory per task, and node-hours at 32 cores per node from the measured core-seconds per row.
 """
 
 from __future__ import annotations
@@ -105,7 +109,8 @@ def fake_download_task(name: str, cfg) -> dict:
 
 
 def run_size(rows: int, files: int, cpus: int, work: str, band: bool) -> dict:
-    import ray
+    """One size, on the Ray instance main() started (build() finds it running and leaves it up)."""
+    import shutil
 
     from common import storage
     from common.config import from_dict
@@ -116,7 +121,10 @@ def run_size(rows: int, files: int, cpus: int, work: str, band: bool) -> dict:
     from pipeline.layout import Layout
     from pipeline.tasks import run_tasks
 
+    load_before = os.getloadavg()[0]
+    t = time.monotonic()
     source = synthesise(os.path.join(work, f"in-{rows}"), rows, files)
+    synth_s = time.monotonic() - t
     out = os.path.join(work, f"out-{rows}")
     captions = {"language_id": "langdetect"} if band else {}  # default: the lexicon rule (docs/filters.md)
     cfg = from_dict(BuildConfig, {"sources": [source], "output": out, "captions_only": True, "captions": captions,
@@ -133,9 +141,6 @@ def run_size(rows: int, files: int, cpus: int, work: str, band: bool) -> dict:
     phases["url dedup"]["files_written"] = len(lists) + phases["url dedup"]["tasks"] * 2
 
     # image side: fake downloads, then the real image dedup and finalize tasks
-    from common.ray_cluster import init_ray
-
-    init_ray(num_cpus=cpus)
     full = from_dict(BuildConfig, {**json.loads(json.dumps(_plain(cfg))), "captions_only": False})
     committed = {}
     t = time.monotonic()
@@ -161,8 +166,10 @@ def run_size(rows: int, files: int, cpus: int, work: str, band: bool) -> dict:
         }
     phases["image dedup"]["files_written"] = len(ranges)
     phases["finalize"]["files_written"] = len(storage.listdir(layout.path("shards"), ".parquet")) + 2 * len(lists)
-    ray.shutdown()
+    shutil.rmtree(os.path.join(work, f"in-{rows}"), ignore_errors=True)  # GBs at 4M rows: keep the disk free
+    shutil.rmtree(out, ignore_errors=True)
     return {"rows": rows, "kept_captions": report["kept"], "wall_captions_only_s": wall, "fake_download_s": fake_s,
+            "synthesise_s": synth_s, "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "phases": phases}  # fmt: skip
 
 
@@ -206,6 +213,16 @@ def extrapolate(results: list[dict], cpus: int, split_rows: int, rows_per_task: 
     return out
 
 
+def _print_size(r: dict) -> None:
+    print(f"\n== {r['rows']:,} rows (captions-only build {r['wall_captions_only_s']:.0f} s, fake downloads "
+          f"{r['fake_download_s']:.0f} s, synthesis {r['synthesise_s']:.0f} s; load average "
+          f"{r['load'][0]} -> {r['load'][1]}) ==")  # fmt: skip
+    print(f"{'phase':<12}{'wall s':>9}{'tasks':>8}{'written':>9}{'opened':>9}{'peak RSS/task MB':>18}")
+    for name, p in r["phases"].items():
+        print(f"{name:<12}{p['seconds']:>9.1f}{p['tasks']:>8}{p.get('files_written', 0):>9}"
+              f"{p.get('files_read', 0):>9}{p['peak_task_rss_mb']:>18.0f}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 2_000_000, 4_000_000])
@@ -217,18 +234,24 @@ def main() -> None:
     args = ap.parse_args()
     if not SAMPLE.exists():
         sys.exit(f"missing {SAMPLE}: the real LAION caption sample")
-    with tempfile.TemporaryDirectory(prefix="bench_scale-") as work:
+    import ray
+
+    from common.ray_cluster import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)  # a private instance, never someone else's cluster
+    with tempfile.TemporaryDirectory(
+        prefix="bscale-", ignore_cleanup_errors=True
+    ) as work:  # short: Ray's socket paths live under it
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
+        init_ray(num_cpus=args.cpus, temp_dir=os.path.join(work, "ray"), start_attempts=3)
         results = []
-        for rows in args.sizes:
-            r = run_size(rows, args.files, args.cpus, work, args.band)
-            results.append(r)
-            print(f"\n== {rows:,} rows (captions-only build {r['wall_captions_only_s']:.0f} s, "
-                  f"fake downloads {r['fake_download_s']:.0f} s) ==")  # fmt: skip
-            print(f"{'phase':<12}{'wall s':>9}{'tasks':>8}{'written':>9}{'opened':>9}{'peak RSS/task MB':>18}")
-            for name, p in r["phases"].items():
-                print(f"{name:<12}{p['seconds']:>9.1f}{p['tasks']:>8}{p.get('files_written', 0):>9}"
-                      f"{p.get('files_read', 0):>9}{p['peak_task_rss_mb']:>18.0f}")  # fmt: skip
+        try:
+            for rows in args.sizes:
+                r = run_size(rows, args.files, args.cpus, work, args.band)
+                results.append(r)
+                _print_size(r)
+        finally:
+            ray.shutdown()
     ext = extrapolate(results, args.cpus, 50_000, 2_000_000, 1024)
     print(f"\n== extrapolated to {TARGET:,} rows from {results[-2]['rows']:,} -> {results[-1]['rows']:,} ==")
     print(f"{'phase':<12}{'core-hours':>11}{'node-h @32':>11}{'tasks':>10}{'written':>10}{'opened':>11}"
