@@ -44,7 +44,7 @@ from pipeline.layout import Layout
 from pipeline.readers.base import InputUnreadable
 from pipeline.report import merge, report_from_summary, summary_text, write_report_files
 from pipeline.splits import plan_splits
-from pipeline.tasks import run_tasks
+from pipeline.tasks import add_task_stats, phase_stats, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +231,12 @@ def _run_phases(
 
     def phase(task: Any, items: Any, args: tuple, desc: str, on_result: Any = None, **kwargs: Any) -> list[Any]:
         """One phase: a task per item, at most `window` in flight, each retried on failure. Records the
-        phase's wall time, tasks, files its tasks read and the peak RSS of a task (report["phases"])."""
-        seen = phases[desc] = {"seconds": 0.0, "tasks": len(items), "files_read": 0, "peak_task_rss_mb": 0.0}
+        phase's wall time, tasks, files its tasks read, their CPU seconds and the peak RSS of a task
+        (report["phases"])."""
+        seen = phases[desc] = phase_stats(len(items))
 
         def record(item: Any, result: Any) -> None:
-            if not result.get("skipped"):
-                seen["files_read"] += int(result.get("files_read", 0))
-                seen["peak_task_rss_mb"] = max(seen["peak_task_rss_mb"], float(result.get("rss_mb", 0.0)))
+            add_task_stats(seen, result)
             if on_result is not None:
                 on_result(item, result)
 
