@@ -1,6 +1,6 @@
 """build_dataset: the phases, in order, each resumable and idempotent.
 
-  1 captions     one task per input file: read, normalise, caption filters      (caption_phase)
+  1 captions     one task per input split (a compressed stream: one reader fanning chunks out) (caption_phase)
   2 url dedup    one task per URL hash partition: duplicate_url, download lists (dedup)
   --captions-only stops here: candidates/ + rejected/ + report/ + captions_manifest.json
   3 download     one task per list: img2dataset download, resize, image checks  (download_phase)
