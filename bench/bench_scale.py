@@ -24,9 +24,9 @@ to register, which a loaded machine can miss) serves every size; each size's fil
 measured. Per phase it prints wall time, tasks, files written, files opened (summed over tasks) and
 the peak RSS of a task (the largest over the phase's tasks; pipeline.tasks resets the worker's
 high-water mark at each task's start, so this is the task's own peak, the worker's baseline
-included), and the load average of the machine while the size ran. The extrapolation fits each
-quantity on the two largest sizes (linear in rows) and reports, for 250M rows: files written, peak
-memory per task, and node-hours at 32 cores per node from the measured core-seconds per row.
+included), its tasks' CPU seconds, and the load average of the machine while the size ran. The
+extrapolation (see `extrapolate`) reports, for 250M rows: tasks, files written and opened, memory
+per task, and core- and node-hours at 32 cores per node from the CPU seconds the tasks measured.
 """
 
 from __future__ import annotations
@@ -284,13 +284,15 @@ def main() -> None:
     import ray
 
     from common.ray_cluster import init_ray
+    from pipeline.tasks import PEAK_RSS_ENV
 
     os.environ.pop("RAY_ADDRESS", None)  # a private instance, never someone else's cluster
     with tempfile.TemporaryDirectory(
         prefix="bscale-", ignore_cleanup_errors=True
     ) as work:  # short: Ray's socket paths live under it
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
-        init_ray(num_cpus=args.cpus, temp_dir=os.path.join(work, "ray"), start_attempts=3)
+        env = {PEAK_RSS_ENV: "1"}  # every task reports its own peak RSS (pipeline.tasks)
+        init_ray(num_cpus=args.cpus, env=env, temp_dir=os.path.join(work, "ray"), start_attempts=3)
         results = []
         try:
             if args.warmup:  # workers start and load the language model here, not inside the first size

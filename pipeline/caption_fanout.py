@@ -59,13 +59,10 @@ def rechunk(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
 def filter_chunk(src: Any, chunk: int, table: pa.Table, cfg: BuildConfig) -> dict[str, Any]:
     """Filter one chunk of a fanned-out file: its part files, then its marker. Returns its stats."""
     from pipeline.caption_phase import _delta, _filter_batch, _pipeline, _with_keys, _write_part
+    from pipeline.tasks import _reset_peak_rss
 
     layout = Layout(cfg.output)
-    try:  # this task's own peak (pipeline.tasks does the same for the tasks it runs)
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
+    _reset_peak_rss()  # this task's own peak when measured (pipeline.tasks)
     pipeline = _pipeline(cfg)
     before = pipeline.stats()
     table = _with_keys(table, src, chunk * cfg.reader.split_rows)
