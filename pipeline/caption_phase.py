@@ -1,4 +1,5 @@
-"""Phase 1: stream one input file through the caption filters (one Ray task per file).
+"""Phase 1: stream one input split through the caption filters (one Ray task per split, pipeline.splits;
+a compressed stream is one reader task that fans chunks out to filter tasks, pipeline.caption_fanout).
 
 Output per file, all with deterministic names (a rerun overwrites, never duplicates):
   _work/captions/<file_id>-<part>.parquet   kept rows + `partition` (hash of URL) + input order,
@@ -103,10 +104,14 @@ def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
     done = layout.caption_done(src.file_id)
     if storage.exists(done):
         return {**storage.read_json(done), "skipped": True}
+    from pipeline.caption_fanout import fan_out_file
+    from pipeline.splits import fans_out
+
+    work = fan_out_file if fans_out(src.fmt, src.path, src.split) else _filter_file
     backoff = list(cfg.run.read_backoff_s)
     for attempt in range(len(backoff) + 1):
         try:
-            stats = _filter_file(src, cfg, layout)
+            stats = work(src, cfg, layout)
             break
         except InputUnreadable as exc:
             if not exc.transient or attempt == len(backoff):
@@ -136,10 +141,7 @@ def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, 
     for table in reader.read(src.path, src.split):
         table = _with_keys(table, src, first_row + n_input)
         n_input += table.num_rows
-        ok, bad = _process(pipeline, table)
-        ok, small = _too_small(ok, cfg.download.min_image_size)
-        if small is not None:
-            bad = pa.concat_tables([bad, small])
+        ok, bad = _filter_batch(pipeline, table, cfg)
         kept.append(ok)
         rejected.append(bad)
         n_kept += ok.num_rows
@@ -161,6 +163,13 @@ def _filter_file(src: InputFile, cfg: BuildConfig, layout: Layout) -> dict[str, 
         "filters": _delta(after, before),
         "summary": merge(summaries, cfg.run.examples_per_reason),
     }
+
+
+def _filter_batch(pipeline: Any, table: pa.Table, cfg: BuildConfig) -> tuple[pa.Table, pa.Table]:
+    """(kept, rejected) of one keyed batch: the caption filters, then too_small from source sizes."""
+    ok, bad = _process(pipeline, table)
+    ok, small = _too_small(ok, cfg.download.min_image_size)
+    return ok, bad if small is None else pa.concat_tables([bad, small])
 
 
 def _process(pipeline: Any, table: pa.Table) -> tuple[pa.Table, pa.Table]:

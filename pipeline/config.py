@@ -22,10 +22,12 @@ class ReaderConfig:
     height_column: str = doc("", "Generic readers: optional column with the original height ('' = none).")
     batch_size: int = doc(8192, "Rows per streamed batch. Bounds reader memory whatever the file size.")
     split_rows: int = doc(50_000, "Parquet inputs are cut into caption tasks of whole row groups holding at least "
-                                  "this many rows, so a few large files still use every core (pipeline/splits.py).")
-    split_bytes: int = doc(16 << 20, "Uncompressed headerless line files (cc3m, yfcc100m, jsonl) are cut into caption "
-                                     "tasks of this many bytes, newline-aligned. Compressed and header formats are "
-                                     "read whole.")
+                                  "this many rows, so a few large files still use every core (pipeline/splits.py); "
+                                  "a compressed stream is fanned out to filter tasks in chunks of this many rows "
+                                  "(pipeline/caption_fanout.py).")
+    split_bytes: int = doc(16 << 20, "Uncompressed line files (cc3m, yfcc100m, jsonl, csv, tsv, wit) are cut into "
+                                     "caption tasks of this many bytes, newline-aligned; a split of a header format "
+                                     "reads the header line first.")
 
 
 @dataclass

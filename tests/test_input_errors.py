@@ -18,7 +18,7 @@ import pytest
 from pipeline.build import plan_inputs
 from pipeline.caption_phase import caption_task
 from pipeline.config import BuildConfig
-from pipeline.input_lock import InputMismatch, lock_inputs
+from pipeline.input_lock import InputMismatch, describe_inputs, lock_inputs
 from pipeline.layout import Layout
 from pipeline.readers.base import InputUnreadable
 
@@ -214,3 +214,53 @@ def test_a_split_file_gives_the_same_rows_as_a_whole_one(tmp_path, layout_kind):
     assert len(rows) == len(set(rows))  # row numbers stay unique across splits
     if layout_kind == "parquet":
         assert whole == split  # and are the file's own row numbers
+
+
+# --- ETags of s3:// inputs -----------------------------------------------------------------------------
+@pytest.fixture()
+def s3(monkeypatch):
+    """A real S3 API on loopback (moto's server); pyarrow and boto3 both reach it via AWS_ENDPOINT_URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in {**env, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="inputs")
+    yield client
+    server.stop()
+
+
+def test_a_replaced_s3_object_of_the_same_size_is_refused_by_its_etag(tmp_path, s3):
+    import hashlib
+
+    def tsv(word: str) -> bytes:
+        return "".join(
+            f"a photo of a {word} sports car number {i}\thttp://img.example/{i}.jpg\n" for i in range(50)
+        ).encode()
+
+    s3.put_object(Bucket="inputs", Key="cc3m/a.tsv", Body=tsv("red"))
+    s3.put_object(Bucket="inputs", Key="cc3m/b.tsv", Body=tsv("tan"))
+    cfg = config(tmp_path, ["cc3m:s3://inputs/cc3m/*.tsv"])
+    layout = Layout(cfg.output)
+    recorded = lock_inputs(layout, cfg, plan_inputs(cfg))
+    assert [f["etag"] for f in recorded["files"]] == [hashlib.md5(tsv(w)).hexdigest() for w in ("red", "tan")]
+    lock_inputs(layout, cfg, plan_inputs(cfg))  # unchanged objects: accepted
+
+    s3.put_object(Bucket="inputs", Key="cc3m/a.tsv", Body=tsv("blu"))  # other bytes, the same size
+    now = {f["path"]: f for f in describe_inputs(plan_inputs(cfg))}
+    assert now["s3://inputs/cc3m/a.tsv"]["size"] == recorded["files"][0]["size"]
+    # As when an object is replaced within the same second (S3 times have one-second resolution): the lock
+    # holds the same size and time as now, and only the ETag tells the objects apart.
+    for entry in recorded["files"]:
+        entry["mtime_ns"] = now[entry["path"]]["mtime_ns"]
+    with open(layout.input_lock, "w") as fh:
+        json.dump(recorded, fh)
+    with pytest.raises(
+        InputMismatch, match=r"changed s3://inputs/cc3m/a\.tsv \(same size and mtime, ETag [0-9a-f]+ ->"
+    ):
+        lock_inputs(layout, cfg, plan_inputs(cfg))

@@ -198,7 +198,8 @@ class Reader:
                 first += table.num_rows
             return
         buffer: list[Row] = []
-        line, where = self.header_lines, self._line_origin(path)
+        where = self._line_origin(path)
+        line = 0 if where != path else self.header_lines  # a split past the start counts from its own first line
         for row in _until_unreadable(self.iter_rows(path), path):
             line += 1  # iter_rows yields exactly one row per line: its position IS its line number
             if row.malformed is not None:
@@ -231,7 +232,9 @@ class Reader:
     # -- helpers shared by the formats ------------------------------------------------------------
     def open_lines(self, path: str) -> Iterator[bytes]:
         """Raw lines (bytes, LF included) of a possibly compressed, possibly remote file, or of this
-        reader's byte-range split of an uncompressed one.
+        reader's byte-range split of an uncompressed one. A split past the start of a file with a
+        header (csv, tsv, wit) begins with the file's header line(s), so every split parses its
+        lines exactly as a whole read would: one line is one row, quotes never span lines.
 
         Bytes, not text: binary iteration splits on LF only, so a lone CR stays inside its line,
         and an undecodable byte cannot end the file.
@@ -242,6 +245,11 @@ class Reader:
                 yield from io.BufferedReader(stream, buffer_size=_READ_BUFFER)
             return
         fs, inner = storage.resolve(path)
+        if split.start > 0 and self.header_lines:
+            with fs.open_input_file(inner) as raw:
+                head = io.BufferedReader(raw, buffer_size=1 << 16)
+                for _ in range(self.header_lines):
+                    yield head.readline()
         with fs.open_input_file(inner) as raw:
             raw.seek(max(0, split.start - 1))
             lines = io.BufferedReader(raw, buffer_size=_READ_BUFFER)
