@@ -44,8 +44,9 @@ class EncodeRunConfig:
     gpu_wait_s: float = doc(900.0, "device 'cuda': how long to wait for min_gpus (autoscaled nodes start).")
     num_encoders: int = doc(0, "Encoder actors (0 = one per GPU, or on CPU: cluster CPUs minus reserve_cpus).")
     cpus_per_encoder: float = doc(1.0, "CPUs per CPU encoder actor (also its torch threads).")
-    cpus_per_shard_task: float = doc(1.0, "CPUs per shard task (reads, decodes and writes one shard).")
-    shards_in_flight: int = doc(0, "Shard tasks submitted at once (0 = the CPU slots the encoders leave, plus one per "
+    cpus_per_shard_task: float = doc(1.0, "CPUs per shard worker (an actor that reads, decodes and writes shards; "
+                                          "one per such slot the encoders leave).")
+    shards_in_flight: int = doc(0, "Shards in flight on the shard workers at once (0 = one per worker, plus one per "
                                    "encoder actor). Each holds one shard's tokens and captions and at most 2 pixel "
                                    "batches.")
     reserve_cpus: float = doc(1.0, "CPUs kept free of encoder actors for reading, decoding and writing: an actor pool "
