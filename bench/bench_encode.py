@@ -13,8 +13,11 @@ Both sides encode the same images with the same batch size and the same encoder 
 (tokenize_images.encoder_actor.TokenEncoder) on the same device: on CPU with the threads one encoder
 actor gets (run.cpus_per_encoder), on GPU with bf16 autocast + channels_last. The bare loop gets
 already-decoded pixels (decode excluded: it is the ceiling), the pipeline reads Parquet, decodes and
-writes shards. Figures: end-to-end images/s (includes Ray Data start-up and actor creation) and
-steady-state images/s (from the first encoded batch on), and their ratio to the bare loop.
+writes shards. Figures: end-to-end images/s (includes Ray start-up and actor creation) and
+steady-state images/s (from the first encoded batch on), and their ratio to the bare loop; the ratio of each
+repeat (its pipeline run against the bare run just before it: the pair saw the same load on a shared box);
+and the pipeline's encoder busy share (the time its encoder actor spent encoding, of its span: 1.0 means it
+never waited for a batch, so only the encoder's own speed, not the pipeline, sets the rate).
 On GPU the openai preset also reports the fraction of bf16 peak (encoder ~272 GFLOP per 256 px image).
 """
 
@@ -150,9 +153,11 @@ def main() -> None:
                   f"(all: {', '.join(f'{x:.1f}' for x in null_steady)})")  # fmt: skip
             print(f"null pipeline, end to end    : {ne:9.1f} images/s   ratio {ne / d:.2f}   "
                   f"(all: {', '.join(f'{x:.1f}' for x in null_e2e)})")  # fmt: skip
+            pairs = zip(null_steady, dec, strict=True)
+            print(f"steady ratio per repeat      : {', '.join(f'{p / q:.2f}' for p, q in pairs)}")
             if args.null_only:
                 return
-        bare, e2e, steady = [], [], []
+        bare, e2e, steady, busy = [], [], [], []
         for r in range(args.repeats):
             bare.append(bare_loop(ckpt, dataset, cfg_dvae.image_size, args.batch, device, threads, args.compile))
             if args.bare_only:
@@ -167,6 +172,7 @@ def main() -> None:
             m = encode_tokens(cfg)["run"]
             e2e.append(m["images_per_s"])
             steady.append(m["steady_images_per_s"])
+            busy.append(m["encoder_busy_share"])
         b, e, s = max(bare), max(e2e, default=0.0), max(steady, default=0.0)
         print(
             f"device={device} preset={args.preset} image_size={cfg_dvae.image_size} images={args.images} "
@@ -183,6 +189,8 @@ def main() -> None:
                 f"pipeline, end to end   : {e:9.1f} images/s   ratio {e / b:.2f}   "
                 f"(all: {', '.join(f'{x:.1f}' for x in e2e)})"
             )
+            print(f"steady ratio per repeat: {', '.join(f'{p / q:.2f}' for p, q in zip(steady, bare, strict=True))}")
+            print(f"encoder busy share     : {', '.join(f'{x:.2f}' for x in busy)}")
         if device == "cuda":
             flops = flops_per_image(cfg_dvae)
             name = torch.cuda.get_device_name()

@@ -1,5 +1,9 @@
 """dVAE training: the small preset learns (in-process), and the Ray Train run logs, checkpoints and resumes."""
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -117,7 +121,14 @@ def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, mlflow_store, share
     _train_resume_and_reuse(cfg)
 
 
+def _keys_per_step(path: str) -> dict[int, list[str]]:
+    records = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert len({r["step"] for r in records}) == len(records), "a step traced twice"
+    return {r["step"]: r["keys"] for r in records}
+
+
 def _train_resume_and_reuse(cfg):
+    cfg.trace_batches = str(Path(cfg.output).with_suffix(".resumed.jsonl"))
     first = train_dvae(cfg)
     model, sha = load_checkpoint(first["checkpoint"])  # weights_only=True path
     assert sha == first["sha256"] and model.cfg.image_size == 32 and model.cfg.vocab_size == 64
@@ -157,6 +168,17 @@ def _train_resume_and_reuse(cfg):
     assert [{t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs] == ["training"]
     assert first["run_id"] in {v.run_id for v in client.search_model_versions("name = 'dalle-dvae'")}
     assert second["sha256"] != first["sha256"]
+
+    # The resumed run trained on the same images, in the same order, as one run of 9 steps does: the data
+    # position (epoch, batches taken) was checkpointed and the per-epoch order rebuilt from (seed, epoch).
+    straight = replace(cfg, output=str(Path(cfg.output).with_suffix(".straight.pt")),
+                       trace_batches=str(Path(cfg.output).with_suffix(".straight.jsonl")),
+                       run=replace(cfg.run, name=cfg.run.name + "-straight"))  # fmt: skip
+    train_dvae(straight)
+    resumed_keys, straight_keys = (_keys_per_step(c.trace_batches) for c in (cfg, straight))
+    assert sorted(resumed_keys) == list(range(1, 10)) and resumed_keys == straight_keys
+    epochs = {r["epoch"] for r in map(json.loads, Path(cfg.trace_batches).read_text().splitlines())}
+    assert len(epochs) >= 3  # the 9 steps span epochs, so the epoch order and its seeding are exercised
 
     # reuse=True: the demo's cache, no training.
     cfg.reuse = True

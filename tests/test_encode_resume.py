@@ -40,6 +40,29 @@ def run_cli(dataset, ckpt, out, env):
     )
 
 
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (the driver's own: the driver and the local Ray it started).
+    killpg is not enough: Ray puts each worker process in a process group of its own, and a worker that
+    outlives the raylet for a moment can still finish a shard after the kill."""
+    os.killpg(sid, signal.SIGKILL)  # the driver, GCS and raylet first: no new worker starts after this
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        left = []
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields[3]: the session id; Z: a zombie
+                left.append(pid)
+                os.kill(pid, signal.SIGKILL)
+        if not left:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes of session {sid} survive SIGKILL: {left}")
+
+
 def test_resume_after_sigkill(tmp_path, mlflow_store):
     dataset, out, ckpt = str(tmp_path / "ds"), str(tmp_path / "tokens"), str(tmp_path / "dvae.pt")
     write_dataset(dataset, shards=SHARDS, rows_per_shard=12, size_range=(64, 80), corrupt_rows=2)
@@ -54,7 +77,7 @@ def test_resume_after_sigkill(tmp_path, mlflow_store):
         if os.path.isdir(shard_dir) and [n for n in os.listdir(shard_dir) if not n.startswith(".")]:
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_session(proc.pid)
     proc.wait()
     done_before = {
         n: os.path.getmtime(os.path.join(shard_dir, n)) for n in os.listdir(shard_dir) if not n.startswith(".")

@@ -12,7 +12,7 @@ from common import schemas, storage
 from tests.data_paths import SHARED_DATA
 from tokenize_images.config import EncodeConfig, EncodeRunConfig, TokenizerConfig
 from tokenize_images.dvae import DVAE, DVAEConfig, load_checkpoint, save_checkpoint
-from tokenize_images.encode import encode_tokens, plan_shards
+from tokenize_images.encode import busy_share, encode_tokens, plan_shards, steady_rate
 from tokenize_images.encode_shard import check_shard
 from tokenize_images.preprocess import load_image
 from tokenize_images.synthetic import write_dataset
@@ -41,6 +41,16 @@ def expected_tokens(dataset, ckpt):
             x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
             out[key] = model.encode_tokens(x).flatten().numpy().astype(np.uint16)
     return out
+
+
+def test_busy_share_and_steady_rate_from_batch_intervals():
+    # (started, finished, rows): busy 0-2 and 3-4, a 1 s wait between: 3 s busy of a 4 s span.
+    assert busy_share([(3.0, 4.0, 8), (0.0, 2.0, 8)]) == pytest.approx(0.75)
+    # Two calls at once (a GPU actor's max_concurrency=2) count once: the union 0-3 of a 0-3 span.
+    assert busy_share([(0.0, 2.0, 8), (1.0, 3.0, 8)]) == pytest.approx(1.0)
+    # Steady rate: the rows finished after the first batch, over the time since it finished.
+    assert steady_rate([(0.0, 2.0, 8), (1.0, 3.0, 8), (3.0, 4.0, 16)]) == pytest.approx(24 / 2)
+    assert busy_share([]) == 0.0 and steady_rate([(0.0, 1.0, 8)]) == 0.0
 
 
 @pytest.mark.slow
@@ -100,6 +110,7 @@ def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
     assert on_disk["counts"] == {"input_rows": 20, "encoded": 17, "rejected": {"decode_error": 3}}
     assert on_disk["tokenizer"]["vocab_size"] <= 300
     assert manifest["run"]["encoded"] == 17 and manifest["run"]["images_per_s"] > 0
+    assert 0 < manifest["run"]["encoder_busy_share"] <= 1
 
     tok = load_text_tokenizer(out)
     assert tok.decode(tok.encode("A RED Circle").ids).strip() == "a red circle"  # lowercased BPE

@@ -44,8 +44,9 @@ class EncodeRunConfig:
     gpu_wait_s: float = doc(900.0, "device 'cuda': how long to wait for min_gpus (autoscaled nodes start).")
     num_encoders: int = doc(0, "Encoder actors (0 = one per GPU, or on CPU: cluster CPUs minus reserve_cpus).")
     cpus_per_encoder: float = doc(1.0, "CPUs per CPU encoder actor (also its torch threads).")
-    cpus_per_shard_task: float = doc(1.0, "CPUs per shard task (reads, decodes and writes one shard).")
-    shards_in_flight: int = doc(0, "Shard tasks submitted at once (0 = the CPU slots the encoders leave, plus one per "
+    cpus_per_shard_task: float = doc(1.0, "CPUs per shard worker (an actor that reads, decodes and writes shards; "
+                                          "one per such slot the encoders leave).")
+    shards_in_flight: int = doc(0, "Shards in flight on the shard workers at once (0 = one per worker, plus one per "
                                    "encoder actor). Each holds one shard's tokens and captions and at most 2 pixel "
                                    "batches.")
     reserve_cpus: float = doc(1.0, "CPUs kept free of encoder actors for reading, decoding and writing: an actor pool "
@@ -157,21 +158,23 @@ class DVAETrainConfig:
     dataset: str = doc("", "Dataset root (build_dataset output) whose images train the dVAE.")
     output: str = doc("", "Where to export the trained dVAE (EMA weights, this project's checkpoint format).")
     reuse: bool = doc(False, "If `output` already exists, keep it and skip training (the demo's cache).")
-    random_crop: bool = doc(True, "Train on random square crops of the short-side-resized image (paper); "
-                                  "encode_tokens always takes the centre.")
-    cache_decoded: bool = doc(False, "Decode the images once and keep the pixels in Ray's object store across epochs "
-                                     "(small datasets such as the demo's). Off: every epoch streams, reads and "
-                                     "decodes again, with fresh random crops.")
+    random_crop: bool = doc(True, "Train on random square crops of the short-side-resized image (paper), the "
+                                  "offset seeded by (optim.seed, epoch, key); encode_tokens always takes the centre.")
+    cache_decoded: bool = doc(False, "Decode the images once and keep the pixels in each worker's memory across "
+                                     "epochs (small datasets such as the demo's; centre crops). Off: every epoch "
+                                     "streams, reads and decodes again, with fresh random crops.")
     shuffle_buffer: int = doc(1024, "Rows in each worker's local shuffle buffer (0 = stream order; with cache_decoded "
                                     "every epoch would then repeat the same batches).")
     horizontal_flip: bool = doc(True, "Flip each training image left-right with probability 1/2 (paper, Listing 1).")
-    shuffle_files: bool = doc(True, "Read the dataset shards in a new seeded order every epoch (Ray Data "
-                                    "FileShuffleConfig), so batches mix shards and sources instead of repeating one "
-                                    "file order with a 1,024-row local shuffle.")
+    shuffle_files: bool = doc(True, "Read the dataset shards in a new order every epoch, a permutation seeded by "
+                                    "(optim.seed, epoch), so batches mix shards and sources instead of repeating one "
+                                    "file order with a 1,024-row local shuffle; a resume rebuilds the same order "
+                                    "(tokenize_images/dvae_data.py).")
     activation_checkpointing: bool = doc(False, "Recompute each resblock group's activations in the backward pass "
                                                 "instead of keeping them: saved activations drop to the group "
                                                 "boundaries (configs/dvae_openai.toml has the arithmetic).")
     channels_last: bool = doc(True, "GPU: model and batches in channels_last (faster convolutions on tensor cores).")
+    trace_batches: str = doc("", "Debug: append each rank's batch keys per step to this JSONL file (data lineage).")
     checkpoint_every: int = doc(200, "Report a Ray Train checkpoint every N updates (and at the end).")
     image_every: int = doc(200, "Log an originals / reconstructions grid to MLflow every N updates.")
     model: DVAEModelConfig = doc(DVAEModelConfig, "Architecture.")

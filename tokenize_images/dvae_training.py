@@ -6,9 +6,10 @@ the harness the prior uses (harness/). The command is orchestration/train_dvae.p
 Objective (tokenize_images/objective.py): Gumbel-softmax relaxation, logit-Laplace reconstruction NLL,
 beta * KL to the uniform prior. Schedules (cosine, paper): beta 0 -> 6.6 over 5k updates, tau 1 -> 1/16
 over 150k, lr 1e-4 -> 1.25e-6 over 1.2M; `schedule.scale` shrinks them for short runs. AdamW
-(0.9, 0.999), eps 1e-8, wd 1e-4, parameter EMA 0.999 (with a warm-up, see ema_decay). Ray Data decodes and
-random-crops the images in CPU tasks; every worker trains on its shard of the stream. MLflow (rank 0,
-asynchronous): losses,
+(0.9, 0.999), eps 1e-8, wd 1e-4, parameter EMA 0.999 (with a warm-up, see ema_decay). Data
+(tokenize_images/dvae_data.py): each rank reads its own files of a seeded per-epoch file order, Ray Data decodes
+and random-crops the images in CPU tasks, and a checkpoint records the rank's exact position in that order, which
+a resume rebuilds and skips to. MLflow (rank 0, asynchronous): losses,
 beta, tau, lr, codebook perplexity and fraction used, images/s, MFU, data-wait share, reconstruction grids.
 Short runs can add a k-means codebook init, a frozen-encoder warm-up and a larger lr on the code embeddings
 (CodebookConfig; off by default, on in configs/dvae_demo.toml, why in docs/tokens.md).
@@ -30,66 +31,13 @@ from common.config import flatten, from_dict, to_dict
 from common.tracking import dataset_digest, register_pytorch_model
 from tokenize_images.config import DVAETrainConfig
 from tokenize_images.dvae import DVAE, DVAEConfig, flops_per_image, load_checkpoint, map_pixels, preset, save_checkpoint
+from tokenize_images.dvae_data import DataStream, layout_fingerprint, trace
 from tokenize_images.objective import codebook_usage, elbo_loss, schedules
 
 
 def model_config(cfg: DVAETrainConfig) -> DVAEConfig:
     overrides = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "preset" and v}
     return preset(cfg.model.preset, **overrides)
-
-
-# --- data: Ray Data decodes in CPU tasks -----------------------------------------------------------
-
-
-def decode_for_training(batch: dict[str, np.ndarray], size: int, random_crop: bool) -> dict[str, np.ndarray]:
-    from tokenize_images.preprocess import load_images
-
-    rng = np.random.default_rng() if random_crop else None
-    pixels, errors = load_images(list(batch["image"]), size, rng=rng)
-    ok = np.array([e == "" for e in errors], dtype=bool)  # bad images are skipped (encode_tokens counts them)
-    return {"pixels": pixels[ok]}
-
-
-def training_dataset(cfg: DVAETrainConfig, image_size: int):
-    import ray.data
-
-    files = storage.glob(storage.join(cfg.dataset, "shards", "*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no dataset shards under {cfg.dataset}/shards")
-    from ray.data import FileShuffleConfig
-
-    # A new seeded file order on every execution (= every epoch): batches mix shards and sources.
-    shuffle = FileShuffleConfig(seed=cfg.optim.seed, reseed_after_execution=True) if cfg.shuffle_files else None
-    ds = ray.data.read_parquet(files, columns=["image"], shuffle=shuffle)
-    ds = ds.map_batches(
-        decode_for_training,
-        batch_format="numpy",
-        batch_size=64,
-        fn_kwargs={"size": image_size, "random_crop": cfg.random_crop and not cfg.cache_decoded},
-    )
-    return ds.materialize() if cfg.cache_decoded else ds
-
-
-def batches(shard, batch_size: int, shuffle_buffer: int = 0, start: tuple[int, int] = (0, 0)):
-    """Endless stream of (epoch, batch index in the epoch, (B,S,S,3) uint8 batch), locally shuffled.
-
-    start = (epoch, batches already taken in it), the data position of a checkpoint: a resumed run counts epochs
-    on from there and skips what that epoch already gave. The files come in a new order per execution, so the
-    skipped batches are a count, not the same rows (the rows of a partial epoch are not replayed either)."""
-    epoch, skip = start
-    while True:
-        seen = 0
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer or None
-        ):
-            seen += 1
-            if skip:
-                skip -= 1
-                continue
-            yield epoch, seen, batch["pixels"]
-        if seen == 0:
-            raise ValueError(f"the dataset shard has fewer than batch_size={batch_size} decodable images")
-        epoch, skip = epoch + 1, 0
 
 
 def random_flip(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -187,8 +135,8 @@ def init_codebook(dvae: DVAE, stream, cfg: DVAETrainConfig, ctx) -> dict[str, fl
 
     images, seen = [], 0
     while seen < cfg.codebook.kmeans_images:
-        *_, pixels = next(stream)
-        images.append(pixels)
+        _, pixels = next(stream)
+        images.append(torch.from_numpy(pixels))
         seen += pixels.shape[0]
     dvae.to(ctx.device)
     figures = init_codebook_from_data(
@@ -222,8 +170,6 @@ def reconstruction_png(dvae: DVAE, pixels: torch.Tensor, count: int = 8) -> byte
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-
     from harness import CheckpointManager, ModelEMA, StepTimer, mfu, peak_flops, prepare_model, worker_context
 
     cfg = from_dict(DVAETrainConfig, config["cfg"])
@@ -235,9 +181,11 @@ def train_loop_per_worker(config: dict) -> None:
     dvae = DVAE(dvae_cfg)
     fresh = ctx.attempt_checkpoint is None
     channels_last = cfg.channels_last and ctx.device.type == "cuda"
+    files = config["files"]
+    data = DataStream(files, cfg, dvae_cfg.image_size, ctx.rank, ctx.world_size)
     stream = None
     if fresh and cfg.codebook.kmeans_margin > 0:
-        stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer)
+        stream = iter(data)  # the batches it takes count as taken: a resume skips them too
         ctx.logger.log_metrics(init_codebook(dvae, stream, cfg, ctx), 0)
     # The EMA copies the plain module: FSDP2 shards in place and refuses deepcopy afterwards.
     ema = ModelEMA(dvae, cfg.optim.ema_decay)
@@ -249,15 +197,20 @@ def train_loop_per_worker(config: dict) -> None:
     )
     ema.to(ctx.device)
     optimizer = make_optimizer(model, cfg)
-    ckpt = CheckpointManager(ctx, model, optimizer, ema=ema, meta={"dvae": config["dvae"]})
+    fingerprint = layout_fingerprint(files, cfg.shuffle_files)
+    ckpt = CheckpointManager(ctx, model, optimizer, ema=ema, meta={"dvae": config["dvae"]}, fingerprint=fingerprint)
     step, mine = ckpt.restore()
+    if ckpt.reset_reason:
+        print(f"[train_dvae] rank {ctx.rank}: {ckpt.reset_reason}", flush=True)
+        if ctx.is_rank0:
+            ctx.logger.log_metrics({"data_position_reset": 1.0}, step)
     # Every rank's CPU and CUDA generators from (seed, rank, step): distinct Gumbel noise and flips per rank,
     # also after a resume (the checkpoint restores only the CPU generator's state).
     torch.manual_seed(rank_seed(cfg.optim.seed, ctx.rank, step))
     flip_gen = torch.Generator().manual_seed(rank_seed(cfg.optim.seed, ctx.rank, step) + 1)
-    position = tuple((mine or {}).get("data_position", (0, 0)))
-    if stream is None:
-        stream = batches(ray.train.get_dataset_shard("train"), cfg.optim.batch_size, cfg.shuffle_buffer, position)
+    if stream is None:  # from the checkpoint's data position (a fresh run: the start), in the same order
+        data = DataStream(files, cfg, dvae_cfg.image_size, ctx.rank, ctx.world_size, mine.get("data_position"))
+        stream = iter(data)
 
     train_flops = flops_per_image(dvae_cfg, training=True)
     peak = peak_flops(ctx.device) if ctx.is_rank0 else 0.0  # CPU: a measured fp32 matmul rate
@@ -265,7 +218,11 @@ def train_loop_per_worker(config: dict) -> None:
     metrics: dict = {}
     while step < cfg.optim.max_steps:
         with timer.wait():
-            epoch, in_epoch, pixels = next(stream)
+            keys, pixels = next(stream)
+            epoch = data.epoch
+            if cfg.trace_batches:
+                trace(cfg.trace_batches, {"step": step + 1, "rank": ctx.rank, "epoch": epoch, "keys": keys.tolist()})
+            pixels = torch.from_numpy(pixels)
             if cfg.horizontal_flip:
                 pixels = random_flip(pixels, flip_gen)
             pixels = pixels.to(ctx.device, non_blocking=True)
@@ -291,7 +248,7 @@ def train_loop_per_worker(config: dict) -> None:
         if ctx.is_rank0 and (step % cfg.image_every == 0 or step == cfg.optim.max_steps):
             ctx.logger.log_image(reconstruction_png(ema.module, pixels), "reconstructions", step)  # image slider
         if step % cfg.checkpoint_every == 0 or step == cfg.optim.max_steps:
-            ckpt.save(step, {"loss": metrics["loss"]}, {"data_position": [epoch, in_epoch]})
+            ckpt.save(step, {"loss": metrics["loss"]}, {"data_position": data.state()})
     ctx.close()
 
 
@@ -329,15 +286,20 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
             cfg, run=dataclasses.replace(cfg.run, name="dvae-" + os.path.basename(cfg.output).split(".")[0])
         )
     dvae_cfg = model_config(cfg)
-    owns_ray = init_ray(cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None)  # before Ray Data
+    files = storage.glob(storage.join(cfg.dataset, "shards", "*.parquet"))
+    if len(files) < cfg.run.num_workers:
+        raise ValueError(
+            f"{len(files)} dataset shards under {cfg.dataset}/shards for {cfg.run.num_workers} workers: "
+            "each worker reads whole shards (tokenize_images/dvae_data.py)"
+        )
+    owns_ray = init_ray(cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None)
     try:
         result = launch(
             train_loop_per_worker,
-            {"cfg": to_dict(cfg), "dvae": dataclasses.asdict(dvae_cfg)},
+            {"cfg": to_dict(cfg), "dvae": dataclasses.asdict(dvae_cfg), "files": sorted(files)},
             cfg.run,
             params={**flatten(cfg), **{f"dvae.{k}": v for k, v in dataclasses.asdict(dvae_cfg).items()}},
             tags={"stage": "train_dvae", "dataset": cfg.dataset},
-            datasets={"train": training_dataset(cfg, dvae_cfg.image_size)},
             inputs=[(cfg.dataset, "training", dataset_digest(cfg.dataset))],
         )
     finally:

@@ -3,13 +3,13 @@
     plan        the dataset manifest (rows per shard) + one listing of the input shards (size, mtime)
                 + one listing each of tokens/shards and tokens/rejected (what is finished)
     finished    check_shard tasks, in parallel: same dVAE, same input, encoded + rejected = input rows
-    the rest    one encode_shard task per shard (tokenize_images/encode_shard.py): read + decode on the
-                task's CPU, tokens from an encoder actor (a pool: one per GPU, or CPU actors leaving
-                run.reserve_cpus free), then tokens/shards/NNNNN.parquet (+ rejected/NNNNN.parquet) written
-                atomically by the task itself
-    manifest    tokens/manifest.json, last, from the tasks' summaries
+    the rest    one encode_shard call per shard on a pool of ShardWorker actors (tokenize_images/encode_shard.py,
+                one per CPU slot the encoders leave): read + decode on the worker's CPU, tokens from an encoder
+                actor (a pool: one per GPU, or CPU actors leaving run.reserve_cpus free), then
+                tokens/shards/NNNNN.parquet (+ rejected/NNNNN.parquet) written atomically by the worker itself
+    manifest    tokens/manifest.json, last, from the shards' summaries
 
-The driver submits tasks (a bounded window of them) and receives per-shard summaries; it never holds a row
+The driver hands out shards (a bounded window of them) and receives per-shard summaries; it never holds a row
 and makes no per-shard request itself. A finished shard's file is its completion marker: a rerun skips it, so
 a killed job resumes where it stopped and never writes a row twice. Output names equal input names.
 """
@@ -25,9 +25,9 @@ import numpy as np
 from common import schemas, storage
 from common.config import to_dict
 from tokenize_images.config import EncodeConfig
-from tokenize_images.encode_shard import ShardOptions, ShardPlan, check_shard, encode_shard
+from tokenize_images.encode_shard import ShardOptions, ShardPlan, ShardWorker, check_shard
 
-__all__ = ["ShardPlan", "encode_tokens", "plan_shards", "steady_rate"]
+__all__ = ["ShardPlan", "busy_share", "encode_tokens", "plan_shards", "steady_rate"]
 
 
 def manifest_rows(dataset: str) -> dict[str, int]:
@@ -136,19 +136,33 @@ def start_encoders(cfg: EncodeConfig, device: str, actors: int, resources: dict)
     return [cls.remote(**kwargs) for _ in range(actors)]
 
 
-def run_shards(cfg: EncodeConfig, todo: list[ShardPlan], opts: ShardOptions, encoders: list, window: int):
-    """Submit one encode_shard task per shard, at most `window` at once; yield their summaries as they finish."""
+def start_shard_workers(cfg: EncodeConfig, workers: int, per_worker: int) -> list:
+    """ShardWorker actors (tokenize_images/encode_shard.py): long-lived, so a shard never waits for a process."""
     import ray
 
-    task = ray.remote(encode_shard).options(num_cpus=cfg.run.cpus_per_shard_task, max_retries=0)
-    queue, running = list(todo), []
+    cls = ray.remote(ShardWorker).options(num_cpus=cfg.run.cpus_per_shard_task, max_concurrency=per_worker)
+    return [cls.remote() for _ in range(workers)]
+
+
+def run_shards(todo: list[ShardPlan], opts: ShardOptions, encoders: list, workers: list, window: int):
+    """Keep `window` shards in flight on the shard workers (each to the least loaded one; encoders in turn);
+    yield their summaries as they finish."""
+    import ray
+
+    queue, running = list(todo), {}  # running: object ref -> (worker index, encoder index)
+    load = [0] * len(workers)
     submitted = 0
     while queue or running:
         while queue and len(running) < window:
-            running.append(task.remote(queue.pop(0), encoders[submitted % len(encoders)], opts))
+            w = load.index(min(load))
+            e = submitted % len(encoders)
+            running[workers[w].encode.remote(queue.pop(0), encoders[e], opts)] = (w, e)
+            load[w] += 1
             submitted += 1
-        done, running = ray.wait(running, num_returns=1)
-        yield ray.get(done[0])  # a failed shard raises here: the job stops loudly
+        done, _ = ray.wait(list(running), num_returns=1)
+        w, e = running.pop(done[0])
+        load[w] -= 1
+        yield {**ray.get(done[0]), "encoder": e}  # a failed shard raises here: the job stops loudly
 
 
 def write_manifest(cfg: EncodeConfig, summaries: list[dict], dvae_sha: str, dvae_cfg, tokenizer: dict | None) -> dict:
@@ -186,15 +200,37 @@ def write_manifest(cfg: EncodeConfig, summaries: list[dict], dvae_sha: str, dvae
     return manifest
 
 
-def steady_rate(timings: list[tuple[float, int]]) -> float:
+def steady_rate(timings: list[tuple[float, float, int]]) -> float:
     """Images/s once the pipeline is running: rows encoded after the first batch finished, over the time
     from that first batch to the last one. Excludes start-up (actor creation, model load, first read),
-    which a short run is dominated by and a long one amortises."""
+    which a short run is dominated by and a long one amortises. timings: (started, finished, rows) per batch."""
     if len(timings) < 2:
         return 0.0
-    timings = sorted(timings)
-    span = timings[-1][0] - timings[0][0]
-    return sum(n for _, n in timings[1:]) / span if span > 0 else 0.0
+    ends = sorted((end, n) for _, end, n in timings)
+    span = ends[-1][0] - ends[0][0]
+    return sum(n for _, n in ends[1:]) / span if span > 0 else 0.0
+
+
+def busy_share(timings: list[tuple[float, float, int]]) -> float:
+    """Of one encoder's span (its first batch's start to its last batch's end), the share it spent encoding
+    (the union of its batches' intervals: a GPU actor runs two at once). 1.0: it never waited for a batch,
+    so nothing but the encoder limited the job."""
+    if not timings:
+        return 0.0
+    busy, end = 0.0, float("-inf")
+    for a, b, _ in sorted(timings):
+        busy += max(0.0, b - max(a, end))
+        end = max(end, b)
+    span = end - min(a for a, _, _ in timings)
+    return busy / span if span > 0 else 1.0
+
+
+def mean_busy_share(summaries: list[dict]) -> float:
+    """busy_share of each encoder actor (its batches: those of the shards run_shards gave it), averaged."""
+    used = sorted({s["encoder"] for s in summaries})
+    if not used:
+        return 0.0
+    return float(np.mean([busy_share([t for s in summaries if s["encoder"] == e for t in s["timings"]]) for e in used]))
 
 
 def encode_tokens(cfg: EncodeConfig) -> dict:
@@ -231,13 +267,14 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
             device, actors, resources = _pool(cfg)
             encoders = start_encoders(cfg, device, actors, resources)
             cpus = float(ray.cluster_resources().get("CPU", 1))
-            # As many shard tasks as CPU slots are left to them, plus one spare per actor so that an actor has the
-            # next shard's first batches ready when a shard ends (measured: ~1.5 s idle per shard without). Not
-            # more: a task waiting on its actor in ray.get frees its CPU, and Ray starts extra worker processes
-            # for queued tasks (a second or more of imports each) that compete with the encoders for the cores.
+            # One shard worker per CPU slot the encoders leave (no more than there are shards), and one spare
+            # shard per encoder actor on top, so that an actor has the next shard's first batches ready when a
+            # shard ends (measured: ~1.5 s idle per shard without).
             free = cpus - actors * float(resources.get("num_cpus", 0))
             window = cfg.run.shards_in_flight or max(1, int(free // cfg.run.cpus_per_shard_task)) + actors
-            new = list(run_shards(cfg, todo, opts, encoders, window))
+            n = min(len(todo), window, max(1, int(free // cfg.run.cpus_per_shard_task)))
+            workers = start_shard_workers(cfg, n, -(-window // n))
+            new = list(run_shards(todo, opts, encoders, workers, window))
             info = {
                 "device": device,
                 "encoder_actors": actors,
@@ -262,6 +299,7 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
         "rejected": rejected,
         "images_per_s": (encoded + rejected) / elapsed if elapsed > 0 and encoded + rejected else 0.0,
         "steady_images_per_s": steady_rate([t for s in new for t in s["timings"]]),
+        "encoder_busy_share": mean_busy_share(new),
         "shards_written": len(new),
         "shards_skipped": len(done),
         "code_counts": counts,

@@ -1,7 +1,7 @@
-"""encode_tokens' per-shard work, run as Ray tasks on the cluster (the driver only submits them and collects
-small summaries: no encoded row ever passes through it).
+"""encode_tokens' per-shard work, run on the cluster by ShardWorker actors (the driver only hands them shards and
+collects small summaries: no encoded row ever passes through it).
 
-encode_shard: one dataset shard -> its token shard (+ rejected rows), in one task: read and decode
+encode_shard: one dataset shard -> its token shard (+ rejected rows), in one call: read and decode
 read_batch_rows rows at a time, send the decodable pixels to an encoder actor (up to `depth` batches in flight,
 so decoding the next batch overlaps encoding this one), keep keys, captions and tokens (2 bytes per code),
 and write atomically at the end. Memory is one shard's tokens and captions plus `depth` pixel batches.
@@ -55,7 +55,7 @@ def _summary(plan: ShardPlan, encoded: int, rejected: int, code_counts=None, tim
         "input_rows": encoded + rejected,
         "rejected_by_reason": {REASON: rejected} if rejected else {},
         "code_counts": code_counts,
-        "timings": list(timings),  # (when an encoder batch finished, its rows)
+        "timings": list(timings),  # (when an encoder batch started, when it finished, its rows)
     }
 
 
@@ -71,9 +71,9 @@ def encode_shard(plan: ShardPlan, encoder, opts: ShardOptions) -> dict:
 
     def drain(keep: int) -> None:
         while len(pending) > keep:
-            t, at = ray.get(pending.popleft())
+            t, started, finished = ray.get(pending.popleft())
             tokens.append(t)
-            timings.append((at, len(t)))
+            timings.append((started, finished, len(t)))
 
     rows = 0
     for rb in storage.iter_parquet_batches(plan.input_path, columns=READ_COLUMNS, batch_size=opts.read_batch_rows):
@@ -127,6 +127,27 @@ def encode_shard(plan: ShardPlan, encoder, opts: ShardOptions) -> dict:
     storage.write_parquet_atomic(plan.output_path, table, metadata=meta)
     counts = np.bincount(codes.reshape(-1).astype(np.int64), minlength=opts.vocab_size)
     return _summary(plan, len(keys), n_bad, counts, timings)
+
+
+class ShardWorker:
+    """A long-lived process that runs encode_shard calls: encode_tokens starts one Ray actor per CPU slot the
+    encoders leave, and feeds them shards.
+
+    Why not one Ray task per shard, as before: a task that waits in ray.get on its encoder releases its CPU, so
+    Ray leases queued shards to new worker processes (interpreter, imports, a first Parquet write: 1-5 s each on
+    a busy node), on the cores that are meant to decode. Measured on 2 CPUs, 16 shards (docs/results.md): the
+    tasks ran in 10 worker processes, the first 10 shards each in a new one, 2-5 s apart, and the encoder was
+    busy 47% of the time. An actor keeps its CPU while it waits, starts once, before the first shard, and runs
+    `max_concurrency` shards at once (a spare: the next shard decodes while one drains its last batches and
+    writes). Same run with actors: one process, the encoder busy 100% of the time."""
+
+    def __init__(self):
+        import tokenize_images.preprocess  # noqa: F401 - PIL, before the first shard
+
+        storage.parquet_bytes(pa.table({"key": ["warm-up"]}))  # the Parquet writer's first-call cost, here
+
+    def encode(self, plan: ShardPlan, encoder, opts: ShardOptions) -> dict:
+        return encode_shard(plan, encoder, opts)
 
 
 def check_shard(plan: ShardPlan, dvae_sha256: str, has_rejected_file: bool) -> dict:

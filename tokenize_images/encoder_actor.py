@@ -181,10 +181,12 @@ class TokenEncoder:
             )
         return exact
 
-    def encode_timed(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
-        """Tokens and when they were ready (lets the driver measure steady-state throughput)."""
+    def encode_timed(self, pixels: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Tokens, and when the actor started and finished them (the driver measures the steady-state rate
+        and how busy each encoder was from these)."""
+        started = time.time()
         tokens = self.encode(pixels)
-        return tokens, time.time()
+        return tokens, started, time.time()
 
     def info(self) -> dict:
         return {
