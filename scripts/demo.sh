@@ -84,10 +84,13 @@ for _ in $(seq 90); do
   ray job submit --address "$RAY_JOB_ADDRESS" --no-wait -- true > /dev/null 2>&1 && break
   sleep 2
 done
+# RAY_ADDRESS in the jobs' environment: Ray Train's PlacementGroupCleaner actor looks its cluster up with
+# address "auto", which reads /tmp/ray (not this head's private temp dir) and, with other Ray instances on
+# the machine, dialled a foreign one and printed a GCS-timeout traceback in the middle of the demo.
 submit() {  # ray job submit; fails the demo unless the job succeeded
   local log="$DEMO/submit.log"
   ray job submit --address "$RAY_JOB_ADDRESS" --working-dir . \
-    --runtime-env-json "{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$MLFLOW_TRACKING_URI\", \"NO_ALBUMENTATIONS_UPDATE\": \"1\"}}" \
+    --runtime-env-json "{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$MLFLOW_TRACKING_URI\", \"NO_ALBUMENTATIONS_UPDATE\": \"1\", \"RAY_ADDRESS\": \"127.0.0.1:$GCS\"}}" \
     -- "$@" 2>&1 | tee "$log"
   grep -q "succeeded" "$log"
 }
