@@ -14,7 +14,9 @@ from tokenize_images.encode import encode_tokens
 from tokenize_images.synthetic import write_dataset
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-pytestmark = pytest.mark.slow
+# encode_tokens must start its own Ray here, after the fixture set the endpoint: workers of an instance an
+# earlier module left running would not see it (they inherit the raylet's environment).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_shared_ray")]
 
 
 @pytest.fixture()
