@@ -32,7 +32,7 @@ class DVAEConfig:
     n_init: int = 128  # decoder: width after the 1x1 input conv on one-hots
     group_count: int = 4  # fixed by the architecture; kept for post_gain = 1 / n_layers^2
     # Pixels per token side: 8 in dall_e (3 max-pools). 4 drops the encoder's last pool and the decoder's first
-    # upsample, so a 64 px demo image becomes 16x16 tokens, fine enough for its small shapes (configs/dvae_demo.toml).
+    # upsample, so a 64 px image becomes 16x16 tokens (measured on the demo's scenes: docs/tokens.md, "A 16x16 grid").
     downsample: int = 8
 
     def __post_init__(self):
