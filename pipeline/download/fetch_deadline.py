@@ -10,6 +10,7 @@ getaddrinfo runs in a small pool so that a stuck resolver cannot hold a thread p
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import socket
@@ -67,10 +68,10 @@ class _Watchdog:
                 entry.expired = True
                 sock = entry.sock
                 if sock is not None:
-                    try:  # wakes up the blocked recv with EOF; the fetching thread then reports it
+                    # Wakes up the blocked recv with EOF; the fetching thread then reports it. A socket the
+                    # fetch closed meanwhile raises OSError: nothing left to wake.
+                    with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
 
 
 WATCHDOG = _Watchdog()
