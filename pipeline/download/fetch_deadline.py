@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import heapq
+import ipaddress
 import itertools
 import socket
 import threading
@@ -41,11 +42,15 @@ class _Watchdog:
     def start(self, seconds: float) -> _Deadline:
         entry = _Deadline(time.monotonic() + seconds)
         with self._cv:
+            earliest = not self._heap or entry.at < self._heap[0][0]
             heapq.heappush(self._heap, (entry.at, next(self._ids), entry))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="fetch-deadline", daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            if earliest:
+                # Wake the watchdog only when its next wake-up must come sooner. Deadlines are now + a fixed
+                # timeout, so that is rare; waking it for every fetch cost a GIL hand-off per image.
+                self._cv.notify()
         return entry
 
     @staticmethod
@@ -94,9 +99,19 @@ def remaining_s() -> float | None:
     return None if entry is None else entry.at - time.monotonic()
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def resolve(host: str, port: int) -> list:
     """getaddrinfo bounded by the fetch's deadline (a stuck resolver cannot hold a thread past it),
     with one retry of a temporary failure (EAI_AGAIN: an overloaded resolver, common at scale)."""
+    if _is_ip_literal(host):  # never asks a resolver, so it cannot hang: no hop through the pool
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
     for attempt in (0, 1):
         remaining = remaining_s()
         if remaining is not None and remaining <= 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Callable
 
 ALLOWED_SCHEMES = ("http", "https")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -33,6 +34,9 @@ class FetchPolicy:
     contact_url: str = ""  # replaces img2dataset's project URL in the User-Agent ('' keeps it)
     max_per_host: int = 0  # concurrent fetches to one host per process (0 = no cap)
     busy_retries: int = 2  # extra tries after a 429/503, each after the host's Retry-After
+    # Called with every 2xx body on the fetching thread, before it is returned; shard_downloader checks
+    # image headers there, off img2dataset's single consumer thread (see HeaderGate.precheck).
+    inspect_body: Callable[[bytes], None] | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
     def from_download_config(cls, cfg) -> FetchPolicy:

@@ -57,8 +57,11 @@ class _Hosts:
         self._paused_until: dict[str, float] = {}
 
     def slot(self, host: str, cap: int) -> threading.BoundedSemaphore:
-        with self._lock:
-            return self._slots.setdefault((host, cap), threading.BoundedSemaphore(cap))
+        slot = self._slots.get((host, cap))  # dict reads are atomic; only a new host takes the lock
+        if slot is None:
+            with self._lock:
+                slot = self._slots.setdefault((host, cap), threading.BoundedSemaphore(cap))
+        return slot
 
     def pause(self, host: str, seconds: float) -> None:
         with self._lock:

@@ -169,7 +169,10 @@ class _BodyReader(urllib.request.BaseHandler):
         if length is not None and length.strip().isdigit() and len(body) < int(length):
             # http.client returns a short read, not an error, when the server closes early
             raise FetchError(f"incomplete body: {len(body)} of {int(length)} bytes")
-        result = urllib.response.addinfourl(io.BytesIO(bytes(body)), response.headers, response.url, response.status)
+        data = bytes(body)
+        if policy.inspect_body is not None:
+            policy.inspect_body(data)
+        result = urllib.response.addinfourl(io.BytesIO(data), response.headers, response.url, response.status)
         result.msg = response.msg
         return result
 
