@@ -4,6 +4,7 @@
         [--config configs/encode_openai.toml] [--run.batch_size 128 ...]
 """
 
+import gc
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def main(argv=None) -> None:
         f"encoded {run['encoded']} images, rejected {run['rejected']}, {run['images_per_s']:.1f} images/s "
         f"({run['shards_written']} shards written, {run['shards_skipped']} already done) -> {cfg.output}"
     )
+    gc.freeze()  # the heap is garbage-collected once more at exit: ~1 s with MLflow and Ray loaded, for nothing
 
 
 if __name__ == "__main__":

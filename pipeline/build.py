@@ -6,7 +6,7 @@
   3 download     one task per list: img2dataset download, resize, image checks  (download_phase)
   4 image dedup  one task per sha256 hash partition: duplicate_image            (dedup)
   5 finalize     one task per list: publish shards/<name>.parquet               (download_phase)
-  6 report       filter report + manifest.json, logged to one MLflow run        (report)
+  6 report       filter report + manifest.json, logged to one MLflow run        (finish)
 
 Every task skips work whose output already exists, so rerunning the same command resumes; a
 finished build (manifest.json present) is a no-op. A different config on the same root is refused.
@@ -17,8 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,10 +37,10 @@ from pipeline.download_phase import (
     lists_status,
     record_failed_list,
 )
-from pipeline.input_lock import lock_inputs, package_versions
+from pipeline.finish import report_and_manifest
+from pipeline.input_lock import lock_inputs
 from pipeline.layout import Layout
 from pipeline.readers.base import InputUnreadable
-from pipeline.report import merge, report_from_summary, summary_text, write_report_files
 from pipeline.splits import plan_splits
 from pipeline.tasks import add_task_stats, phase_stats, run_tasks
 
@@ -170,11 +169,16 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                 ray.shutdown()
             raise
     mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name)
+    stopping: threading.Thread | None = None
     try:
         mlflow.set_tags({"stage": "build_dataset", "output": cfg.output, "config_hash": digest})
         tracking.log_params(config_lib.flatten(cfg))
         log_sources(mlflow.active_run().info.run_id, cfg, inputs["files"])
-        report = _run_phases(cfg, layout, digest, files, ray, _Progress())
+        results = _run_phases(cfg, layout, digest, files, ray, _Progress())
+        if owns_ray:  # the report needs no Ray: its processes wind down (about a second) while it is written
+            stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+            stopping.start()
+        report = report_and_manifest(cfg, layout, digest, results)
         if not cfg.captions_only:  # the dataset encode_tokens and train_dvae read: same name and digest there
             tracking.log_dataset(
                 mlflow.active_run().info.run_id, cfg.output, "output", tracking.dataset_digest(cfg.output)
@@ -185,7 +189,9 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         mlflow.end_run("FAILED")
         raise
     finally:
-        if owns_ray:
+        if stopping is not None:
+            stopping.join()
+        elif owns_ray:
             ray.shutdown()
 
 
@@ -206,8 +212,8 @@ class FailedLists(RuntimeError):
 def _run_phases(
     cfg: BuildConfig, layout: Layout, digest: str, files: list[InputFile], ray: Any, progress: _Progress
 ) -> dict[str, Any]:
-    import mlflow
-
+    """Phases 1-5 on Ray. Returns what the report needs, as plain data: no object reference outlives it,
+    so Ray can be shut down (in another thread) as soon as it returns."""
     P = cfg.run.dedup_partitions
     window = cfg.run.max_in_flight
     timings: dict[str, float] = {}
@@ -342,45 +348,8 @@ def _run_phases(
         summaries += [s["kept_summary"] for s in url_stats]
         shards = [{"path": f"{n}.parquet", "rows": list_rows[n]} for n in lists]
 
-    # 6. report + manifest
-    kept_dir = "candidates" if cfg.captions_only else "shards"
-    report = report_from_summary(merge(summaries, cfg.run.examples_per_reason), input_by_source)
-    report["timings_s"] = timings
-    report["phases"] = phases
+    results: dict[str, Any] = {"summaries": summaries, "input_by_source": input_by_source, "shards": shards}
+    results.update(timings=timings, phases=phases, rates=metrics)
     if not cfg.captions_only:
-        report["download_lists"] = {"total": len(lists), **lists_report}
-    report["rates"] = metrics
-    artifacts = write_report_files(layout, report)
-    manifest = {
-        "format": "dalle-dataset/1",
-        "mode": "captions_only" if cfg.captions_only else "full",
-        "config": config_lib.to_dict(cfg),
-        "config_hash": digest,
-        "versions": package_versions(),
-        "shards_dir": kept_dir,
-        "shards": shards,
-        "counts": {k: report[k] for k in ("input", "kept", "rejected", "rejected_by_reason", "by_source")},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    mlflow.log_metrics(
-        {
-            "input": report["input"],
-            "kept": report["kept"],
-            "rejected": report["rejected"],
-            "kept_fraction": report["kept_fraction"],
-            **metrics,
-            **{f"rejected.{r}": n for r, n in report["rejected_by_reason"].items()},
-            **{f"phase_seconds.{k}": v for k, v in timings.items()},
-        }
-    )
-    with tempfile.TemporaryDirectory() as tmp:  # MLflow logs local files; the root may be s3://
-        for path in artifacts:
-            local = os.path.join(tmp, path.rsplit("/", 1)[-1])
-            with open(local, "wb") as fh:
-                fh.write(storage.read_bytes(path))
-            mlflow.log_artifact(local, artifact_path="report")
-    if not report["accounted"]:
-        raise RuntimeError("kept + rejected != input: " + json.dumps(report["by_source"]))
-    storage.write_json_atomic(layout.captions_manifest if cfg.captions_only else layout.manifest, manifest)
-    print(summary_text(report))
-    return report
+        results["download_lists"] = {"total": len(lists), **lists_report}
+    return results
