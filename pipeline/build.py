@@ -40,7 +40,7 @@ from pipeline.download_phase import (
 from pipeline.finish import report_and_manifest
 from pipeline.input_lock import lock_inputs
 from pipeline.layout import Layout
-from pipeline.readers.base import InputUnreadable
+from pipeline.readers.errors import InputUnreadable
 from pipeline.splits import plan_splits
 from pipeline.tasks import add_task_stats, phase_stats, run_tasks
 

@@ -98,7 +98,7 @@ def caption_task(src: InputFile, cfg: BuildConfig) -> dict[str, Any]:
     unreadable, or whose bytes are cut (truncated .gz, corrupt footer), raises InputUnreadable with
     its path and the rows read: the build fails loudly instead of losing the file behind one row.
     """
-    from pipeline.readers.base import InputUnreadable
+    from pipeline.readers.errors import InputUnreadable
 
     layout = Layout(cfg.output)
     done = layout.caption_done(src.file_id)

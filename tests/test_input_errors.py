@@ -20,7 +20,7 @@ from pipeline.caption_phase import caption_task
 from pipeline.config import BuildConfig
 from pipeline.input_lock import InputMismatch, describe_inputs, lock_inputs
 from pipeline.layout import Layout
-from pipeline.readers.base import InputUnreadable
+from pipeline.readers.errors import InputUnreadable
 
 N = 300
 

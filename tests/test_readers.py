@@ -234,7 +234,7 @@ def test_large_compressed_input_streams_with_bounded_batches(tmp_path):
 
 def test_truncated_compressed_file_is_a_file_level_error_with_the_rows_read(tmp_path):
     """A cut .gz is never one malformed row: it raises, naming the file and the rows read before the cut."""
-    from pipeline.readers.base import InputUnreadable
+    from pipeline.readers.errors import InputUnreadable
 
     # Large enough that the cut falls beyond the reader's 1 MiB buffer, so rows come before the error.
     lines = b"".join(b"caption number %d\thttp://example.com/%d.jpg\n" % (i, i) for i in range(200_000))
@@ -436,7 +436,7 @@ def test_yfcc100m_reads_the_23_column_webscope_layout_and_marks_videos(tmp_path)
 
 
 def test_io_errors_are_transient_and_format_errors_are_not():
-    from pipeline.readers.base import is_transient
+    from pipeline.readers.errors import is_transient
 
     assert is_transient(FileNotFoundError("gone for a moment"))
     assert is_transient(OSError("AWS Error NETWORK_CONNECTION during GetObject operation"))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 from common import storage
 from common.schemas import SOURCE_ROW, reader_reason
 from pipeline.config import ReaderConfig
+from pipeline.readers.errors import until_unreadable
 
-T = TypeVar("T")
 _READ_BUFFER = 1 << 20  # 1 MiB: large enough that remote streams are read in few requests
 REPLACEMENT = "\ufffd"  # what an undecodable byte becomes (errors="replace")
 
@@ -101,55 +101,6 @@ def to_int(value: object) -> int | None:
     return number if number > 0 else None
 
 
-class InputUnreadable(RuntimeError):
-    """A whole input file could not be read to its end: a file-level failure, never a row.
-
-    `transient` says whether a retry may help (a filesystem or network error) or not (a truncated
-    compressed stream, a corrupt parquet footer: the same bytes fail the same way every time).
-    `rows_read` is how many rows were read before the failure, for the error message.
-    """
-
-    def __init__(self, path: str, rows_read: int, error: BaseException | str, transient: bool | None = None):
-        self.path, self.rows_read = path, rows_read
-        self.transient = is_transient(error) if transient is None else transient  # type: ignore[arg-type]
-        self.error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        kind = "transient read error" if self.transient else "unreadable file"
-        super().__init__(f"{kind} in {path} after {rows_read} rows: {self.error}"[:2000])
-
-    def __reduce__(self):  # crosses process boundaries (Ray) with its fields, not just its message
-        return (InputUnreadable, (self.path, self.rows_read, self.error, self.transient))
-
-
-_PERMANENT_HINTS = ("truncated", "corrupt", "magic bytes", "invalid", "not a parquet", "unexpected end")
-
-
-def is_transient(error: BaseException | str) -> bool:
-    """An OSError (I/O, S3, network) may go away on retry; format errors in the bytes do not."""
-    if isinstance(error, EOFError) or not isinstance(error, OSError):
-        return False
-    return not any(hint in str(error).lower() for hint in _PERMANENT_HINTS)
-
-
-def _until_unreadable(items: Iterator[T], path: str) -> Iterator[T]:
-    """The items of a format's iterator; a failure to READ the file (I/O error, truncated .gz,
-    corrupt parquet) raises InputUnreadable with the rows read so far, so the caller retries the
-    file or fails loudly. Only format errors inside readable bytes are malformed rows.
-
-    next() by hand rather than `yield from` inside try: only errors raised while READING are caught,
-    never ones thrown in when the consumer closes the stream early.
-    """
-    rows = 0
-    while True:
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        except (OSError, EOFError, pa.ArrowException) as exc:
-            raise InputUnreadable(path, rows, exc) from exc
-        rows += item.num_rows if isinstance(item, pa.Table) else 1
-        yield item
-
-
 class Split(NamedTuple):
     """Part of one input file, so that caption work follows the cluster, not the file count.
 
@@ -189,7 +140,7 @@ class Reader:
         batch_size = max(1, int(self.cfg.batch_size))
         if type(self).iter_tables is not Reader.iter_tables:
             first = self._first_row(path)
-            for table in _until_unreadable(self.iter_tables(path), path):
+            for table in until_unreadable(self.iter_tables(path), path):
                 if isinstance(table, Row):
                     table = self._to_table([table])
                 for start in range(0, table.num_rows, batch_size):
@@ -200,7 +151,7 @@ class Reader:
         buffer: list[Row] = []
         where = self._line_origin(path)
         line = 0 if where != path else self.header_lines  # a split past the start counts from its own first line
-        for row in _until_unreadable(self.iter_rows(path), path):
+        for row in until_unreadable(self.iter_rows(path), path):
             line += 1  # iter_rows yields exactly one row per line: its position IS its line number
             if row.malformed is not None:
                 row = row._replace(malformed=_located(row.malformed, f"{where}:{line}"))
