@@ -70,3 +70,22 @@ def test_header_check_runs_on_fetch_threads(demo, tmp_path, monkeypatch):  # noq
     assert threading.current_thread().name not in threads, "a header check ran on the consumer thread"
     reasons = set(rejected["reason"].to_pylist())
     assert {"too_small", "aspect_ratio"} <= reasons  # refusals found on the fetch threads are still reported
+
+
+def test_download_modules_load_without_img2dataset_cli():
+    """shard_downloader uses img2dataset's own Downloader and Resizer, without running its package
+    __init__ (its CLI pulls in torch, pandas and webdataset: seconds per fresh download worker)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipeline.download.shard_downloader as s, img2dataset.downloader as d, img2dataset.resizer as r; "
+        "print('torch' in sys.modules, 'img2dataset.main' in sys.modules, s.Downloader is d.Downloader, "
+        "s.Resizer is r.Resizer, d.__file__)"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True, env={**os.environ}
+    ).stdout.split()
+    assert out[:4] == ["False", "False", "True", "True"], out
+    assert out[4].endswith(os.path.join("img2dataset", "downloader.py")) and "site-packages" in out[4]

@@ -41,8 +41,6 @@ import urllib.request
 import urllib.response
 from collections.abc import Iterator
 
-from img2dataset.downloader import is_disallowed  # the same X-Robots-Tag parser img2dataset applies
-
 from pipeline.download.checked_connection import SafeHTTPConnection, SafeHTTPSConnection
 from pipeline.download.fetch_deadline import WATCHDOG, _tls, remaining_s
 from pipeline.download.fetch_policy import (
@@ -56,6 +54,7 @@ from pipeline.download.fetch_policy import (
     non_public_reason,
     set_policy,
 )
+from pipeline.download.img2dataset_parts import is_disallowed  # the X-Robots-Tag parser img2dataset applies
 from pipeline.download.politeness import HOSTS as _HOSTS
 from pipeline.download.politeness import IMG2DATASET_CONTACT as _IMG2DATASET_CONTACT
 from pipeline.download.politeness import quote_url, retry_after_s

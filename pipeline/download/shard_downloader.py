@@ -26,13 +26,12 @@ import threading
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import otherwise
 
 import pyarrow as pa
-from img2dataset.downloader import Downloader
-from img2dataset.resizer import Resizer
 from PIL import Image
 
 from common import schemas
 from pipeline.config import DownloadConfig
 from pipeline.download import cached_transforms, safe_http
+from pipeline.download.img2dataset_parts import Downloader, Resizer
 
 ROBOTS_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own message
 # Formats whose header PIL reads and which cv2 (the Resizer) decodes. Others are refused unparsed.
