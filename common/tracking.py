@@ -10,6 +10,7 @@ any worker might write: concurrent first-time creation of a sqlite store races o
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 DEFAULT_DB = "mlflow.db"
@@ -122,7 +123,13 @@ def log_dataset(run_id: str, uri: str, context: str, digest: str, name: str = ""
     from mlflow.entities import DatasetInput, InputTag
 
     name = name or uri.rstrip("/").rsplit("/", 1)[-1]
-    dataset = MetaDataset(resolve_dataset_source(uri), name=name, digest=digest)._to_mlflow_entity()
+    with warnings.catch_warnings():
+        # MLflow registers its local artifact source twice (schemes "" and "file"), as two classes both named
+        # LocalArtifactDatasetSource: both match a local path, so it warns in every stage and then takes the
+        # last, which is the same source either way.
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+        source = resolve_dataset_source(uri)
+    dataset = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
     tags = [InputTag(key="mlflow.data.context", value=context)]
     MlflowClient(tracking_uri()).log_inputs(run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
 
