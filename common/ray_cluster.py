@@ -36,14 +36,23 @@ def init_ray(
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Workers of a local instance must import this project even when it is not pip-installed.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env_vars = {"NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
     if address:
         # An existing cluster: code and environment come from `ray job submit --working-dir .
         # --runtime-env-json ...` (or an installed package). A driver runtime_env here would
-        # conflict with the job's own and Ray refuses to merge the two.
+        # conflict with the job's own and Ray refuses to merge the two. The job's env_vars should
+        # carry console_env() (scripts/demo.sh does): Ray Data's SplitCoordinator actors run no code of ours.
         ray.init(address=address, log_to_driver=True)
         quiet_ray_data()
         return False
+    # Ray Train's preemption watcher (one actor per worker group) polls for node drains. A private local
+    # instance is one machine that nothing drains, so the watcher has nothing to watch; it also prints an
+    # ERROR line at every start (ray-project/ray#53727: it is a restartable actor whose constructor takes
+    # the workers' handles). Ray Train passes this variable from the driver's environment to its
+    # controller. A cluster keeps Ray's default; an explicit setting of the variable wins.
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+    # The console settings travel with the instance: every worker (Ray Data's own actors included) starts
+    # with them, so no process prints the per-epoch Ray Data lines that quiet mode is for.
+    env_vars = {"NO_ALBUMENTATIONS_UPDATE": "1", **console_env(), **(env or {})}
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     os.environ["PYTHONPATH"] = pythonpath
     for attempt in range(1, max(1, start_attempts) + 1):
@@ -66,17 +75,47 @@ def init_ray(
     return True
 
 
-VERBOSE_ENV = "DALLE_RAY_DATA_VERBOSE"
+VERBOSE_ENV = "DALLE_RAY_DATA_VERBOSE"  # "1": Ray Data's and Ray Train's own console lines, as Ray prints them
+RAY_DATA_LEVEL_ENV = "RAY_DATA_LOG_LEVEL"  # read by Ray Data whenever a process (re)configures its logger
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+QUIET_LEVEL = "WARNING"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") == "1"
+
+
+def console_env() -> dict[str, str]:
+    """The environment that carries this process's console setting to every Ray process of a run: a job's
+    runtime_env env_vars, or a local instance's. Quiet: Ray Data's `ray.data` logger at WARNING (its INFO
+    lines, such as "Dataset ... execution finished" once per epoch and per worker, come from Ray Train
+    workers and Ray Data's SplitCoordinator actors, so the driver's own logging settings do not reach
+    them); an explicit RAY_DATA_LOG_LEVEL wins. Verbose: the flag itself, so Train workers see it too."""
+    if verbose():
+        return {VERBOSE_ENV: "1"}
+    return {RAY_DATA_LEVEL_ENV: os.environ.get(RAY_DATA_LEVEL_ENV, QUIET_LEVEL)}
+
+
+def train_log_level() -> str:
+    """Ray Train's console level (RunConfig's LoggingConfig): quiet drops its INFO lines, among them two
+    per checkpoint and worker ("Checkpoint successfully created", "Reporting training result"); the
+    trainers print their own line per checkpoint. Its log files under the session dir keep every level."""
+    return "INFO" if verbose() else QUIET_LEVEL
 
 
 def quiet_ray_data() -> None:
     """Every stage prints its own progress; Ray Data's per-dataset "Starting execution" / "Execution
-    plan" lines (dozens per run: one per epoch and per split) and its progress bars would drown it.
-    DALLE_RAY_DATA_VERBOSE=1 turns them back on. The DataContext travels with each dataset to the
-    tasks and actors that execute it, so setting it in the driver is enough."""
+    plan" / "execution finished" lines (dozens per run: one per epoch and per split) and its progress bars
+    would drown it. DALLE_RAY_DATA_VERBOSE=1 turns them back on. The DataContext travels with each dataset
+    to the tasks and actors that execute it; the log level does not, so this process sets its own (Ray
+    Data configured its logger when it was imported) and leaves RAY_DATA_LOG_LEVEL in its environment for
+    the next time Ray Data reconfigures it (at every new dataset a worker executes)."""
     import ray.data
 
-    verbose = os.environ.get(VERBOSE_ENV, "") == "1"
+    loud = verbose()
     ctx = ray.data.DataContext.get_current()
-    ctx.print_on_execution_start = verbose
-    ctx.enable_progress_bars = verbose
+    ctx.print_on_execution_start = loud
+    ctx.enable_progress_bars = loud
+    if not loud:
+        level = os.environ.setdefault(RAY_DATA_LEVEL_ENV, QUIET_LEVEL)
+        logging.getLogger("ray.data").setLevel(level)

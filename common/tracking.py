@@ -124,9 +124,10 @@ def log_dataset(run_id: str, uri: str, context: str, digest: str, name: str = ""
 
     name = name or uri.rstrip("/").rsplit("/", 1)[-1]
     with warnings.catch_warnings():
-        # MLflow 3.17 registers LocalArtifactDatasetSource twice, so every local path draws a UserWarning
-        # that it "can be interpreted in multiple ways" (both are the same class); nothing to act on.
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        # MLflow registers its local artifact source twice (schemes "" and "file"), as two classes both named
+        # LocalArtifactDatasetSource: both match a local path, so it warns in every stage and then takes the
+        # last, which is the same source either way.
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
         source = resolve_dataset_source(uri)
     dataset = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
     tags = [InputTag(key="mlflow.data.context", value=context)]

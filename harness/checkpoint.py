@@ -32,6 +32,7 @@ position starts fresh) and `CheckpointManager.reset_reason` says why, for the tr
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -42,6 +43,7 @@ import torch
 from harness.worker import WorkerContext, unwrap
 
 SHARED_FILE = "state.pt"
+log = logging.getLogger(__name__)
 
 
 class CheckpointManager:
@@ -132,6 +134,11 @@ def save_checkpoint(
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint_files(tmp, ctx, step, shared, rank_state)
         ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    if ctx.is_rank0:  # the run's progress on the console, once per checkpoint (Ray Train's own lines are off)
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        # A logger, not print: Ray Train patches print in its workers and, where the stream is wrapped, as in a
+        # Ray worker, prints each line twice (once itself, once through the root logger's console handler).
+        log.info("[%s] step %d: %s; checkpoint saved", ray.train.get_context().get_experiment_name(), step, shown)
 
 
 def write_checkpoint_files(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from common import storage
-from common.ray_cluster import init_ray
+from common.ray_cluster import init_ray, train_log_level
 from common.tracking import ensure_experiment, find_run, log_dataset, tracking_uri
 from harness.config import HarnessConfig
 
@@ -149,6 +149,9 @@ def launch(
                 storage_path=storage_path,
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.num_to_keep),
                 failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+                # Ray Train's INFO lines (two per checkpoint and worker, its start-up) stay off the console
+                # unless DALLE_RAY_DATA_VERBOSE=1; its own log files keep them.
+                logging_config=ray.train.LoggingConfig(log_level=train_log_level()),
             ),
             datasets=datasets,
             dataset_config=dataset_config if dataset_config is not None or not datasets else default_dataset_config(),

@@ -64,6 +64,7 @@ def worker_context(config: dict[str, Any], bf16: bool = True) -> WorkerContext:
     from common.ray_cluster import quiet_ray_data
 
     quiet_ray_data()  # this worker iterates its dataset shard: its own per-epoch lines and bars
+    quiet_train_reports()
     h = config[HARNESS_KEY]
     tc = ray.train.get_context()
     rank = tc.get_world_rank()
@@ -80,6 +81,21 @@ def worker_context(config: dict[str, Any], bf16: bool = True) -> WorkerContext:
         bf16=bf16,
         attempt_checkpoint=ray.train.get_checkpoint(),
     )
+
+
+def quiet_train_reports() -> None:
+    """Ray Train 2.60 logs "Reporting training result ..." at INFO for every report of every rank, on a
+    logger named by its module's file path rather than under `ray.train`, so RunConfig's LoggingConfig
+    (harness/launch.py) does not reach it. This worker sets that logger to the same level."""
+    import logging
+
+    from common.ray_cluster import train_log_level
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: nothing to quiet here
+        return
+    logging.getLogger(context.__file__).setLevel(train_log_level())
 
 
 def prepare_model(

@@ -84,13 +84,23 @@ for _ in $(seq 90); do
   ray job submit --address "$RAY_JOB_ADDRESS" --no-wait -- true > /dev/null 2>&1 && break
   sleep 2
 done
-# RAY_ADDRESS in the jobs' environment: Ray Train's PlacementGroupCleaner actor looks its cluster up with
-# address "auto", which reads /tmp/ray (not this head's private temp dir) and, with other Ray instances on
-# the machine, dialled a foreign one and printed a GCS-timeout traceback in the middle of the demo.
+# The jobs' environment:
+# - RAY_ADDRESS: Ray Train's PlacementGroupCleaner actor looks its cluster up with address "auto", which reads
+#   /tmp/ray (not this head's private temp dir) and, with other Ray instances on the machine, dialled a foreign
+#   one and printed a GCS-timeout traceback in the middle of the demo.
+# - common.ray_cluster.console_env(): the console setting (quiet, or DALLE_RAY_DATA_VERBOSE=1) for every process
+#   of a job, Ray Data's own SplitCoordinator actors included, which run no code of this project.
+# - RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0: this head is one machine that nothing drains, so Ray Train's preemption
+#   watcher has nothing to watch; it also printed an ERROR line at every training start (ray-project/ray#53727).
+RUNTIME_ENV=$(python -c "
+import json, sys
+from common.ray_cluster import console_env
+env = {'MLFLOW_TRACKING_URI': sys.argv[1], 'NO_ALBUMENTATIONS_UPDATE': '1', 'RAY_ADDRESS': sys.argv[2],
+       'RAY_TRAIN_ENABLE_PREEMPTION_WATCHER': '0', **console_env()}
+print(json.dumps({'env_vars': env}))" "$MLFLOW_TRACKING_URI" "127.0.0.1:$GCS")
 submit() {  # ray job submit; fails the demo unless the job succeeded
   local log="$DEMO/submit.log"
-  ray job submit --address "$RAY_JOB_ADDRESS" --working-dir . \
-    --runtime-env-json "{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$MLFLOW_TRACKING_URI\", \"NO_ALBUMENTATIONS_UPDATE\": \"1\", \"RAY_ADDRESS\": \"127.0.0.1:$GCS\"}}" \
+  ray job submit --address "$RAY_JOB_ADDRESS" --working-dir . --runtime-env-json "$RUNTIME_ENV" \
     -- "$@" 2>&1 | tee "$log"
   grep -q "succeeded" "$log"
 }
