@@ -8,6 +8,7 @@ submit work to, and later shut down, somebody else's cluster. So without an expl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -73,6 +74,23 @@ def init_ray(
             time.sleep(5 * attempt)
     quiet_ray_data()
     return True
+
+
+def stop_ray() -> None:
+    """ray.shutdown(), a second sooner for a local instance this process started.
+
+    Ray stops its processes one by one, each with up to 1 s to exit, and the autoscaler monitor after the
+    GCS: the monitor's SIGTERM handler then reports to the GCS that is gone and is killed when its second
+    is up (measured: raylet 0.03 s, gcs 0.02 s, monitor 1.01 s). A local instance never autoscales, so its
+    monitor is killed first. Connected to a cluster, this process started no monitor: plain shutdown.
+    """
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None and getattr(node, "head", False):
+        with contextlib.suppress(Exception):  # a Ray without this internal: the plain shutdown below
+            node.kill_monitor(check_alive=False)
+    ray.shutdown()
 
 
 VERBOSE_ENV = "DALLE_RAY_DATA_VERBOSE"  # "1": Ray Data's and Ray Train's own console lines, as Ray prints them

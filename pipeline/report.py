@@ -171,14 +171,21 @@ def summary_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report_files(layout: Layout, report: dict[str, Any]) -> list[str]:
-    """filter_report.json, examples.md and two histogram PNGs under report/. Returns their paths."""
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display on a cluster node)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_report_files(layout: Layout, report: dict[str, Any]) -> list[str]:
+    """filter_report.json, examples.md and two histogram PNGs under report/. Returns their paths."""
     import io
 
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths = []
     storage.write_json_atomic(layout.report("filter_report.json"), report)

@@ -270,9 +270,8 @@ def export_ema(checkpoint_dir: str, output: str, run_id: str) -> str:
 
 def train_dvae(cfg: DVAETrainConfig) -> dict:
     """Train (or resume, or with reuse=True skip when `output` exists). Returns {checkpoint, sha256, ...}."""
-    import ray
 
-    from common.ray_cluster import init_ray
+    from common.ray_cluster import init_ray, stop_ray
     from harness.launch import launch
     from tokenize_images.dvae import checkpoint_info
 
@@ -304,7 +303,7 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
         )
     finally:
         if owns_ray:
-            ray.shutdown()
+            stop_ray()
     if result.checkpoint_path is None:
         raise RuntimeError("training reported no checkpoint")
     sha = export_ema(result.checkpoint_path, cfg.output, result.run_id)

@@ -237,7 +237,7 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
     """Run (or resume) the whole job. Returns the manifest, with this run's figures under 'run'."""
     import ray
 
-    from common.ray_cluster import init_ray
+    from common.ray_cluster import init_ray, stop_ray
     from tokenize_images.dvae import checkpoint_info
     from tokenize_images.text_tokenizer import ensure_tokenizer
 
@@ -284,7 +284,7 @@ def encode_tokens(cfg: EncodeConfig) -> dict:
         elapsed = time.perf_counter() - started
     finally:
         if owns_ray:
-            ray.shutdown()
+            stop_ray()
 
     manifest = write_manifest(cfg, summaries, dvae_sha, dvae_cfg, tokenizer)
     encoded, rejected = sum(s["rows"] for s in new), sum(s["rejected"] for s in new)
