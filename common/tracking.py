@@ -89,17 +89,36 @@ def find_run(experiment_id: str, run_name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def log_params(params: dict[str, Any]) -> None:
-    """Log a flat dict of params, stringifying values MLflow cannot take and skipping ones already set."""
+def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
+    """Log a flat dict of params to `run_id` (default: the active run), stringifying values MLflow cannot
+    take and skipping ones already set (a resumed run keeps its first values)."""
     import mlflow
+    from mlflow.entities import Param
 
-    clean = {k: v if isinstance(v, (int, float, bool)) else str(v)[:6000] for k, v in params.items()}
-    run = mlflow.active_run()
-    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
-    todo = {k: v for k, v in clean.items() if k not in existing}
-    items = list(todo.items())
-    for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
-        mlflow.log_params(dict(items[i : i + 90]))
+    run_id = run_id or mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient(tracking_uri())
+    existing = client.get_run(run_id).data.params
+    todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    for i in range(0, len(todo), 90):  # MLflow caps a batch at 100 params
+        client.log_batch(run_id, params=todo[i : i + 90])
+
+
+def open_run(experiment: str, run_name: str, tags: dict[str, str]) -> tuple[str, str]:
+    """(experiment id, run id) of the newest run named `run_name`, created with MLflow's usual context
+    tags (user, source) when there is none, so that a resume reopens it. Safe on another thread than the
+    one that then calls mlflow.start_run(run_id=...): it uses the client API, not the active run."""
+    import mlflow
+    from mlflow.tracking.context.registry import resolve_tags
+
+    experiment_id = ensure_experiment(experiment)
+    run_id = find_run(experiment_id, run_name)
+    client = mlflow.MlflowClient(tracking_uri())
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags)).info.run_id
+    else:
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+    return experiment_id, run_id
 
 
 def dataset_digest(root: str) -> str:

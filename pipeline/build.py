@@ -154,10 +154,9 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     inputs = lock_inputs(layout, cfg, files)  # refuses a rerun on a different input set or versions
     run_name = f"build-{digest[:8]}-{cfg.output.rstrip('/').rsplit('/', 1)[-1]}"
     with ThreadPoolExecutor(2, thread_name_prefix="set-up") as pool:
-        # MLflow's import and store set-up (seconds; a new sqlite store migrates its schema) overlap Ray's start-up
-        found = pool.submit(
-            lambda: (eid := tracking.ensure_experiment(cfg.run.experiment), tracking.find_run(eid, run_name))
-        )
+        # MLflow's import, store set-up (seconds; a new sqlite store migrates its schema) and the run's
+        # params and inputs overlap Ray's start-up
+        found = pool.submit(_open_run, cfg, run_name, digest, inputs["files"])
         pool.submit(_preload_driver_modules)  # the same way: the driver mostly waits for Ray's processes here
         owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None, start_attempts=3)
         import mlflow
@@ -169,12 +168,9 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
             if owns_ray:
                 ray.shutdown()
             raise
-    mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name)
+    mlflow.start_run(run_id=run_id, experiment_id=experiment_id)
     stopping: threading.Thread | None = None
     try:
-        mlflow.set_tags({"stage": "build_dataset", "output": cfg.output, "config_hash": digest})
-        tracking.log_params(config_lib.flatten(cfg))
-        log_sources(mlflow.active_run().info.run_id, cfg, inputs["files"])
         results = _run_phases(cfg, layout, digest, files, ray, _Progress())
         if owns_ray:  # the report needs no Ray: its processes wind down (about a second) while it is written
             stopping = threading.Thread(target=stop_ray, name="ray-shutdown")
@@ -194,6 +190,15 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
             stopping.join()
         elif owns_ray:
             stop_ray()
+
+
+def _open_run(cfg: BuildConfig, run_name: str, digest: str, described: list[dict[str, Any]]) -> tuple[str, str]:
+    """The build's MLflow run (reopened on resume) with its tags, config params and sources logged."""
+    tags = {"stage": "build_dataset", "output": cfg.output, "config_hash": digest}
+    experiment_id, run_id = tracking.open_run(cfg.run.experiment, run_name, tags)
+    tracking.log_params(config_lib.flatten(cfg), run_id=run_id)
+    log_sources(run_id, cfg, described)
+    return experiment_id, run_id
 
 
 def _preload_driver_modules() -> None:

@@ -68,3 +68,30 @@ def test_ui_command_opens_the_model_training_view():
     line = ui_command("sqlite:////tmp/x/mlflow.db")
     assert line.startswith("mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db")
     assert "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning" in line
+
+
+def test_a_run_opened_on_another_thread_is_reopened_with_its_params(mlflow_store):
+    """build_dataset opens its run and logs its params on a set-up thread while Ray starts; the main
+    thread then makes it the active run. A resume reopens the same run and keeps the first params."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common.tracking import log_params, open_run
+
+    def set_up(params):
+        experiment_id, run_id = open_run("builds", "build-abc", {"stage": "build_dataset"})
+        log_params(params, run_id=run_id)
+        return experiment_id, run_id
+
+    with ThreadPoolExecutor(1) as pool:
+        experiment_id, run_id = pool.submit(set_up, {"run.shard_size": 1000, "flag": True}).result()
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id) as active:
+        assert active.info.run_id == run_id
+        mlflow.log_metric("kept", 3)
+    with ThreadPoolExecutor(1) as pool:  # the same command again
+        again = pool.submit(set_up, {"run.shard_size": 2000, "new": "x"}).result()
+    assert again == (experiment_id, run_id)
+    run = mlflow.get_run(run_id)
+    assert run.data.params == {"run.shard_size": "1000", "flag": "True", "new": "x"}
+    assert run.data.tags["stage"] == "build_dataset" and run.data.tags["mlflow.runName"] == "build-abc"
+    assert "mlflow.user" in run.data.tags and "mlflow.source.name" in run.data.tags  # MLflow's context tags
+    assert run.data.metrics == {"kept": 3.0}
