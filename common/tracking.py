@@ -9,6 +9,7 @@ any worker might write: concurrent first-time creation of a sqlite store races o
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any
@@ -159,14 +160,20 @@ def register_pytorch_model(model: Any, name: str, registered_name: str, run_id: 
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    with mlflow.start_run(run_id=run_id):
-        # "pickle": MLflow 3's default "pt2" traces forward with an input example, which neither the
-        # prior (a sampler) nor the dVAE (two halves) fits. No requirement inference: it scans the environment.
-        info = mlflow.pytorch.log_model(
-            model,
-            name=name,
-            registered_model_name=registered_name,
-            serialization_format="pickle",
-            pip_requirements=["torch==2.13.0"],
-        )
+    pytorch_log = logging.getLogger("mlflow.pytorch")
+    level = pytorch_log.level
+    pytorch_log.setLevel(logging.ERROR)  # its warning that pickle runs code on load: the format is chosen, below
+    try:
+        with mlflow.start_run(run_id=run_id):
+            # "pickle": MLflow 3's default "pt2" traces forward with an input example, which neither the
+            # prior (a sampler) nor the dVAE (two halves) fits. No requirement inference: it scans the environment.
+            info = mlflow.pytorch.log_model(
+                model,
+                name=name,
+                registered_model_name=registered_name,
+                serialization_format="pickle",
+                pip_requirements=["torch==2.13.0"],
+            )
+    finally:
+        pytorch_log.setLevel(level)
     return str(info.registered_model_version)

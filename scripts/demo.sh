@@ -92,15 +92,18 @@ done
 #   of a job, Ray Data's own SplitCoordinator actors included, which run no code of this project.
 # - RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0: this head is one machine that nothing drains, so Ray Train's preemption
 #   watcher has nothing to watch; it also printed an ERROR line at every training start (ray-project/ray#53727).
+# - excludes: Ray 2.60's default working-dir excludes, named here so that it need not warn at every submit that
+#   it now skips .git and .venv (RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES='' below: the list is ours, the same).
 RUNTIME_ENV=$(python -c "
 import json, sys
 from common.ray_cluster import console_env
 env = {'MLFLOW_TRACKING_URI': sys.argv[1], 'NO_ALBUMENTATIONS_UPDATE': '1', 'RAY_ADDRESS': sys.argv[2],
        'RAY_TRAIN_ENABLE_PREEMPTION_WATCHER': '0', **console_env()}
-print(json.dumps({'env_vars': env}))" "$MLFLOW_TRACKING_URI" "127.0.0.1:$GCS")
+print(json.dumps({'env_vars': env, 'excludes': ['.git', '.venv', 'venv', '__pycache__']}))" "$MLFLOW_TRACKING_URI" "127.0.0.1:$GCS")
 submit() {  # ray job submit; fails the demo unless the job succeeded
   local log="$DEMO/submit.log"
-  ray job submit --address "$RAY_JOB_ADDRESS" --working-dir . --runtime-env-json "$RUNTIME_ENV" \
+  RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES='' \
+    ray job submit --address "$RAY_JOB_ADDRESS" --working-dir . --runtime-env-json "$RUNTIME_ENV" \
     -- "$@" 2>&1 | tee "$log"
   grep -q "succeeded" "$log"
 }
