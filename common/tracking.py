@@ -122,6 +122,13 @@ def open_run(experiment: str, run_name: str, tags: dict[str, str]) -> tuple[str,
     return experiment_id, run_id
 
 
+def end_run(run_id: str, status: str) -> None:
+    """End `run_id` with `status` ("FINISHED", "FAILED", "KILLED") from any thread, active or not."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri()).set_terminated(run_id, status)
+
+
 def dataset_digest(root: str) -> str:
     """A dataset's (or token set's) identity: the sha256 of its manifest.json, which is written last and
     lists its config, versions and shards. Every stage that logs the same root logs the same digest, so

@@ -14,6 +14,7 @@ finished build (manifest.json present) is a no-op. A different config on the sam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -158,7 +159,11 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         # params and inputs overlap Ray's start-up
         found = pool.submit(_open_run, cfg, run_name, digest, inputs["files"])
         pool.submit(_preload_driver_modules)  # the same way: the driver mostly waits for Ray's processes here
-        owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None, start_attempts=3)
+        try:
+            owns_ray = init_ray(cfg.run.ray_address or None, cfg.run.num_cpus or None, start_attempts=3)
+        except BaseException:
+            _fail_run(found)  # the run the set-up thread opened must not stay RUNNING forever
+            raise
         import mlflow
         import ray
 
@@ -166,7 +171,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
             experiment_id, run_id = found.result()
         except BaseException:
             if owns_ray:
-                ray.shutdown()
+                stop_ray()
             raise
     mlflow.start_run(run_id=run_id, experiment_id=experiment_id)
     stopping: threading.Thread | None = None
@@ -199,6 +204,13 @@ def _open_run(cfg: BuildConfig, run_name: str, digest: str, described: list[dict
     tracking.log_params(config_lib.flatten(cfg), run_id=run_id)
     log_sources(run_id, cfg, described)
     return experiment_id, run_id
+
+
+def _fail_run(found: Any) -> None:
+    """Mark the run opened by the set-up thread FAILED (best effort: the caller is already failing)."""
+    with contextlib.suppress(Exception):
+        _, run_id = found.result()
+        tracking.end_run(run_id, "FAILED")
 
 
 def _preload_driver_modules() -> None:

@@ -95,3 +95,24 @@ def test_a_run_opened_on_another_thread_is_reopened_with_its_params(mlflow_store
     assert run.data.tags["stage"] == "build_dataset" and run.data.tags["mlflow.runName"] == "build-abc"
     assert "mlflow.user" in run.data.tags and "mlflow.source.name" in run.data.tags  # MLflow's context tags
     assert run.data.metrics == {"kept": 3.0}
+
+
+def test_a_build_whose_ray_does_not_start_leaves_no_running_run(tmp_path, mlflow_store, monkeypatch):
+    """The set-up thread opens the build's run while Ray starts; if Ray then fails, the run ends FAILED."""
+    from common.config import parse_cli
+    from orchestration.build_dataset import FLAGS
+    from pipeline import build as build_module
+    from pipeline.config import BuildConfig
+
+    (tmp_path / "in.tsv").write_text("url\tcaption\nhttp://example.com/a.jpg\ta red circle on a white background\n")
+
+    def no_ray(*args, **kwargs):
+        raise RuntimeError("raylet did not start")
+
+    monkeypatch.setattr(build_module, "init_ray", no_ray)
+    cfg = parse_cli(BuildConfig, ["--source", f"tsv:{tmp_path}/in.tsv", "--output", str(tmp_path / "out")], flags=FLAGS)
+    with pytest.raises(RuntimeError, match="raylet did not start"):
+        build_module.build(cfg)
+    runs = mlflow.search_runs(experiment_names=[cfg.run.experiment], output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["stage"] == "build_dataset"
