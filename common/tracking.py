@@ -104,22 +104,29 @@ def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
         client.log_batch(run_id, params=todo[i : i + 90])
 
 
-def open_run(experiment: str, run_name: str, tags: dict[str, str]) -> tuple[str, str]:
-    """(experiment id, run id) of the newest run named `run_name`, created with MLflow's usual context
-    tags (user, source) when there is none, so that a resume reopens it. Safe on another thread than the
-    one that then calls mlflow.start_run(run_id=...): it uses the client API, not the active run."""
+def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> tuple[str, str, bool]:
+    """Create the MLflow run named `run_name` (with MLflow's usual context tags: user, source), or reopen
+    the newest one of that name, so that a rerun resumes it; then log `params` (first values kept) and
+    `tags`. Returns (experiment id, run id, resumed). Client API only, no active run: safe on any thread,
+    e.g. next to Ray's start-up, before the caller's mlflow.start_run(run_id=...)."""
     import mlflow
+    from mlflow.entities import RunTag
     from mlflow.tracking.context.registry import resolve_tags
 
-    experiment_id = ensure_experiment(experiment)
-    run_id = find_run(experiment_id, run_name)
+    experiment_id = ensure_experiment(experiment)  # also creates the sqlite DB once, before any worker writes
     client = mlflow.MlflowClient(tracking_uri())
-    if run_id is None:
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags)).info.run_id
+    run_id = find_run(experiment_id, run_name)
+    resumed = run_id is not None
+    if resumed:
+        client.update_run(run_id, status="RUNNING")
+        previous = int(client.get_run(run_id).data.tags.get("resumes", "0"))
+        client.set_tag(run_id, "resumes", str(previous + 1))
     else:
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
-    return experiment_id, run_id
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags()).info.run_id
+    log_params(params, run_id=run_id)
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    return experiment_id, run_id, resumed
 
 
 def end_run(run_id: str, status: str) -> None:

@@ -51,7 +51,7 @@ _EXPORTS = {
         "inject_failure",
     ],
     "harness.config": ["HarnessConfig"],
-    "harness.launch": ["HARNESS_KEY", "LaunchResult", "open_run", "resolve_storage"],  # launch: see above
+    "harness.launch": ["HARNESS_KEY", "LaunchResult", "resolve_storage"],  # launch: see above
     "harness.logger": ["AsyncRunLogger", "NullLogger"],
     "harness.metrics": ["StepTimer", "gpu_peak_bf16", "measure_matmul_flops", "mfu", "peak_flops"],
     "harness.powersgd": ["ResumablePowerSGD", "register_powersgd"],

@@ -5,7 +5,7 @@ restarts: workers are killed and recreated by Ray Train, the driver sees the who
 
     created (or reopened: status set back to RUNNING)  ->  fit()  ->  FINISHED | FAILED
 
-Rerunning the same command finds the run by name (common.tracking.find_run) and reopens it, so a
+Rerunning the same command finds the run by name (common.tracking.open_run) and reopens it, so a
 resumed training appends to the same metric history and never leaves a second RUNNING run behind.
 A driver killed with SIGKILL cannot mark its run; the next rerun reopens and then closes it.
 """
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from common import storage
 from common.ray_cluster import init_ray, train_log_level
-from common.tracking import ensure_experiment, find_run, log_dataset, tracking_uri
+from common.tracking import log_dataset, open_run, tracking_uri
 from harness.config import HarnessConfig
 
 HARNESS_KEY = "_harness"  # key of train_loop_config that carries the harness settings to workers
@@ -67,30 +67,6 @@ def default_dataset_config() -> Any:
     )
 
 
-def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> tuple[str, bool]:
-    """Create the MLflow run, or reopen the one with this name. Returns (run_id, resumed)."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Param, RunTag
-
-    exp_id = ensure_experiment(experiment)  # also creates the sqlite DB once, before any worker writes
-    client = MlflowClient(tracking_uri())
-    run_id = find_run(exp_id, run_name)
-    resumed = run_id is not None
-    if resumed:
-        client.update_run(run_id, status="RUNNING")
-        previous = int(client.get_run(run_id).data.tags.get("resumes", "0"))
-        client.set_tag(run_id, "resumes", str(previous + 1))
-    else:
-        run_id = client.create_run(exp_id, run_name=run_name).info.run_id
-    existing = client.get_run(run_id).data.params
-    todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
-    for i in range(0, len(todo), 90):  # MLflow caps a batch at 100 params
-        client.log_batch(run_id, params=todo[i : i + 90])
-    if tags:
-        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    return run_id, resumed
-
-
 def launch(
     train_fn: Callable[[dict], None],
     train_loop_config: dict[str, Any],
@@ -121,7 +97,8 @@ def launch(
         init()
     gpu = use_gpu(run.use_gpu)
     storage_path = resolve_storage(run.storage_path)
-    run_id, resumed = open_run(run.experiment, run.name, params or {}, {**(tags or {}), "storage_path": storage_path})
+    run_tags = {**(tags or {}), "storage_path": storage_path}
+    _, run_id, resumed = open_run(run.experiment, run.name, params or {}, run_tags)
     client = MlflowClient(tracking_uri())
     for uri, context, digest in inputs:
         log_dataset(run_id, uri, context, digest)

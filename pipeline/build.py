@@ -200,8 +200,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
 def _open_run(cfg: BuildConfig, run_name: str, digest: str, described: list[dict[str, Any]]) -> tuple[str, str]:
     """The build's MLflow run (reopened on resume) with its tags, config params and sources logged."""
     tags = {"stage": "build_dataset", "output": cfg.output, "config_hash": digest}
-    experiment_id, run_id = tracking.open_run(cfg.run.experiment, run_name, tags)
-    tracking.log_params(config_lib.flatten(cfg), run_id=run_id)
+    experiment_id, run_id, _ = tracking.open_run(cfg.run.experiment, run_name, config_lib.flatten(cfg), tags)
     log_sources(run_id, cfg, described)
     return experiment_id, run_id
 

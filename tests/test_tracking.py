@@ -75,11 +75,10 @@ def test_a_run_opened_on_another_thread_is_reopened_with_its_params(mlflow_store
     thread then makes it the active run. A resume reopens the same run and keeps the first params."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from common.tracking import log_params, open_run
+    from common.tracking import open_run
 
     def set_up(params):
-        experiment_id, run_id = open_run("builds", "build-abc", {"stage": "build_dataset"})
-        log_params(params, run_id=run_id)
+        experiment_id, run_id, _ = open_run("builds", "build-abc", params, {"stage": "build_dataset"})
         return experiment_id, run_id
 
     with ThreadPoolExecutor(1) as pool:
