@@ -38,11 +38,13 @@ import torch
 
 from common import storage
 from common.config import Flag, parse_cli
+from harness import ModelEMA
 from tokenize_images.codebook_init import encoder_features, init_codebook_from_data
 from tokenize_images.config import DVAETrainConfig
 from tokenize_images.dvae import DVAE
-from tokenize_images.dvae_training import make_optimizer, model_config, model_input, train_step
+from tokenize_images.dvae_training import ema_decay, make_optimizer, model_config, model_input, random_flip, train_step
 from tokenize_images.objective import codebook_usage
+from tokenize_images.patch_teacher import PatchTeacher
 from tokenize_images.preprocess import load_image
 
 HELD_OUT = 64
@@ -116,14 +118,25 @@ def main() -> None:
         figures = init_codebook_from_data(model.encoder, model_input(first), cfg.codebook.kmeans_margin, cfg.optim.seed)
         scale = figures["kmeans_scale"]
         print(figures)
+    teacher = None
+    if cfg.codebook.teacher_steps:
+        first = train[torch.randperm(len(train), generator=g)[: cfg.codebook.kmeans_images]]
+        teacher = PatchTeacher.fit(model_input(first), model.cfg.vocab_size, model.cfg.downsample, cfg.optim.seed)
+        print({"teacher_codes_used": teacher.used_codes(model_input(first))})
     opt = make_optimizer(model, cfg)
+    ema = ModelEMA(model, cfg.optim.ema_decay)
     started = time.perf_counter()
     for step in range(cfg.optim.max_steps):
-        train_step(model, opt, train[torch.randint(0, len(train), (cfg.optim.batch_size,), generator=g)], step, cfg)
+        batch = train[torch.randint(0, len(train), (cfg.optim.batch_size,), generator=g)]
+        if cfg.horizontal_flip:
+            batch = random_flip(batch, g)
+        train_step(model, opt, batch, step, cfg, teacher=teacher)
+        ema.decay = ema_decay(step, cfg.optim.ema_decay)
+        ema.update(model)
         if scale and args.restart_every and (step + 1) % args.restart_every == 0 and step < cfg.optim.max_steps * 0.8:
             probe = train[torch.randint(0, len(train), (128,), generator=g)]
             print(f"step {step + 1}: restarted {restart_dead_codes(model, model_input(probe), scale, g)} dead codes")
-    model.eval()
+    model = ema.module.eval()  # what train_dvae exports
     x = val.permute(0, 3, 1, 2).float() / 255
     tokens = model.encode_tokens(x)
     recon = model.decode_tokens(tokens)

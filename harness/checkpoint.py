@@ -60,8 +60,12 @@ class CheckpointManager:
         schedule: Any = None,
         meta: dict[str, Any] | None = None,
         fingerprint: str = "",
+        extra_state: dict[str, Any] | None = None,
     ):
+        """extra_state: more objects with state_dict / load_state_dict saved in rank 0's file under their names
+        (the dVAE's patch teacher), restored like the EMA."""
         self.ctx, self.model, self.optimizer, self.ema, self.schedule = ctx, model, optimizer, ema, schedule
+        self.stateful = {"ema": ema, "schedule": schedule, **(extra_state or {})}
         self.meta = dict(meta or {})
         self.fingerprint = fingerprint  # how data is dealt to ranks (e.g. a hash of the shard lists)
         self.resumed = False
@@ -76,10 +80,15 @@ class CheckpointManager:
             return 0, mine
         load_model_state_dict(self.model, shared["model"])
         load_optimizer_state_dict(self.model, self.optimizer, shared["optimizer"])
-        for name, obj in (("ema", self.ema), ("schedule", self.schedule)):
-            if obj is not None:
-                obj.load_state_dict(shared[name])
         step = int(shared["step"])
+        for name, obj in self.stateful.items():
+            if obj is not None:
+                if name not in shared:
+                    raise ValueError(
+                        f"the checkpoint of step {step} holds no {name!r} state: a run configured "
+                        "without it wrote it; start a new run.name"
+                    )
+                obj.load_state_dict(shared[name])
         if self.ema is not None and hasattr(self.ema, "updates"):
             self.ema.updates = step  # the EMA cadence continues in phase with the update count
         set_rng_state(mine.get("rng"))
@@ -111,7 +120,7 @@ class CheckpointManager:
             "world_size": self.ctx.world_size,
             "fingerprint": self.fingerprint,
         }
-        for name, obj in (("ema", self.ema), ("schedule", self.schedule)):
+        for name, obj in self.stateful.items():
             if obj is not None:
                 shared[name] = obj.state_dict()
         return shared, {"rng": rng_state(), **(rank_state or {})}

@@ -183,3 +183,52 @@ def _train_resume_and_reuse(cfg):
     # reuse=True: the demo's cache, no training.
     cfg.reuse = True
     assert train_dvae(cfg) == {"checkpoint": cfg.output, "sha256": second["sha256"], "reused": True}
+
+
+@pytest.mark.slow
+def test_patch_teacher_on_ray_resumes_with_its_centres(tmp_path, mlflow_store, shared_ray):
+    """codebook.teacher_steps on Ray Train: the teacher is fitted once, on the fresh start; a resume inside the
+    taught updates continues with the checkpoint's centres (not a refit on other images), and the paper's ELBO
+    takes over at teacher_steps."""
+    dataset = str(tmp_path / "ds")
+    write_dataset(dataset, shards=2, rows_per_shard=8, size_range=(40, 56))
+    cfg = DVAETrainConfig(
+        dataset=dataset,
+        output=str(tmp_path / "dvae.pt"),
+        checkpoint_every=2,
+        image_every=100,
+        model=DVAEModelConfig(preset="small", n_hid=16, vocab_size=32, image_size=32, downsample=4),
+        optim=DVAEOptimConfig(batch_size=4, max_steps=3),
+        codebook=CodebookConfig(teacher_steps=4, kmeans_images=8),
+        run=HarnessConfig(
+            name="dvae-teacher",
+            storage_path=str(tmp_path / "ray"),
+            experiment="train_dvae",
+            num_workers=1,
+            num_cpus=2,
+            log_every=1,
+            log_final_checkpoint=False,
+        ),
+    )
+    checkpoints = tmp_path / "ray" / "dvae-teacher"
+
+    def centres() -> list[torch.Tensor]:
+        states = sorted(checkpoints.glob("checkpoint_*/state.pt"))
+        return [torch.load(p, weights_only=True)["patch_teacher"]["centres"] for p in states]
+
+    first = train_dvae(cfg)
+    fitted = centres()[-1]
+    assert fitted.shape == (32, 3 * 4 * 4)
+    cfg.optim.max_steps = 6
+    second = train_dvae(cfg)
+    assert second["resumed"] and second["run_id"] == first["run_id"]
+    resumed = centres()  # the resumed run's checkpoints (steps 4 and 6) hold the first run's centres
+    assert resumed and all(torch.equal(c, fitted) for c in resumed)
+    client = mlflow.tracking.MlflowClient()
+
+    def steps(name: str) -> list[int]:
+        return sorted(m.step for m in client.get_metric_history(first["run_id"], name))
+
+    assert steps("teacher_codes_used") == [0]  # fitted once, not again on resume
+    assert steps("teacher_ce") == [1, 2, 3, 4] and steps("teacher_accuracy") == [1, 2, 3, 4]
+    assert steps("kl") == [5, 6] and steps("tau") == [5, 6]

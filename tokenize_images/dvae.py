@@ -217,12 +217,20 @@ class DVAE(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg) if with_decoder else None  # encode-only actors skip its memory
 
-    def forward(self, x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass: mapped pixels -> (encoder logits, decoder statistics of a Gumbel-softmax sample)."""
+    def forward(
+        self, x: torch.Tensor, tau: float, codes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: mapped pixels -> (encoder logits, decoder statistics of a Gumbel-softmax sample).
+        With `codes` (B,g,g) the decoder sees those codes as hard one-hots instead (the patch teacher's
+        updates, tokenize_images/patch_teacher.py); one forward either way, so DDP and FSDP2 see every parameter."""
         from tokenize_images.objective import gumbel_softmax
 
         logits = self.encoder(x)  # fp32: the output conv runs outside autocast
-        return logits, self.decoder(gumbel_softmax(logits.float(), tau))  # the decoder's input conv is fp32 too
+        if codes is None:
+            z = gumbel_softmax(logits.float(), tau)
+        else:
+            z = nn.functional.one_hot(codes, self.cfg.vocab_size).permute(0, 3, 1, 2).float()
+        return logits, self.decoder(z)  # the decoder's input conv is fp32 too
 
     @torch.no_grad()
     def encode_tokens(self, images: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ from common.tracking import dataset_digest, register_pytorch_model
 from tokenize_images.config import DVAETrainConfig
 from tokenize_images.dvae import DVAE, DVAEConfig, flops_per_image, load_checkpoint, map_pixels, preset, save_checkpoint
 from tokenize_images.dvae_data import DataStream, layout_fingerprint, trace
-from tokenize_images.objective import codebook_usage, elbo_loss, schedules
+from tokenize_images.objective import codebook_usage, elbo_loss, logit_laplace_nll, schedules
+from tokenize_images.patch_teacher import PatchTeacher, teacher_loss
 
 
 def model_config(cfg: DVAETrainConfig) -> DVAEConfig:
@@ -63,20 +64,46 @@ def resblock_groups(dvae: DVAE) -> list[torch.nn.Module]:
 
 
 def train_step(
-    model, optimizer, pixels: torch.Tensor, step: int, cfg: DVAETrainConfig, autocast=None, channels_last=False
+    model,
+    optimizer,
+    pixels: torch.Tensor,
+    step: int,
+    cfg: DVAETrainConfig,
+    autocast=None,
+    channels_last=False,
+    teacher: PatchTeacher | None = None,
 ) -> dict:
-    """One AdamW update at `step`; returns the figures to log. `pixels` is (B,S,S,3) uint8."""
+    """One AdamW update at `step`; returns the figures to log. `pixels` is (B,S,S,3) uint8.
+
+    While step < codebook.teacher_steps (a `teacher` is then required) the update learns the patch teacher's
+    codes (tokenize_images/patch_teacher.py): the encoder's cross-entropy towards them plus the decoder's error
+    in drawing them as hard one-hots (codebook.teacher_reconstruction); the paper's ELBO (Gumbel-softmax,
+    logit-Laplace NLL, beta * KL) after."""
     import contextlib
 
     s = schedules(step, cfg.schedule)
     for group in optimizer.param_groups:
         group["lr"] = s["lr"] * group["lr_mult"]
     x = model_input(pixels)
+    codes = None
+    if step < cfg.codebook.teacher_steps:
+        if teacher is None:
+            raise ValueError(f"step {step} < codebook.teacher_steps {cfg.codebook.teacher_steps} needs a PatchTeacher")
+        codes = teacher.codes(x)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast or contextlib.nullcontext():
-        logits, stats = model(x, s["tau"])
-    losses = elbo_loss(x, stats, logits, s["beta"])
+        logits, stats = model(x, s["tau"], codes)
+    if codes is None:
+        losses = elbo_loss(x, stats, logits, s["beta"])
+    else:
+        taught = teacher_loss(logits, codes)
+        if cfg.codebook.teacher_reconstruction == "mse":
+            recon = {"mse": ((torch.sigmoid(stats[:, :3].float()) - x.float()) ** 2).mean()}
+        else:
+            recon = {"nll": logit_laplace_nll(x, stats).mean() / x[0].numel()}
+        losses = {"loss": taught["teacher_ce"] + next(iter(recon.values())), **recon, **taught}
+        s = {"lr": s["lr"]}  # beta and tau do not enter these updates
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     if step < cfg.codebook.encoder_frozen_steps:
@@ -127,28 +154,45 @@ def model_input(pixels: torch.Tensor) -> torch.Tensor:
     return map_pixels(pixels.permute(0, 3, 1, 2).float() / 255.0)
 
 
+def first_images(stream, count: int, device) -> torch.Tensor:
+    """The stream's next batches until `count` images, as model input. They count as taken: a resume skips them."""
+    images, seen = [], 0
+    while seen < count:
+        _, pixels = next(stream)
+        images.append(torch.from_numpy(pixels))
+        seen += pixels.shape[0]
+    return model_input(torch.cat(images).to(device))
+
+
 def init_codebook(dvae: DVAE, stream, cfg: DVAETrainConfig, ctx) -> dict[str, float]:
     """k-means codebook init (tokenize_images/codebook_init.py) from the stream's first images, then rank 0's
     result on every rank (DDP would broadcast it too, FSDP2 would not). Training goes on from the next batch.
     Clustering costs O(images x g^2 x codes): meant for small presets, where short runs need it."""
     from tokenize_images.codebook_init import init_codebook_from_data
 
-    images, seen = [], 0
-    while seen < cfg.codebook.kmeans_images:
-        _, pixels = next(stream)
-        images.append(torch.from_numpy(pixels))
-        seen += pixels.shape[0]
     dvae.to(ctx.device)
-    figures = init_codebook_from_data(
-        dvae.encoder, model_input(torch.cat(images).to(ctx.device)), cfg.codebook.kmeans_margin, seed=cfg.optim.seed
-    )
+    x = first_images(stream, cfg.codebook.kmeans_images, ctx.device)
+    figures = init_codebook_from_data(dvae.encoder, x, cfg.codebook.kmeans_margin, seed=cfg.optim.seed)
+    conv = dvae.encoder.blocks.output.conv
+    broadcast_from_rank0(ctx, conv.weight.data, conv.bias.data)
+    return figures
+
+
+def fit_teacher(stream, cfg: DVAETrainConfig, dvae_cfg: DVAEConfig, ctx) -> tuple[PatchTeacher, dict[str, float]]:
+    """The patch teacher (tokenize_images/patch_teacher.py) from the stream's first `kmeans_images` images;
+    every rank uses rank 0's centres."""
+    x = first_images(stream, cfg.codebook.kmeans_images, ctx.device)
+    teacher = PatchTeacher.fit(x, dvae_cfg.vocab_size, dvae_cfg.downsample, seed=cfg.optim.seed)
+    broadcast_from_rank0(ctx, teacher.centres)
+    return teacher, {"teacher_codes_used": float(teacher.used_codes(x))}
+
+
+def broadcast_from_rank0(ctx, *tensors: torch.Tensor) -> None:
     if ctx.world_size > 1:
         import torch.distributed as dist
 
-        conv = dvae.encoder.blocks.output.conv
-        for tensor in (conv.weight.data, conv.bias.data):
+        for tensor in tensors:
             dist.broadcast(tensor, src=0)
-    return figures
 
 
 def reconstruction_png(dvae: DVAE, pixels: torch.Tensor, count: int = 8) -> bytes:
@@ -187,6 +231,13 @@ def train_loop_per_worker(config: dict) -> None:
     if fresh and cfg.codebook.kmeans_margin > 0:
         stream = iter(data)  # the batches it takes count as taken: a resume skips them too
         ctx.logger.log_metrics(init_codebook(dvae, stream, cfg, ctx), 0)
+    teacher = None
+    if cfg.codebook.teacher_steps > 0:
+        teacher = PatchTeacher()  # a resume loads the centres from the checkpoint
+        if fresh:
+            stream = iter(data)
+            teacher, figures = fit_teacher(stream, cfg, dvae_cfg, ctx)
+            ctx.logger.log_metrics(figures, 0)
     # The EMA copies the plain module: FSDP2 shards in place and refuses deepcopy afterwards.
     ema = ModelEMA(dvae, cfg.optim.ema_decay)
     if channels_last:
@@ -198,7 +249,15 @@ def train_loop_per_worker(config: dict) -> None:
     ema.to(ctx.device)
     optimizer = make_optimizer(model, cfg)
     fingerprint = layout_fingerprint(files, cfg.shuffle_files)
-    ckpt = CheckpointManager(ctx, model, optimizer, ema=ema, meta={"dvae": config["dvae"]}, fingerprint=fingerprint)
+    ckpt = CheckpointManager(
+        ctx,
+        model,
+        optimizer,
+        ema=ema,
+        meta={"dvae": config["dvae"]},
+        fingerprint=fingerprint,
+        extra_state={"patch_teacher": teacher} if teacher is not None else None,
+    )
     step, mine = ckpt.restore()
     if ckpt.reset_reason:
         print(f"[train_dvae] rank {ctx.rank}: {ckpt.reset_reason}", flush=True)
@@ -227,7 +286,7 @@ def train_loop_per_worker(config: dict) -> None:
                 pixels = random_flip(pixels, flip_gen)
             pixels = pixels.to(ctx.device, non_blocking=True)
         with timer.compute():
-            metrics = train_step(model, optimizer, pixels, step, cfg, ctx.autocast(), channels_last)
+            metrics = train_step(model, optimizer, pixels, step, cfg, ctx.autocast(), channels_last, teacher)
             ema.decay = ema_decay(step, cfg.optim.ema_decay)
             ema.update(model)
         step += 1
