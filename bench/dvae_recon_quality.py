@@ -42,7 +42,15 @@ from harness import ModelEMA
 from tokenize_images.codebook_init import encoder_features, init_codebook_from_data
 from tokenize_images.config import DVAETrainConfig
 from tokenize_images.dvae import DVAE
-from tokenize_images.dvae_training import ema_decay, make_optimizer, model_config, model_input, random_flip, train_step
+from tokenize_images.dvae_training import (
+    ema_decay,
+    make_optimizer,
+    model_config,
+    model_input,
+    random_flip,
+    random_subcrop,
+    train_step,
+)
 from tokenize_images.objective import codebook_usage
 from tokenize_images.patch_teacher import PatchTeacher
 from tokenize_images.preprocess import load_image
@@ -130,6 +138,7 @@ def main() -> None:
         batch = train[torch.randint(0, len(train), (cfg.optim.batch_size,), generator=g)]
         if cfg.horizontal_flip:
             batch = random_flip(batch, g)
+        batch = random_subcrop(batch, cfg.train_crop, model.cfg.downsample, g)
         train_step(model, opt, batch, step, cfg, teacher=teacher)
         ema.decay = ema_decay(step, cfg.optim.ema_decay)
         ema.update(model)

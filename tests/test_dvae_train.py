@@ -13,7 +13,7 @@ from harness import HarnessConfig
 from tokenize_images.codebook_init import init_codebook_from_data
 from tokenize_images.config import CodebookConfig, DVAEModelConfig, DVAEOptimConfig, DVAETrainConfig, ScheduleConfig
 from tokenize_images.dvae import DVAE, load_checkpoint, preset
-from tokenize_images.dvae_training import make_optimizer, model_input, train_dvae, train_step
+from tokenize_images.dvae_training import make_optimizer, model_input, random_subcrop, train_dvae, train_step
 from tokenize_images.preprocess import load_image
 from tokenize_images.synthetic import jpeg, shape_image, write_dataset
 
@@ -89,6 +89,25 @@ def test_frozen_encoder_and_code_embedding_lr():
     assert {g["name"]: g["lr"] for g in opt.param_groups} == {"encoder": 1e-3, "code_embeddings": 1e-2, "decoder": 1e-3}
     train_step(model, opt, pixels, 2, cfg)
     assert changed(model.encoder, encoder)
+
+
+def test_subcrop_windows_sit_on_the_token_grid(tmp_path):
+    """train_crop: one window per batch, its corner a multiple of the grid, so the crop's codes are the image's."""
+    pixels = torch.arange(2 * 16 * 16 * 3, dtype=torch.int32).reshape(2, 16, 16, 3)
+    g = torch.Generator().manual_seed(0)
+    corners = set()
+    for _ in range(50):
+        crop = random_subcrop(pixels, 8, 4, g)
+        assert crop.shape == (2, 8, 8, 3)
+        i, j = divmod(int(crop[0, 0, 0, 0]) // 3, 16)  # where the window starts in the first image
+        assert i % 4 == 0 and j % 4 == 0 and torch.equal(crop, pixels[:, i : i + 8, j : j + 8])
+        corners.add((i, j))
+    assert corners == {(i, j) for i in (0, 4, 8) for j in (0, 4, 8)}
+    assert random_subcrop(pixels, 0, 4, g) is pixels  # 0: whole images
+    cfg = DVAETrainConfig(dataset=str(tmp_path), output=str(tmp_path / "d.pt"), train_crop=30,
+                          model=DVAEModelConfig(preset="small", downsample=4))  # fmt: skip
+    with pytest.raises(ValueError, match="train_crop 30 must be a multiple of the dVAE's downsample"):
+        train_dvae(cfg)
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """The patch teacher: a k-means of raw pixel patches whose codes the dVAE learns first (codebook.teacher_steps)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -67,23 +69,26 @@ def test_taught_updates_learn_the_codes_then_the_elbo_takes_over():
     no KL or Gumbel temperature enters; from teacher_steps on the update is the paper's ELBO again."""
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    pixels, _ = block_images(np.random.default_rng(1), 8)
+    pixels, _ = block_images(np.random.default_rng(1), 4)
     cfg = DVAETrainConfig(
-        schedule=ScheduleConfig(lr_start=3e-3, lr_end=3e-3, scale=0.0001), codebook=CodebookConfig(teacher_steps=30)
+        schedule=ScheduleConfig(lr_start=5e-3, lr_end=5e-3, scale=0.0001), codebook=CodebookConfig(teacher_steps=20)
     )
-    model = DVAE(preset("small", downsample=4, vocab_size=16, image_size=32))
+    model = DVAE(preset("small", downsample=4, vocab_size=16, image_size=32, n_hid=16))
     teacher = PatchTeacher.fit(model_input(pixels), vocab_size=16, patch=4)
     opt = make_optimizer(model, cfg)
     with pytest.raises(ValueError, match="needs a PatchTeacher"):
         train_step(model, opt, pixels, 0, cfg)
-    taught = [train_step(model, opt, pixels, step, cfg, teacher=teacher) for step in range(30)]
-    assert {"teacher_ce", "teacher_accuracy", "nll", "loss", "lr"} <= set(taught[0])
-    assert "kl" not in taught[0] and "tau" not in taught[0]
+    taught = [train_step(model, opt, pixels, step, cfg, teacher=teacher) for step in range(20)]
+    assert {"teacher_ce", "teacher_accuracy", "mse", "loss", "lr"} <= set(taught[0])  # teacher_reconstruction
+    assert "kl" not in taught[0] and "tau" not in taught[0] and "nll" not in taught[0]
     assert taught[-1]["teacher_ce"] < 0.5 * taught[0]["teacher_ce"], [t["teacher_ce"] for t in taught]
     assert taught[-1]["teacher_accuracy"] > 0.9
     model.eval()
     agreement = model.encode_tokens(pixels.permute(0, 3, 1, 2).float() / 255) == teacher.codes(model_input(pixels))
     assert agreement.float().mean() > 0.9  # the encoder's argmax now is the teacher's code
     model.train()
-    after = train_step(model, opt, pixels, 30, cfg, teacher=teacher)
-    assert {"kl", "tau", "beta"} <= set(after) and "teacher_ce" not in after
+    after = train_step(model, opt, pixels, 20, cfg, teacher=teacher)
+    assert {"kl", "tau", "beta", "nll"} <= set(after) and "teacher_ce" not in after
+    laplace = replace(cfg, codebook=CodebookConfig(teacher_steps=20, teacher_reconstruction="logit_laplace"))
+    nll = train_step(model, opt, pixels, 0, laplace, teacher=teacher)
+    assert "nll" in nll and "mse" not in nll and nll["loss"] == pytest.approx(nll["teacher_ce"] + nll["nll"])

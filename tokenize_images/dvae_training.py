@@ -47,6 +47,16 @@ def random_flip(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip.view(-1, 1, 1, 1).to(pixels.device), pixels.flip(2), pixels)
 
 
+def random_subcrop(pixels: torch.Tensor, side: int, grid: int, generator: torch.Generator) -> torch.Tensor:
+    """(B,S,S,3) -> (B,side,side,3): one random side x side window for the whole batch, its corner on the token
+    grid (a multiple of `grid` pixels), so the crop's tokens are the image's tokens there (`train_crop`)."""
+    size = pixels.shape[1]
+    if side <= 0 or side >= size:
+        return pixels
+    i, j = (torch.randint(0, (size - side) // grid + 1, (2,), generator=generator) * grid).tolist()
+    return pixels[:, i : i + side, j : j + side]
+
+
 def rank_seed(seed: int, rank: int, step: int) -> int:
     """The seed of a rank's random streams (Gumbel noise, flips) from `step` on: distinct per rank and per
     resume point, reproducible from the config alone, for the CPU and every CUDA generator (manual_seed)."""
@@ -284,6 +294,7 @@ def train_loop_per_worker(config: dict) -> None:
             pixels = torch.from_numpy(pixels)
             if cfg.horizontal_flip:
                 pixels = random_flip(pixels, flip_gen)
+            whole, pixels = pixels, random_subcrop(pixels, cfg.train_crop, dvae_cfg.downsample, flip_gen)
             pixels = pixels.to(ctx.device, non_blocking=True)
         with timer.compute():
             metrics = train_step(model, optimizer, pixels, step, cfg, ctx.autocast(), channels_last, teacher)
@@ -305,7 +316,7 @@ def train_loop_per_worker(config: dict) -> None:
                 step,
             )
         if ctx.is_rank0 and (step % cfg.image_every == 0 or step == cfg.optim.max_steps):
-            ctx.logger.log_image(reconstruction_png(ema.module, pixels), "reconstructions", step)  # image slider
+            ctx.logger.log_image(reconstruction_png(ema.module, whole), "reconstructions", step)  # image slider
         if step % cfg.checkpoint_every == 0 or step == cfg.optim.max_steps:
             ckpt.save(step, {"loss": metrics["loss"]}, {"data_position": data.state()})
     ctx.close()
@@ -344,6 +355,11 @@ def train_dvae(cfg: DVAETrainConfig) -> dict:
             cfg, run=dataclasses.replace(cfg.run, name="dvae-" + os.path.basename(cfg.output).split(".")[0])
         )
     dvae_cfg = model_config(cfg)
+    if cfg.train_crop and (cfg.train_crop % dvae_cfg.downsample or cfg.train_crop > dvae_cfg.image_size):
+        raise ValueError(
+            f"train_crop {cfg.train_crop} must be a multiple of the dVAE's downsample ({dvae_cfg.downsample}) "
+            f"and at most its image_size ({dvae_cfg.image_size}); 0 trains on whole images"
+        )
     files = storage.glob(storage.join(cfg.dataset, "shards", "*.parquet"))
     if len(files) < cfg.run.num_workers:
         raise ValueError(
