@@ -120,8 +120,10 @@ submit python training/train_prior.py --config configs/prior_demo.toml --data.to
   --run.storage_path "$DEMO/ray_results" --train.dvae "$DEMO/stage2/dvae_demo.pt"
 CKPT=$(find "$DEMO/ray_results/prior-demo" -name state.pt -printf '%T@ %h\n' | sort -n | tail -1 | cut -d' ' -f2)
 PROMPT="a large red circle on a white background"
+# The demo's sampling settings ([train] of configs/prior_demo.toml, chosen by measurement there).
+read -r TEMPERATURE TOP_K < <(python -c "from bench.demo_quality import demo_sampling; print(*demo_sampling())")
 python orchestration/sample_prior.py --checkpoint "$CKPT" --prompt "$PROMPT" --n 8 --out "$DEMO/sample.png" \
-  --dvae "$DEMO/stage2/dvae_demo.pt"
+  --dvae "$DEMO/stage2/dvae_demo.pt" --temperature "$TEMPERATURE" --top-k "$TOP_K"
 
 # 6. summary --------------------------------------------------------------------------------------
 echo
@@ -130,7 +132,7 @@ echo "Dataset:        $DEMO/dataset   (filter report: $DEMO/dataset/report/filte
 python -c "import json; from pipeline.report import summary_text; print(summary_text(json.load(open('$DEMO/dataset/report/filter_report.json'))))"
 echo "Tokens:         $DEMO/stage2/tokens   (dVAE: $DEMO/stage2/dvae_demo.pt)"
 echo "Prior:          $CKPT"
-echo "Sample grid:    $DEMO/sample.png   (\"$PROMPT\")"
+echo "Sample grid:    $DEMO/sample.png   (\"$PROMPT\", temperature $TEMPERATURE, top-k $TOP_K)"
 echo
 echo "Does the demo draw what its captions say? (scene classifier, bench/demo_quality.py)"
 python bench/demo_quality.py "$DEMO" --json "$DEMO/quality.json"

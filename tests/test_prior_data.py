@@ -46,6 +46,16 @@ def test_bpe_dropout_only_when_training(source):
     assert len({tuple(r) for r in train.tolist()}) > 10  # training: segmentations vary
 
 
+def test_truncated_captions_are_counted(source):
+    vocab = source.text_vocab()
+    enc = CaptionEncoder(source.tokenizer_json, 4, vocab, dropout=0.0)
+    short, long = "a red square", "a purple circle and a yellow stripe on a gray background"
+    lengths = [len(enc.tok.encode(c).ids) for c in (short, long)]
+    assert lengths[0] <= 4 < lengths[1]
+    enc([short, long, long])
+    assert (enc.captions, enc.truncated) == (3, 2)
+
+
 def test_first_batch_ahead_keeps_order_and_overlaps():
     def slow():
         time.sleep(0.3)

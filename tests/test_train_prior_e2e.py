@@ -140,6 +140,7 @@ def test_mlflow_run_contents(runs):
         "loss_image",
         "lr",
         "grad_norm",
+        "text_truncated_share",
         "tokens_per_s",
         "data_wait_share",
         "mfu",
@@ -149,6 +150,7 @@ def test_mlflow_run_contents(runs):
     ):
         assert key in run.data.metrics, key
     assert 0 <= run.data.metrics["data_wait_share"] < 1 and run.data.metrics["tokens_per_s"] > 0
+    assert 0 <= run.data.metrics["text_truncated_share"] <= 1
     assert run.data.params["optim.powersgd"] == "True" and run.data.params["shape.grid_h"] == "4"
     tags = run.data.tags
     assert tags["dvae_sha256"] == "synthetic" and len(tags["tokens_manifest_sha256"]) == 64

@@ -84,6 +84,7 @@ class TrainConfig:
     sample_captions: list[str] = doc(["a red circle", "a blue square"], "Fixed captions sampled for the grids.")
     samples_per_caption: int = doc(4, "Images per caption in a grid.")
     sample_top_k: int = doc(0, "Top-k for the grids (0 = full distribution).")
+    sample_temperature: float = doc(1.0, "Sampling temperature for the grids (1 = the model's distribution).")
     dvae: str = doc("", "dVAE checkpoint to decode sample tokens to pixels; '' = draw colour-coded token maps.")
     cpu_peak_flops: float = doc(0.0, "Peak FLOP/s of one CPU worker for the MFU estimate (0 = measure a matmul).")
     threads_per_worker: int = doc(0, "torch intra-op threads per worker (0 = the worker's CPUs).")

@@ -82,10 +82,11 @@ def sample_grid(
     decode,
     device,
     seed: int,
+    temperature: float = 1.0,
 ) -> bytes:
     text = encoder([c for c in captions for _ in range(per_caption)]).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    tokens = ema.module.to(device).generate(text, top_k=top_k, generator=gen)
+    tokens = ema.module.to(device).generate(text, temperature=temperature, top_k=top_k, generator=gen)
     return grid_png(decode(tokens), ncols=per_caption)
 
 
@@ -259,6 +260,7 @@ def train_fn(config: dict[str, Any]) -> None:
                     "lr": lr,
                     "grad_norm": float(grad_norm),
                     "epoch": data.epoch,
+                    "text_truncated_share": train_encoder.truncated / max(1, train_encoder.captions),  # so far
                     **stats,
                     "mfu": mfu(fpt, stats["tokens_per_s"], peak),
                 },
@@ -297,6 +299,7 @@ def train_fn(config: dict[str, Any]) -> None:
                 decode,
                 ctx.device,
                 cfg.data.seed,
+                t.sample_temperature,
             )
             ctx.logger.log_image(png, "samples", step)  # MLflow's image slider pages through the steps
         if step % t.checkpoint_every == 0 or step == t.max_steps:
