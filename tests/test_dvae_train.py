@@ -110,6 +110,12 @@ def test_subcrop_windows_sit_on_the_token_grid(tmp_path):
         train_dvae(cfg)
 
 
+def ray_run(tmp_path, name: str, **overrides) -> HarnessConfig:
+    """One worker on the session's Ray instance, logging every step, checkpoints under tmp_path/ray."""
+    return HarnessConfig(name=name, storage_path=str(tmp_path / "ray"), experiment="train_dvae", num_workers=1,
+                         num_cpus=2, log_every=1, log_final_checkpoint=False, **overrides)  # fmt: skip
+
+
 @pytest.mark.slow
 def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, mlflow_store, shared_ray):
     # The session's Ray instance serves both training launches: train_dvae does not own it, so it
@@ -126,16 +132,7 @@ def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, mlflow_store, share
         schedule=ScheduleConfig(scale=0.001),
         optim=DVAEOptimConfig(batch_size=4, max_steps=6),
         codebook=CodebookConfig(kmeans_margin=5.0, kmeans_images=8, encoder_frozen_steps=2),
-        run=HarnessConfig(
-            name="dvae-test",
-            storage_path=str(tmp_path / "ray"),
-            experiment="train_dvae",
-            num_workers=1,
-            num_cpus=2,
-            log_every=1,
-            log_final_checkpoint=False,
-            parallel="fsdp2",
-        ),
+        run=ray_run(tmp_path, "dvae-test", parallel="fsdp2"),
     )  # the EMA must be built before FSDP2 wraps the model
     _train_resume_and_reuse(cfg)
 
@@ -219,15 +216,7 @@ def test_patch_teacher_on_ray_resumes_with_its_centres(tmp_path, mlflow_store, s
         model=DVAEModelConfig(preset="small", n_hid=16, vocab_size=32, image_size=32, downsample=4),
         optim=DVAEOptimConfig(batch_size=4, max_steps=3),
         codebook=CodebookConfig(teacher_steps=4, kmeans_images=8),
-        run=HarnessConfig(
-            name="dvae-teacher",
-            storage_path=str(tmp_path / "ray"),
-            experiment="train_dvae",
-            num_workers=1,
-            num_cpus=2,
-            log_every=1,
-            log_final_checkpoint=False,
-        ),
+        run=ray_run(tmp_path, "dvae-teacher"),
     )
     checkpoints = tmp_path / "ray" / "dvae-teacher"
 
