@@ -5,8 +5,9 @@
         --codebook.kmeans_margin 0 --codebook.encoder_frozen_steps 0 --codebook.code_embedding_lr_mult 1
 
 Trains a dVAE in-process with the project's own make_optimizer, init_codebook_from_data and train_step,
-configured exactly as train_dvae.py would be (the same TOML and --field overrides), on the dataset's
-images, then encodes 64 held-out images to argmax tokens, decodes them, and prints the reconstruction
+configured exactly as train_dvae.py would be (the same TOML and --field overrides: the patch teacher and
+train_crop included), on the dataset's images, then, with the EMA weights train_dvae exports (since 2026-11-29;
+the live weights before), encodes 64 held-out images to argmax tokens, decodes them, and prints the reconstruction
 MSE, codebook perplexity and the fraction of codes used. --png writes originals above reconstructions,
 so colour loss is visible. This is how configs/dvae_demo.toml was tuned (docs/tokens.md has the sweep):
 the second command above, the demo without its codebook aids, maps every foreground colour to grey.
