@@ -2,15 +2,15 @@
 
     python bench/dvae_recon_quality.py --config configs/dvae_demo.toml --dataset demo_out/dataset --png recon.png
     python bench/dvae_recon_quality.py --config configs/dvae_demo.toml --dataset demo_out/dataset \\
-        --codebook.kmeans_margin 0 --codebook.encoder_frozen_steps 0 --codebook.code_embedding_lr_mult 1
+        --codebook.teacher_steps 0 --codebook.code_embedding_lr_mult 1
 
 Trains a dVAE in-process with the project's own make_optimizer, init_codebook_from_data and train_step,
 configured exactly as train_dvae.py would be (the same TOML and --field overrides: the patch teacher and
 train_crop included), on the dataset's images, then, with the EMA weights train_dvae exports (since 2026-11-29;
 the live weights before), encodes 64 held-out images to argmax tokens, decodes them, and prints the reconstruction
 MSE, codebook perplexity and the fraction of codes used. --png writes originals above reconstructions,
-so colour loss is visible. This is how configs/dvae_demo.toml was tuned (docs/tokens.md has the sweep):
-the second command above, the demo without its codebook aids, maps every foreground colour to grey.
+so colour loss is visible. This is how configs/dvae_demo.toml was tuned (docs/tokens.md has the sweeps):
+the second command above, the demo without any codebook aid, maps every foreground colour to grey.
 
 With --dataset demo:N the images are the demo source's first N scenes (pipeline/demo/source.py, seed 0, as
 the demo serves them, JPEG and all), no dataset needed; --scene-check also scores 256 held-out scenes with the
