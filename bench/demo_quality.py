@@ -46,16 +46,23 @@ def to_pixels(images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def dvae_quality(dvae, n: int) -> dict[str, float]:
-    rng = random.Random(HELD_OUT_SEED)
-    captions, originals = [], []
-    for _ in range(n):
+def demo_scenes(seed: int, count: int, size: int) -> tuple[list[str], np.ndarray]:
+    """The demo source's scenes drawn from `seed` as the demo serves them (JPEG and all), loaded at `size` px:
+    (captions, (count, size, size, 3) uint8). Seed 0 gives the demo's own images, HELD_OUT_SEED new ones."""
+    rng = random.Random(seed)
+    captions, images = [], []
+    for _ in range(count):
         caption, image = describe_and_draw(rng)
         captions.append(caption)
-        originals.append(load_image(jpeg_bytes(image), dvae.cfg.image_size))
-    x = torch.from_numpy(np.stack(originals)).permute(0, 3, 1, 2).float() / 255
+        images.append(load_image(jpeg_bytes(image), size))
+    return captions, np.stack(images)
+
+
+def dvae_quality(dvae, n: int) -> dict[str, float]:
+    captions, originals = demo_scenes(HELD_OUT_SEED, n, dvae.cfg.image_size)
+    x = torch.from_numpy(originals).permute(0, 3, 1, 2).float() / 255
     recon = to_pixels(torch.cat([dvae.decode_tokens(dvae.encode_tokens(b)) for b in x.split(64)]))
-    mse = ((recon.astype(np.float64) - np.stack(originals)) ** 2).mean(axis=(1, 2, 3))
+    mse = ((recon.astype(np.float64) - originals) ** 2).mean(axis=(1, 2, 3))
     psnr = float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
     return {**{f"dvae_{k}": v for k, v in score(recon, captions).items()}, "dvae_psnr_db": psnr}
 

@@ -78,15 +78,9 @@ def restart_dead_codes(model: DVAE, x: torch.Tensor, scale: float, generator: to
 def load_images(dataset: str, limit: int, size: int) -> torch.Tensor:
     images = []
     if dataset.startswith("demo:"):  # the demo source's scenes, drawn as the demo draws them
-        import random
+        from bench.demo_quality import demo_scenes
 
-        from pipeline.demo.source import describe_and_draw, jpeg_bytes
-
-        rng = random.Random(0)
-        count = min(limit, int(dataset.split(":", 1)[1]))
-        return torch.from_numpy(
-            np.stack([load_image(jpeg_bytes(describe_and_draw(rng)[1]), size) for _ in range(count)])
-        )
+        return torch.from_numpy(demo_scenes(0, min(limit, int(dataset.split(":", 1)[1])), size)[1])
     for path in storage.listdir(storage.join(dataset, "shards"), ".parquet"):
         for data in storage.read_parquet(path, columns=["image"]).column("image").to_pylist():
             images.append(load_image(data, size))

@@ -14,7 +14,6 @@ on the held-out originals at --size (its own ceiling: at 32 px it misreads small
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
@@ -25,21 +24,9 @@ if __package__ in (None, ""):  # `python bench/x.py`: make the repository import
 import numpy as np
 import torch
 
-from bench.demo_quality import HELD_OUT_SEED
+from bench.demo_quality import HELD_OUT_SEED, demo_scenes
 from pipeline.demo.scene_check import score
-from pipeline.demo.source import describe_and_draw, jpeg_bytes
 from tokenize_images.patch_teacher import PatchTeacher
-from tokenize_images.preprocess import load_image
-
-
-def scenes(seed: int, count: int, size: int) -> tuple[list[str], np.ndarray]:
-    rng = random.Random(seed)
-    captions, images = [], []
-    for _ in range(count):
-        caption, image = describe_and_draw(rng)
-        captions.append(caption)
-        images.append(load_image(jpeg_bytes(image), size))
-    return captions, np.stack(images)
 
 
 def as_input(images: np.ndarray) -> torch.Tensor:
@@ -55,8 +42,8 @@ def main() -> None:
     ap.add_argument("--held-out", type=int, default=256)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    _, train = scenes(0, args.train, args.size)
-    captions, val = scenes(HELD_OUT_SEED, args.held_out, args.size)
+    _, train = demo_scenes(0, args.train, args.size)
+    captions, val = demo_scenes(HELD_OUT_SEED, args.held_out, args.size)
     print(f"classifier on the originals at {args.size} px: {score(val, captions)['all']:.1%} fully right")
     g = args.size // args.patch
     for codes in args.codes:
