@@ -189,12 +189,17 @@ def init_codebook(dvae: DVAE, stream, cfg: DVAETrainConfig, ctx) -> dict[str, fl
 
 
 def fit_teacher(stream, cfg: DVAETrainConfig, dvae_cfg: DVAEConfig, ctx) -> tuple[PatchTeacher, dict[str, float]]:
-    """The patch teacher (tokenize_images/patch_teacher.py) from the stream's first `kmeans_images` images;
-    every rank uses rank 0's centres."""
+    """The patch teacher (tokenize_images/patch_teacher.py) from the stream's first `kmeans_images` images.
+    Only rank 0 clusters; the other ranks take its centres (their own k-means would be overwritten), but every
+    rank takes the images from its stream, so that data positions stay as a resume rebuilds them."""
     x = first_images(stream, cfg.codebook.kmeans_images, ctx.device)
-    teacher = PatchTeacher.fit(x, dvae_cfg.vocab_size, dvae_cfg.downsample, seed=cfg.optim.seed)
+    p = dvae_cfg.downsample
+    if ctx.is_rank0:
+        teacher = PatchTeacher.fit(x, dvae_cfg.vocab_size, p, seed=cfg.optim.seed)
+    else:
+        teacher = PatchTeacher(torch.empty(dvae_cfg.vocab_size, 3 * p * p, device=ctx.device), p)
     broadcast_from_rank0(ctx, teacher.centres)
-    return teacher, {"teacher_codes_used": float(teacher.used_codes(x))}
+    return teacher, ({"teacher_codes_used": float(teacher.used_codes(x))} if ctx.is_rank0 else {})
 
 
 def broadcast_from_rank0(ctx, *tensors: torch.Tensor) -> None:
