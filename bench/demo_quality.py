@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pipeline.demo.scene_check import parse_caption, score
-from pipeline.demo.source import BACKGROUNDS, COLOURS, SHAPES, SIZES, describe_and_draw, jpeg_bytes
+from pipeline.demo.source import BACKGROUNDS, COLOURS, SHAPES, SIZES, Layout, describe_and_draw, jpeg_bytes
 from tokenize_images.dvae import load_checkpoint
 from tokenize_images.preprocess import load_image
 from training.sampling import load_prior, load_state, load_tokenizer_json
@@ -46,13 +46,13 @@ def to_pixels(images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def demo_scenes(seed: int, count: int, size: int) -> tuple[list[str], np.ndarray]:
+def demo_scenes(seed: int, count: int, size: int, layout: Layout = "lattice") -> tuple[list[str], np.ndarray]:
     """The demo source's scenes drawn from `seed` as the demo serves them (JPEG and all), loaded at `size` px:
     (captions, (count, size, size, 3) uint8). Seed 0 gives the demo's own images, HELD_OUT_SEED new ones."""
     rng = random.Random(seed)
     captions, images = [], []
     for _ in range(count):
-        caption, image = describe_and_draw(rng)
+        caption, image = describe_and_draw(rng, layout)
         captions.append(caption)
         images.append(load_image(jpeg_bytes(image), size))
     return captions, np.stack(images)

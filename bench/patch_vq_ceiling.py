@@ -1,8 +1,9 @@
 """How much of the demo's scenes can a token grid hold at all? A k-means of raw pixel patches, read back as
 each code's centre patch, scored by the demo's scene classifier on held-out scenes.
 
-    python bench/patch_vq_ceiling.py --size 64 --patch 4 --codes 512 1024 2048
-    python bench/patch_vq_ceiling.py --size 64 --patch 8 --codes 512 8192
+    python bench/patch_vq_ceiling.py --size 80 --patch 8 --codes 256 512              # the demo's lattice scenes
+    python bench/patch_vq_ceiling.py --layout free --size 64 --patch 4 --codes 512 1024 2048
+    python bench/patch_vq_ceiling.py --layout free --size 64 --patch 8 --codes 512 8192
 
 The k-means is tokenize_images/patch_teacher.py's (the codes a dVAE with codebook.teacher_steps learns
 first), fitted on --train scenes of the demo source (seed 0, as the demo serves them); the held-out scenes are
@@ -40,10 +41,11 @@ def main() -> None:
     ap.add_argument("--codes", type=int, nargs="+", default=[512, 1024], help="codebook sizes")
     ap.add_argument("--train", type=int, default=400, help="scenes the k-means is fitted on")
     ap.add_argument("--held-out", type=int, default=256)
+    ap.add_argument("--layout", choices=["lattice", "free"], default="lattice", help="the demo source's scene layout")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    _, train = demo_scenes(0, args.train, args.size)
-    captions, val = demo_scenes(HELD_OUT_SEED, args.held_out, args.size)
+    _, train = demo_scenes(0, args.train, args.size, args.layout)
+    captions, val = demo_scenes(HELD_OUT_SEED, args.held_out, args.size, args.layout)
     print(f"classifier on the originals at {args.size} px: {score(val, captions)['all']:.1%} fully right")
     g = args.size // args.patch
     for codes in args.codes:

@@ -17,7 +17,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.demo.source import BACKGROUNDS, COLOURS, RELATIONS, describe_and_draw, write_demo_source
+from pipeline.demo.source import (
+    BACKGROUNDS,
+    COLOURS,
+    LATTICE,
+    RELATIONS,
+    SIZES,
+    describe_and_draw,
+    draw_scene,
+    write_demo_source,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,11 +42,12 @@ def parse(caption: str) -> tuple[list[tuple[str, str, str]], str | None, str]:
     return [tuple(body.split())], None, background
 
 
+@pytest.mark.parametrize("layout", ["lattice", "free"])
 @pytest.mark.parametrize("seed", range(3))
-def test_captions_describe_the_image_exactly(seed):
+def test_captions_describe_the_image_exactly(seed, layout):
     rng = random.Random(seed)
     for _ in range(15):
-        caption, image = describe_and_draw(rng)
+        caption, image = describe_and_draw(rng, layout)
         objects, relation, background = parse(caption)
         # Decode from JPEG, as later stages will see it.
         buf = io.BytesIO()
@@ -60,6 +70,54 @@ def test_captions_describe_the_image_exactly(seed):
         if relation:
             (x1, y1), (x2, y2) = centres
             assert {"above": y1 < y2, "below": y1 > y2, "to the left of": x1 < x2, "to the right of": x1 > x2}[relation]
+
+
+def test_lattice_shapes_fill_whole_cells_of_the_centre_square():
+    """Every shape's box lies on cell edges of the centre square (the crop later stages take), so that one dVAE token
+    per cell holds one fixed piece of one shape; the sizes stay 0.2 and 0.4 of the short side."""
+    rng = random.Random(11)
+    for _ in range(60):
+        caption, image = describe_and_draw(rng)
+        pixels = np.asarray(image).astype(int)  # before JPEG: exact edges
+        h, w, _ = pixels.shape
+        short = min(w, h)
+        x0, y0 = (w - short) / 2, (h - short) / 2
+        objects, _, _ = parse(caption)
+        for size, colour, _shape in objects:
+            ys, xs = np.nonzero((pixels == COLOURS[colour]).all(axis=2))
+            # Within 3 source pixels (PIL's rasterising of a triangle's corners): under one pixel at the demo's 80 px.
+            edges = np.array([xs.min() - x0, xs.max() - x0, ys.min() - y0, ys.max() - y0]) / short * LATTICE
+            assert np.abs(edges - edges.round()).max() <= 3 * LATTICE / short, (caption, edges)
+            cells = edges[1] - edges[0], edges[3] - edges[2]
+            assert round(max(cells)) == SIZES[size] * LATTICE, (caption, cells)
+            assert 1 <= edges.round().min() and edges.round().max() <= LATTICE - 1, (
+                caption
+            )  # a cell of background all round
+
+
+def test_the_layout_must_be_known():
+    with pytest.raises(ValueError, match="'lattice' or 'free'"):
+        describe_and_draw(random.Random(0), "grid")
+
+
+def test_scene_keys_tell_apart_what_a_resize_could_merge():
+    """Two scenes with the same caption and centres are one image once resized to the same short side, unless their
+    canvases differ in shape: the key holds the canvas shape, and different shapes differ after any resize."""
+    rng = random.Random(3)
+    shapes: dict[tuple, set[tuple[int, int]]] = {}
+    for _ in range(3000):
+        caption, image, (key_caption, centres, canvas) = draw_scene(rng)
+        assert key_caption == caption and len(centres) == len(parse(caption)[0])
+        w, h = image.size
+        resized = (256, round(256 * h / w)) if w <= h else (round(256 * w / h), 256)
+        shapes.setdefault((caption, centres, canvas), set()).add(resized)
+    # Two canvas shapes of the same scene never resize to the same shape (one key may resize to two, harmlessly).
+    by_scene: dict[tuple, list[set]] = {}
+    for (caption, centres, _canvas), resized in shapes.items():
+        by_scene.setdefault((caption, centres), []).append(resized)
+    assert any(len(v) > 1 for v in by_scene.values())  # the check has cases
+    for sets in by_scene.values():
+        assert sum(len(r) for r in sets) == len(set().union(*sets))
 
 
 def test_deterministic_and_consistent(tmp_path):

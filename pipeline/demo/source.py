@@ -28,6 +28,7 @@ import os
 import random
 import struct
 import zlib
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,31 +79,76 @@ class DemoSource:
         return out
 
 
-def describe_and_draw(rng: random.Random) -> tuple[str, Image.Image]:
+# Where the shapes go: on a lattice of LATTICE cells per side of the image's centre square (the crop every later
+# stage takes), so that the 0.2 and 0.4 sizes are 2 and 4 cells and every shape's box lies on cell edges. The demo's
+# dVAE works at 80 px with one token per 8x8 pixels (configs/dvae_demo.toml): one token per cell, so each token
+# holds background, one colour, or one fixed piece of one shape, and a 512-code k-means of the pixel patches keeps
+# 100% of held-out scenes (bench/patch_vq_ceiling.py). With free positions ("free": the layout before 2026-11-29,
+# centres jittered by up to 0.02 and 0.08), an 8x8-pixel token holds any piece of a shape at any offset: at most
+# 52.7% survive, and a 16x16 grid is needed, whose 256-token prior does not learn in the demo's CPU minutes
+# (docs/tokens.md, "A scene lattice").
+LATTICE = 10
+NEAR_CENTRE = (0.4, 0.5, 0.6)  # one object: its centre on each axis; two objects: across the relation's axis
+ALONG = (0.3, 0.7)  # two objects: the first and the second centre along the relation's axis
+Layout = Literal["lattice", "free"]
+
+
+ASPECT_STEP, ASPECT_STEPS = 0.02, 13  # canvas long/short side: 1.00, 1.02, ... 1.24
+
+
+def describe_and_draw(rng: random.Random, layout: Layout = "lattice") -> tuple[str, Image.Image]:
     """One random scene and its exact caption."""
-    width, height = rng.randint(256, 320), rng.randint(256, 320)
+    caption, image, _ = draw_scene(rng, layout)
+    return caption, image
+
+
+def draw_scene(rng: random.Random, layout: Layout = "lattice") -> tuple[str, Image.Image, tuple]:
+    """One random scene, its exact caption, and its key: (caption, centres, canvas shape). Two scenes with the same
+    key look the same once resized to any short side (the build's keep-ratio resize), and would be duplicate_image.
+
+    The canvas's aspect ratio is a multiple of ASPECT_STEP, so two different ratios stay apart after resizing."""
+    if layout not in ("lattice", "free"):
+        raise ValueError(f"layout must be 'lattice' or 'free', not {layout!r}")
+    step = rng.randrange(ASPECT_STEPS)
+    ratio = 1 + ASPECT_STEP * step
+    short = rng.randint(256, int(320 / ratio))
+    tall = step > 0 and rng.random() < 0.5
+    width, height = (short, round(short * ratio)) if tall else (round(short * ratio), short)
     background = rng.choice(sorted(BACKGROUNDS))
     image = Image.new("RGB", (width, height), BACKGROUNDS[background])
     draw = ImageDraw.Draw(image)
-    short = min(width, height)
     colours = rng.sample(sorted(COLOURS), 2)
     objects = [(rng.choice(sorted(SIZES)), colours[i], rng.choice(SHAPES)) for i in range(2)]
-    if rng.random() < 0.3:  # one object, centred
+    if layout == "lattice":  # centres as fractions of the centre square
+        square = (short, short, (width - short) / 2, (height - short) / 2)
+        near = lambda: rng.choice(NEAR_CENTRE)  # noqa: E731
+        single, along, across = (near(), near()), ALONG, (near(), near())
+    else:  # centres as fractions of the whole image
+        square = (width, height, 0.0, 0.0)
+        single, along = (_jitter(rng, 0.5), _jitter(rng, 0.5)), (_jitter(rng, 0.27), _jitter(rng, 0.73))
+        across = (_jitter(rng, 0.5, 0.08), _jitter(rng, 0.5, 0.08))
+    centres = []
+
+    def put(obj: tuple[str, str, str], fx: float, fy: float) -> None:
+        size, colour, shape = obj
+        sw, sh, x0, y0 = square
+        _shape(draw, shape, COLOURS[colour], x0 + fx * sw, y0 + fy * sh, SIZES[size] * short)
+        centres.append((fx, fy))
+
+    canvas = (step, tall) if layout == "lattice" else (width, height)
+    if rng.random() < 0.3:  # one object, near the centre
+        put(objects[0], *single)
         size, colour, shape = objects[0]
-        _shape(draw, shape, COLOURS[colour], _jitter(rng, 0.5) * width, _jitter(rng, 0.5) * height, SIZES[size] * short)
-        return f"a {size} {colour} {shape} on a {background} background", image
+        caption = f"a {size} {colour} {shape} on a {background} background"
+        return caption, image, (caption, tuple(centres), canvas)
     relation = rng.choice(RELATIONS)
-    # Centres at 27% and 73% along the relation's axis keep two large shapes apart and inside.
-    first, second = (0.27, 0.73) if relation in ("above", "to the left of") else (0.73, 0.27)
-    cross = (_jitter(rng, 0.5, 0.08), _jitter(rng, 0.5, 0.08))
-    alongs = (_jitter(rng, first), _jitter(rng, second))
-    # one or two objects: zip stops at the last object
-    for (size, colour, shape), along, across in zip(objects, alongs, cross, strict=False):
-        vertical = relation in ("above", "below")
-        cx, cy = (across * width, along * height) if vertical else (along * width, across * height)
-        _shape(draw, shape, COLOURS[colour], cx, cy, SIZES[size] * short)
+    # The first object above or left of the second, or the other way round; two large shapes meet at most at an edge.
+    alongs = along if relation in ("above", "to the left of") else along[::-1]
+    for obj, a, c in zip(objects, alongs, across, strict=True):
+        put(obj, c, a) if relation in ("above", "below") else put(obj, a, c)
     (s1, c1, h1), (s2, c2, h2) = objects
-    return f"a {s1} {c1} {h1} {relation} a {s2} {c2} {h2} on a {background} background", image
+    caption = f"a {s1} {c1} {h1} {relation} a {s2} {c2} {h2} on a {background} background"
+    return caption, image, (caption, tuple(centres), canvas)
 
 
 def _jitter(rng: random.Random, centre: float, spread: float = 0.02) -> float:
@@ -174,13 +220,18 @@ def write_demo_source(
     www = os.path.join(out_dir, "www")
     w = _Writer(www, base_url)
 
+    drawn: set[tuple] = set()
+
     def unique_scene() -> tuple[str, bytes]:
-        while True:  # exact duplicates would be (correctly) rejected as duplicate_image: never make one
-            caption, image = describe_and_draw(rng)
+        # Duplicates would be (correctly) rejected as duplicate_image: never make one, neither byte for byte nor
+        # the same lattice scene on a canvas of the same shape (the build's resize would make them one image).
+        while True:
+            caption, image, key = draw_scene(rng)
             data = jpeg_bytes(image)
             digest = hashlib.sha256(data).hexdigest()
-            if digest not in w.hashes:
+            if digest not in w.hashes and key not in drawn:
                 w.hashes.add(digest)
+                drawn.add(key)
                 return caption, data
 
     good_urls = []
