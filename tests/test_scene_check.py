@@ -9,16 +9,17 @@ from pipeline.demo.source import BACKGROUNDS, COLOURS, SHAPES, describe_and_draw
 from tokenize_images.preprocess import load_image
 
 
-def scenes(n: int, seed: int, size: int = 64):
-    """Scenes as the demo's tokens see them: JPEG, short side to `size`, centre crop."""
+def scenes(n: int, seed: int, size: int = 80, layout: str = "lattice"):
+    """Scenes as the demo's tokens see them (80 px: configs/dvae_demo.toml): JPEG, short side to `size`, centre crop."""
     rng = random.Random(seed)
     for _ in range(n):
-        caption, image = describe_and_draw(rng)
+        caption, image = describe_and_draw(rng, layout)
         yield caption, load_image(jpeg_bytes(image), size)
 
 
-def test_drawn_scenes_are_read_right():
-    captions, images = zip(*scenes(300, seed=7), strict=True)
+@pytest.mark.parametrize("size,layout", [(80, "lattice"), (64, "lattice"), (64, "free")])
+def test_drawn_scenes_are_read_right(size, layout):
+    captions, images = zip(*scenes(300, seed=7, size=size, layout=layout), strict=True)
     assert score(list(images), list(captions))["all"] >= 0.99
 
 
