@@ -95,3 +95,44 @@ def test_ray_data_calls_use_no_deprecated_api(source):
         config = data_config()
         default = default_dataset_config()  # what harness.launch gives trainers without a DataConfig (the dVAE)
     assert config._datasets_to_split == ["val"] and default._datasets_to_split == "all"
+
+
+def test_memory_cache_keeps_every_row_in_order_and_refuses_what_does_not_fit(source, shared_ray):
+    """data.cache = "memory" reads each rank's shards once into the object store. Its epochs give the same rows as
+    epochs that read the shards again: in the same order unshuffled, and in an order a rebuild (a resume) repeats when
+    shuffled. A token set over half the store is refused."""
+    from ray.data import DataContext
+
+    # As training iterates them: Ray Train applies data_config()'s preserve_order to each worker's datasets.
+    options = DataContext.get_current().execution_options
+    preserve, options.preserve_order = options.preserve_order, True
+    try:
+        check_memory_cache(source)
+    finally:
+        options.preserve_order = preserve
+
+
+def check_memory_cache(source):
+    from ray.data.dataset import MaterializedDataset
+
+    from training.data import collate, epoch_batches
+
+    streamed, _ = source.ray_datasets(2)
+    cached, _ = source.ray_datasets(2, cache="memory")
+    rebuilt, _ = source.ray_datasets(2, cache="memory")
+    assert all(isinstance(ds, MaterializedDataset) for ds in cached.values())
+    assert not any(isinstance(ds, MaterializedDataset) for ds in streamed.values())
+    fn = collate(CaptionEncoder(source.tokenizer_json, 8, source.text_vocab()), 16)
+
+    def keys(ds, epoch, shuffle_buffer=16):
+        return [k for b in epoch_batches(ds, fn, 4, epoch, seed=3, shuffle_buffer=shuffle_buffer) for k in b["keys"]]
+
+    for name in ("train_0", "train_1", "val"):
+        assert keys(cached[name], 0, shuffle_buffer=0) == keys(streamed[name], 0, shuffle_buffer=0)
+        assert len(set(keys(cached[name], 0))) == 32  # one shard of 32 rows, each once
+        assert sorted(keys(cached[name], 1)) == sorted(keys(streamed[name], 1))
+        assert keys(cached[name], 1) == keys(rebuilt[name], 1) != keys(cached[name], 2)  # seeded, epochs apart
+    with pytest.raises(ValueError, match="object store"):
+        source.ray_datasets(2, cache="memory", store_bytes=1000)
+    with pytest.raises(ValueError, match="'stream' or 'memory'"):
+        source.ray_datasets(2, cache="disk")

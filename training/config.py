@@ -48,6 +48,11 @@ class DataConfig:
     shuffle_buffer: int = doc(256, "Rows in each worker's local shuffle buffer (0 = stream order).")
     seed: int = doc(0, "Seed of the shuffle (the epoch number is added, so epochs differ but reruns agree).")
     prefetch_batches: int = doc(2, "Batches Ray Data prepares ahead of the training step.")
+    cache: Literal["stream", "memory"] = doc("stream", "'stream' = every epoch reads the shards again (any size); "
+                                                       "'memory' = read them once into Ray's object store and iterate "
+                                                       "that every epoch, for token sets of many short epochs (the "
+                                                       "demo's: a read costs 3-5 CPU-seconds per epoch). Refused when "
+                                                       "the shards would take over half the object store.")
 
 
 @dataclass

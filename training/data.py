@@ -79,10 +79,19 @@ class TokenSource:
 
         return Tokenizer.from_str(self.tokenizer_json).get_vocab_size()
 
-    def ray_datasets(self, num_workers: int) -> tuple[dict[str, Any], Any]:
-        """{'train_<r>': rank r's shards, 'val': held-out shards} and the DataConfig that splits only val."""
+    def ray_datasets(
+        self, num_workers: int, cache: str = "stream", store_bytes: float | None = None
+    ) -> tuple[dict[str, Any], Any]:
+        """{'train_<r>': rank r's shards, 'val': held-out shards} and the DataConfig that splits only val.
+
+        cache="memory" reads every dataset once, here, into Ray's object store (`materialize`, in file order so the
+        data order stays a pure function of the files and the seed), and every epoch iterates those blocks instead
+        of reading the shards again. Refused when the shards, uncompressed, would fill over half of `store_bytes`
+        (the cluster's object store memory unless given)."""
         import ray.data
 
+        if cache not in ("stream", "memory"):
+            raise ValueError(f"data.cache must be 'stream' or 'memory', not {cache!r}")
         if len(self.train_files) < num_workers:
             raise ValueError(
                 f"{len(self.train_files)} training shards for {num_workers} workers: "
@@ -94,7 +103,34 @@ class TokenSource:
             for r in range(num_workers)
         }
         datasets["val"] = ray.data.read_parquet(self.val_files).select_columns(cols)
+        if cache == "memory":
+            self.check_fits_memory(store_bytes)
+            context = ray.data.DataContext.get_current()
+            preserve, context.execution_options.preserve_order = context.execution_options.preserve_order, True
+            try:
+                datasets = {name: ds.materialize() for name, ds in datasets.items()}
+            finally:
+                context.execution_options.preserve_order = preserve
         return datasets, data_config()
+
+    def check_fits_memory(self, store_bytes: float | None = None) -> None:
+        """data.cache = "memory" only for token sets that fit: the first shard's uncompressed size times the shard
+        count (one footer read, not one per shard) against half the object store."""
+        import pyarrow.parquet as pq
+
+        if store_bytes is None:
+            import ray
+
+            store_bytes = ray.cluster_resources().get("object_store_memory", 0)
+        fs, inner = storage.resolve(self.train_files[0])
+        meta = pq.read_metadata(inner, filesystem=fs)
+        first = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        estimate = first * (len(self.train_files) + len(self.val_files))
+        if estimate > store_bytes / 2:
+            raise ValueError(
+                f"data.cache = 'memory': the token shards take about {estimate / 2**20:,.0f} MiB uncompressed, over "
+                f"half of Ray's object store ({store_bytes / 2**20:,.0f} MiB); use data.cache = 'stream'"
+            )
 
 
 def data_config():

@@ -68,7 +68,7 @@ def train(cfg: PriorTrainConfig) -> LaunchResult:
     impl = attention_impl(cfg.model.attn_impl, gpus, cfg.model.dropout)
     source = TokenSource.open(cfg.data.tokens, cfg.data.val_shards)
     shape = model_shape(cfg, source, impl)
-    datasets, data_config = source.ray_datasets(cfg.run.num_workers)
+    datasets, data_config = source.ray_datasets(cfg.run.num_workers, cfg.data.cache)
     manifest = json.dumps(source.manifest, sort_keys=True).encode()
     tags = {
         "tokens_root": cfg.data.tokens,
