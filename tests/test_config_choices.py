@@ -30,7 +30,6 @@ CONFIG_CLASSES = {
     "demo.toml": BuildConfig,  # orchestration/build_dataset.py
     "laion.toml": BuildConfig,
     "dvae_demo.toml": DVAETrainConfig,  # dVAE training
-    "dvae_demo16.toml": DVAETrainConfig,
     "dvae_openai.toml": DVAETrainConfig,
     "dvae_small.toml": DVAETrainConfig,
     "encode_demo.toml": EncodeConfig,  # orchestration/encode_tokens.py
