@@ -100,6 +100,7 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--scene-check", action="store_true", help="also score held-out demo scenes (issue 13's goal)")
+    ap.add_argument("--scenes", type=int, default=256, help="held-out scenes the scene check scores")
     args, rest = ap.parse_known_args()
     cfg = parse_cli(DVAETrainConfig, rest, description=__doc__, flags=[Flag("--dataset", "dataset", "dataset root")])
     if args.threads:
@@ -153,10 +154,10 @@ def main() -> None:
     if args.scene_check:
         from bench.demo_quality import dvae_quality
 
-        scores = dvae_quality(model, 256)
+        scores = dvae_quality(model, args.scenes)
         aspects = ", ".join(f"{k[5:]} {v:.1%}" for k, v in scores.items() if k not in ("dvae_all", "dvae_psnr_db"))
         print(
-            f"scene check, 256 held-out scenes: {scores['dvae_all']:.1%} fully right, PSNR "
+            f"scene check, {args.scenes} held-out scenes: {scores['dvae_all']:.1%} fully right, PSNR "
             f"{scores['dvae_psnr_db']:.1f} dB (goal 95%, 25 dB); {aspects}"
         )
     if args.png:
