@@ -137,3 +137,9 @@ def quiet_ray_data() -> None:
     if not loud:
         level = os.environ.setdefault(RAY_DATA_LEVEL_ENV, QUIET_LEVEL)
         logging.getLogger("ray.data").setLevel(level)
+        # The bars are off on purpose: Ray Data's one-time WARNING of how to turn them on ("Progress bars
+        # disabled. To enable, set ...", once per process that runs a dataset) is spent here. Ray Data keys it
+        # with log_once; under another key in a later Ray the line simply comes back.
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")

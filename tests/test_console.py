@@ -11,6 +11,7 @@ import pytest
 from common.ray_cluster import PREEMPTION_WATCHER_ENV, RAY_DATA_LEVEL_ENV, VERBOSE_ENV, console_env, train_log_level
 
 FINISHED = "execution finished"  # streaming_executor.py logs "Dataset <id> execution finished in <s> seconds" at INFO
+HINT = "Progress bars disabled"  # ray.data._internal.progress logs it at WARNING, once per process
 
 
 @pytest.fixture
@@ -35,9 +36,10 @@ def test_the_verbose_flag_travels_instead_of_a_level(quiet, monkeypatch):
     assert train_log_level() == "INFO"
 
 
-def ray_data_console_of_a_plain_worker() -> str:
+def ray_data_console_of_a_plain_worker(setup: str = "") -> str:
     """What Ray Data writes to the console of a Ray actor that runs one small dataset: the actor is started by
-    Ray with the instance's environment and runs none of this project's console code."""
+    Ray with the instance's environment and runs none of this project's console code, unless `setup` names some:
+    "quiet" calls quiet_ray_data() first, "bars_off" turns the progress bars off by hand."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -48,6 +50,12 @@ def ray_data_console_of_a_plain_worker() -> str:
 
             import ray.data
 
+            if setup == "quiet":
+                from common.ray_cluster import quiet_ray_data
+
+                quiet_ray_data()
+            elif setup == "bars_off":
+                ray.data.DataContext.get_current().enable_progress_bars = False
             err = io.StringIO()
             # Ray's console handler writes to sys.stderr at emit time. Iterated as a Train worker iterates its
             # shard: the iterator's end shuts the executor down, and logs the line, in this thread (count()
@@ -73,6 +81,7 @@ def test_ray_data_workers_are_quiet_by_default_and_verbose_on_the_flag(ray_clust
         # A marker in the env: a fresh instance, never one another module started with other settings.
         ray_cluster.start(num_cpus=2, env={"DALLE_TEST_CONSOLE": "quiet"})
         quiet_console = ray_data_console_of_a_plain_worker()
+        ours, by_hand = ray_data_console_of_a_plain_worker("quiet"), ray_data_console_of_a_plain_worker("bars_off")
         assert os.environ.get(PREEMPTION_WATCHER_ENV) == "0"  # set for the local instance (Ray Train reads it)
 
         monkeypatch.setenv(VERBOSE_ENV, "1")
@@ -82,4 +91,7 @@ def test_ray_data_workers_are_quiet_by_default_and_verbose_on_the_flag(ray_clust
     finally:
         ray_cluster.stop()  # its settings are this test's: no other module may reuse the instance
     assert FINISHED not in quiet_console, quiet_console
+    # A process that turns the bars off itself gets Ray Data's hint of how to turn them on; quiet_ray_data() spends it.
+    assert HINT in by_hand, by_hand
+    assert HINT not in ours and FINISHED not in ours, ours
     assert FINISHED in verbose_console, verbose_console  # the same worker code does print it: the check can fail
