@@ -10,8 +10,8 @@
     python bench/demo_quality.py demo_out [--json demo_out/quality.json] [--samples 4] [--temperature T --top-k K]
 
 The prior samples with the demo's own settings, [train] sample_temperature and sample_top_k of
-configs/prior_demo.toml (T 0.8, top-k 8: on the 2026-11-29 clean-clone demo 37.0% fully right, against 25.5% at
-T 1.0 and 32.3% at T 0.5), unless --temperature / --top-k say otherwise.
+configs/prior_demo.toml (T 0.5, top-k 8; the figures behind that choice are in its comments), unless --temperature /
+--top-k say otherwise.
 
 Goals (issue 13): dVAE >= 95% fully right with PSNR >= 25 dB, prior >= 90% fully right.
 """
