@@ -91,8 +91,6 @@ LATTICE = 10
 NEAR_CENTRE = (0.4, 0.5, 0.6)  # one object: its centre on each axis; two objects: across the relation's axis
 ALONG = (0.3, 0.7)  # two objects: the first and the second centre along the relation's axis
 Layout = Literal["lattice", "free"]
-
-
 ASPECT_STEP, ASPECT_STEPS = 0.02, 13  # canvas long/short side: 1.00, 1.02, ... 1.24
 
 
@@ -145,7 +143,10 @@ def draw_scene(rng: random.Random, layout: Layout = "lattice") -> tuple[str, Ima
     # The first object above or left of the second, or the other way round; two large shapes meet at most at an edge.
     alongs = along if relation in ("above", "to the left of") else along[::-1]
     for obj, a, c in zip(objects, alongs, across, strict=True):
-        put(obj, c, a) if relation in ("above", "below") else put(obj, a, c)
+        if relation in ("above", "below"):
+            put(obj, c, a)
+        else:
+            put(obj, a, c)
     (s1, c1, h1), (s2, c2, h2) = objects
     caption = f"a {s1} {c1} {h1} {relation} a {s2} {c2} {h2} on a {background} background"
     return caption, image, (caption, tuple(centres), canvas)
