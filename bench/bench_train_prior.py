@@ -103,7 +103,7 @@ def ray_loop(
             "0",
             "--train.samples_per_caption",
             "1",
-            "--train.threads_per_worker",
+            "--run.threads_per_worker",
             str(threads),
             "--run.name",
             f"bench-{workers}w",

@@ -28,6 +28,8 @@ class HarnessConfig:
     num_workers: int = doc(2, "Ray Train workers (one process per GPU, or per CPU slot).")
     use_gpu: UseGpu = doc("auto", "'auto' = use GPUs when the Ray cluster has any; 'true' / 'false' to force.")
     cpus_per_worker: float = doc(1.0, "CPUs reserved per worker. Leave some CPUs free for Ray Data reads.")
+    threads_per_worker: int = doc(0, "torch intra-op threads per CPU worker (0 = its cpus_per_worker, at least 1). "
+                                     "More than its CPUs when the CPUs it leaves free idle once the data is read.")
     parallel: Parallel = doc("ddp", "'ddp' (DistributedDataParallel), 'fsdp2' (torch fully_shard per block) or 'none' "
                                     "(no wrapper, single worker).")
     max_failures: int = doc(0, "Worker-group restarts from the last checkpoint before the run fails (-1 = unlimited).")
@@ -37,3 +39,12 @@ class HarnessConfig:
                                            "multi-GB models; its path is always logged as a tag).")
     ray_address: str = doc("", "Ray cluster to connect to ('' = RAY_ADDRESS, else a private local instance).")
     num_cpus: int = doc(0, "CPUs for a private local Ray instance (0 = all).")
+# fmt: on
+
+    def __post_init__(self):
+        if self.threads_per_worker < 0:
+            raise ValueError(f"run.threads_per_worker must be >= 0 (0 = cpus_per_worker), got {self.threads_per_worker}")
+
+    def cpu_threads(self) -> int:
+        """torch intra-op threads of one CPU worker."""
+        return self.threads_per_worker or max(1, int(self.cpus_per_worker))

@@ -110,6 +110,7 @@ def launch(
         "log_every": run.log_every,
         "parallel": run.parallel,
         "use_gpu": gpu,
+        "cpu_threads": run.cpu_threads(),
     }
     try:  # from here on the run is RUNNING: any failure, even in the constructor, must end it FAILED
         trainer = TorchTrainer(

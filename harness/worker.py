@@ -68,12 +68,17 @@ def worker_context(config: dict[str, Any], bf16: bool = True) -> WorkerContext:
     h = config[HARNESS_KEY]
     tc = ray.train.get_context()
     rank = tc.get_world_rank()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":  # torch's default, every core of the node, would oversubscribe it with several workers
+        torch.set_num_threads(h["cpu_threads"])
     logger = AsyncRunLogger(h["run_id"], h["tracking_uri"]) if rank == 0 and h.get("run_id") else NullLogger()
+    if device.type == "cpu":
+        logger.log_metrics({"torch_threads": float(torch.get_num_threads())}, 0)  # what run.threads_per_worker gave
     return WorkerContext(
         rank=rank,
         world_size=tc.get_world_size(),
         local_rank=tc.get_local_rank(),
-        device=ray.train.torch.get_device(),
+        device=device,
         parallel=h["parallel"],
         log_every=h["log_every"],
         run_id=h.get("run_id", ""),

@@ -81,6 +81,17 @@ def test_wrong_choice_is_refused_by_parse_cli(cls, argv, field, allowed, capsys)
     assert f"{field}: {bad!r} is not one of {allowed}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cls", [PriorTrainConfig, DVAETrainConfig])
+def test_negative_threads_per_worker_is_refused(cls, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_cli(cls, ["--run.threads_per_worker", "-1"])
+    assert exc.value.code == 2
+    assert "run.threads_per_worker must be >= 0 (0 = cpus_per_worker), got -1" in capsys.readouterr().err
+    run = parse_cli(cls, ["--run.cpus_per_worker", "0.5"]).run
+    assert run.cpu_threads() == 1  # 0: the worker's CPU slots, at least one thread
+    assert parse_cli(cls, ["--run.cpus_per_worker", "0.5", "--run.threads_per_worker", "2"]).run.cpu_threads() == 2
+
+
 def test_wrong_choice_in_toml_is_refused(tmp_path, capsys):
     toml = tmp_path / "bad.toml"
     toml.write_text('[run]\nparallel = "FSDP2"\n')

@@ -132,7 +132,7 @@ def test_train_on_ray_logs_checkpoints_and_resumes(tmp_path, mlflow_store, share
         schedule=ScheduleConfig(scale=0.001),
         optim=DVAEOptimConfig(batch_size=4, max_steps=6),
         codebook=CodebookConfig(kmeans_margin=5.0, kmeans_images=8, encoder_frozen_steps=2),
-        run=ray_run(tmp_path, "dvae-test", parallel="fsdp2"),
+        run=ray_run(tmp_path, "dvae-test", parallel="fsdp2", threads_per_worker=2),
     )  # the EMA must be built before FSDP2 wraps the model
     _train_resume_and_reuse(cfg)
 
@@ -171,6 +171,8 @@ def _train_resume_and_reuse(cfg):
         assert client.get_metric_history(first["run_id"], name), name
     # The k-means init ran once, on the fresh start (8 images x 16 positions for 64 codes), not on resume.
     assert [m.step for m in client.get_metric_history(first["run_id"], "kmeans_codes_used")] == [0]
+    # run.threads_per_worker reached the worker (more threads than its one CPU slot: the demo's dVAE).
+    assert {m.value for m in client.get_metric_history(first["run_id"], "torch_threads")} == {cfg.run.cpu_threads()}
     # The data position is checkpointed: the resumed run goes on counting epochs where the first one stopped.
     epochs = [m.value for m in sorted(client.get_metric_history(first["run_id"], "epoch"), key=lambda m: m.step)]
     assert epochs == sorted(epochs) and epochs[-1] >= 3, epochs

@@ -234,8 +234,6 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = from_dict(DVAETrainConfig, config["cfg"])
     dvae_cfg = DVAEConfig(**config["dvae"])
     ctx = worker_context(config)
-    if ctx.device.type == "cpu":
-        torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.optim.seed)  # same initial weights on every rank
     dvae = DVAE(dvae_cfg)
     fresh = ctx.attempt_checkpoint is None

@@ -92,7 +92,6 @@ class TrainConfig:
     sample_temperature: float = doc(1.0, "Sampling temperature for the grids (1 = the model's distribution).")
     dvae: str = doc("", "dVAE checkpoint to decode sample tokens to pixels; '' = draw colour-coded token maps.")
     cpu_peak_flops: float = doc(0.0, "Peak FLOP/s of one CPU worker for the MFU estimate (0 = measure a matmul).")
-    threads_per_worker: int = doc(0, "torch intra-op threads per worker (0 = the worker's CPUs).")
     fail_at_step: int = doc(0, "Fault drill: kill the last worker once when it reaches this step (0 = never).")
     trace_batches: str = doc("", "Debug: append each rank's batch keys per step to this JSONL file (data lineage).")
 

@@ -159,7 +159,6 @@ def train_fn(config: dict[str, Any]) -> None:
 
     cfg = from_dict(PriorTrainConfig, config["cfg"])
     shape = PriorShape(**config["shape"])
-    torch.set_num_threads(cfg.train.threads_per_worker or max(1, int(cfg.run.cpus_per_worker)))
     ctx = worker_context(config, bf16=cfg.optim.bf16)
     o, t = cfg.optim, cfg.train
 
