@@ -43,7 +43,8 @@ class HarnessConfig:
 
     def __post_init__(self):
         if self.threads_per_worker < 0:
-            raise ValueError(f"run.threads_per_worker must be >= 0 (0 = cpus_per_worker), got {self.threads_per_worker}")
+            n = self.threads_per_worker
+            raise ValueError(f"run.threads_per_worker must be >= 0 (0 = cpus_per_worker), got {n}")
 
     def cpu_threads(self) -> int:
         """torch intra-op threads of one CPU worker."""
