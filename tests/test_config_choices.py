@@ -92,6 +92,12 @@ def test_negative_threads_per_worker_is_refused(cls, capsys):
     assert parse_cli(cls, ["--run.cpus_per_worker", "0.5", "--run.threads_per_worker", "2"]).run.cpu_threads() == 2
 
 
+def test_negative_threads_per_encoder_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_cli(EncodeConfig, ["--run.threads_per_encoder", "-2"])
+    assert "run.threads_per_encoder must be >= 0 (0 = cpus_per_encoder), got -2" in capsys.readouterr().err
+
+
 def test_wrong_choice_in_toml_is_refused(tmp_path, capsys):
     toml = tmp_path / "bad.toml"
     toml.write_text('[run]\nparallel = "FSDP2"\n')

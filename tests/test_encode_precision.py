@@ -99,7 +99,8 @@ def test_cpu_default_is_exact_fp32_without_a_check(tmp_path):
     enc = TokenEncoder(path, device="cpu")  # amp_dtype "auto": float32 on CPU
     pixels = images(4, 32)
     np.testing.assert_array_equal(enc.encode(pixels), reference(model, pixels))
-    assert enc.amp is None and enc.info() == {"amp_dtype": "float32", "agreement": None, "tokens_compared": 0}
+    assert enc.amp is None and enc.info() == {"amp_dtype": "float32", "agreement": None, "tokens_compared": 0,
+                                        "threads": 1}  # fmt: skip
 
 
 @pytest.mark.slow

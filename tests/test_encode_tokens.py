@@ -70,7 +70,8 @@ def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
         dataset=dataset,
         dvae=str(ckpt),
         output=out,
-        run=EncodeRunConfig(batch_size=4, read_batch_rows=4, num_cpus=2, grid_images=4),
+        # two threads in the one encoder actor (the demo's setting: the reader leaves CPU idle)
+        run=EncodeRunConfig(batch_size=4, read_batch_rows=4, num_cpus=2, grid_images=4, threads_per_encoder=2),
         tokenizer=TokenizerConfig(vocab_size=300, min_frequency=1, train_if_missing=True),
     )
     manifest = encode_tokens(cfg)
@@ -111,6 +112,7 @@ def test_encode_end_to_end(tmp_path, mlflow_store, shared_ray):
     assert on_disk["tokenizer"]["vocab_size"] <= 300
     assert manifest["run"]["encoded"] == 17 and manifest["run"]["images_per_s"] > 0
     assert 0 < manifest["run"]["encoder_busy_share"] <= 1
+    assert [e["threads"] for e in manifest["run"]["encoders"]] == [2]
 
     tok = load_text_tokenizer(out)
     assert tok.decode(tok.encode("A RED Circle").ids).strip() == "a red circle"  # lowercased BPE

@@ -43,7 +43,9 @@ class EncodeRunConfig:
     min_gpus: int = doc(1, "device 'cuda': GPUs the cluster must have before encoding starts.")
     gpu_wait_s: float = doc(900.0, "device 'cuda': how long to wait for min_gpus (autoscaled nodes start).")
     num_encoders: int = doc(0, "Encoder actors (0 = one per GPU, or on CPU: cluster CPUs minus reserve_cpus).")
-    cpus_per_encoder: float = doc(1.0, "CPUs per CPU encoder actor (also its torch threads).")
+    cpus_per_encoder: float = doc(1.0, "CPUs per CPU encoder actor (also its torch threads: see threads_per_encoder).")
+    threads_per_encoder: int = doc(0, "torch threads per CPU encoder actor (0 = cpus_per_encoder, at least 1). More "
+                                      "than its CPUs where the readers leave CPU idle, as in the demo's tiny images.")
     cpus_per_shard_task: float = doc(1.0, "CPUs per shard worker (an actor that reads, decodes and writes shards; "
                                           "one per such slot the encoders leave).")
     shards_in_flight: int = doc(0, "Shards in flight on the shard workers at once (0 = one per worker, plus one per "
@@ -76,6 +78,11 @@ class EncodeRunConfig:
     num_cpus: int = doc(0, "CPUs for a private local Ray instance (0 = all).")
     experiment: str = doc("encode_tokens", "MLflow experiment name.")
     mlflow: bool = doc(True, "Log the run to MLflow.")
+
+    def __post_init__(self):
+        if self.threads_per_encoder < 0:
+            n = self.threads_per_encoder
+            raise ValueError(f"run.threads_per_encoder must be >= 0 (0 = cpus_per_encoder), got {n}")
 
 
 @dataclass

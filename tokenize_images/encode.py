@@ -126,7 +126,7 @@ def start_encoders(cfg: EncodeConfig, device: str, actors: int, resources: dict)
         "device": device,
         "amp_dtype": cfg.run.amp_dtype,
         "channels_last": cfg.run.channels_last,
-        "threads": int(resources.get("num_cpus", 1)),
+        "threads": cfg.run.threads_per_encoder or max(1, int(resources.get("num_cpus", 1))),
         "batch_size": cfg.run.batch_size,
         "compile": cfg.run.compile,
         "min_agreement": cfg.run.min_token_agreement,

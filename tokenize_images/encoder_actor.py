@@ -193,4 +193,5 @@ class TokenEncoder:
             "amp_dtype": str(self.amp).replace("torch.", "") if self.amp else "float32",
             "agreement": self.agreement,
             "tokens_compared": self._compared,
+            "threads": torch.get_num_threads(),
         }
