@@ -69,10 +69,9 @@ def worker_context(config: dict[str, Any], bf16: bool = True) -> WorkerContext:
     tc = ray.train.get_context()
     rank = tc.get_world_rank()
     device = ray.train.torch.get_device()
+    logger = AsyncRunLogger(h["run_id"], h["tracking_uri"]) if rank == 0 and h.get("run_id") else NullLogger()
     if device.type == "cpu":  # torch's default, every core of the node, would oversubscribe it with several workers
         torch.set_num_threads(h["cpu_threads"])
-    logger = AsyncRunLogger(h["run_id"], h["tracking_uri"]) if rank == 0 and h.get("run_id") else NullLogger()
-    if device.type == "cpu":
         logger.log_metrics({"torch_threads": float(torch.get_num_threads())}, 0)  # what run.threads_per_worker gave
     return WorkerContext(
         rank=rank,
